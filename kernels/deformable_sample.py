@@ -1,0 +1,285 @@
+"""Multi-view multi-scale deformable sampling (the cross-attention core of GeoLRM's reconstruction network).
+
+Contract (fixed in the project's cross-helper contracts)::
+
+    deformable_sample(value, reference_points, offsets, attention_weights, spatial_shapes,
+                      view_mask=None, query_mask=None, *, implementation=None) -> (B, V, Q, H, C)
+
+- ``value`` (B, V, L, H, C): per-view value maps, channel-last per head. L = sum of h_l * w_l over the levels,
+  packed in the order of ``spatial_shapes``, each level row-major (y, x).
+- ``spatial_shapes``: static tuple of (h, w) per level, e.g. ``((28, 28), (16, 16))``.
+- ``reference_points`` (B, V, Q, 2): normalized (u, v) of each query in each view, u along the width.
+- ``offsets`` (B, Q, H, NL, P, 2): offsets already divided by their level's (w, h); shared by all views.
+- ``attention_weights`` (B, Q, H, NL, P): already softmaxed over NL * P; shared by all views.
+- location = reference_points[b, v, q] + offsets[b, q, h, l, p]; bilinear sampling with zero padding and
+  ``align_corners=False`` semantics (pixel x = u * w_l - 0.5, y = v * h_l - 0.5), accumulated in fp32:
+  ``out[b, v, q, h] = sum_{l, p} attention_weights[b, q, h, l, p] * sample(value[b, v, level l, :, h], loc)``.
+- ``view_mask`` (B, V) / ``query_mask`` (B, Q) bool: masked (b, v, q) entries give 0 output and 0 gradients
+  (their locations are never read, so NaN/inf reference points there are harmless).
+- Output dtype = ``value.dtype``; gradients (custom_vjp) for value, reference_points, offsets and
+  attention_weights, in their input dtypes.
+
+Implementations (``implementation=``):
+
+- ``"xla"``: :func:`deformable_sample_reference`, pure jnp. It never materializes a Q x H x NL x P x C tensor:
+  a ``lax.scan`` over the P points of each level accumulates the (B, V, Q, H, C) output in fp32, and the
+  hand-written backward scans the points again, recomputing the samples and scatter-adding into d_value.
+- ``"pallas"``: Pallas kernels on the Triton backend (``deformable_sample_triton.py``): gathers by indexed
+  loads, d_value / d_offsets / d_attention_weights / d_reference_points by fp32 atomic adds.
+- ``"pallas_interpret"``: the same kernels run by the Pallas interpreter (CPU tests).
+- ``None``: GPU -> ``"pallas"``; TPU and CPU -> ``"xla"``. TPU uses the XLA formulation because Mosaic (the
+  Pallas TPU backend) has no general per-lane gather from HBM/VMEM, which is what bilinear sampling at
+  data-dependent locations needs; XLA's gather lowering is the legal and reasonably efficient path there.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+IMPLEMENTATIONS = ("xla", "pallas", "pallas_interpret")
+# Locations of masked (b, v, q) entries are replaced by this, which is outside every image for all four
+# bilinear corners, so masked entries read nothing and get exactly zero gradients.
+_MASKED_LOCATION = -4.0
+
+
+def _level_starts(spatial_shapes):
+    sizes = [h * w for h, w in spatial_shapes]
+    return tuple(int(s) for s in np.cumsum([0] + sizes[:-1]))
+
+
+def validate_inputs(value, reference_points, offsets, attention_weights, spatial_shapes, view_mask, query_mask):
+    """Checks shapes against the contract; returns (spatial_shapes as a tuple of int pairs, combined mask).
+
+    The combined mask is (B, V, Q) bool (view_mask & query_mask), or None when neither is given.
+    """
+    try:
+        shapes = tuple((int(h), int(w)) for h, w in spatial_shapes)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"spatial_shapes must be a static sequence of (h, w) pairs, got {spatial_shapes!r}") from e
+    if value.ndim != 5:
+        raise ValueError(f"value must be (B, V, L, H, C), got shape {value.shape}")
+    b, v, length, heads, _ = value.shape
+    if length != sum(h * w for h, w in shapes):
+        raise ValueError(f"value L={length} != sum of h*w over spatial_shapes {shapes}")
+    if reference_points.ndim != 4 or reference_points.shape[:2] != (b, v) or reference_points.shape[3] != 2:
+        raise ValueError(f"reference_points must be (B={b}, V={v}, Q, 2), got {reference_points.shape}")
+    q = reference_points.shape[2]
+    nl = len(shapes)
+    if offsets.ndim != 6 or offsets.shape[:4] != (b, q, heads, nl) or offsets.shape[5] != 2:
+        raise ValueError(f"offsets must be (B={b}, Q={q}, H={heads}, NL={nl}, P, 2), got {offsets.shape}")
+    p = offsets.shape[4]
+    if attention_weights.shape != (b, q, heads, nl, p):
+        raise ValueError(f"attention_weights must be {(b, q, heads, nl, p)}, got {attention_weights.shape}")
+    mask = None
+    if view_mask is not None:
+        if view_mask.shape != (b, v):
+            raise ValueError(f"view_mask must be (B={b}, V={v}), got {view_mask.shape}")
+        mask = jnp.broadcast_to(view_mask.astype(bool)[:, :, None], (b, v, q))
+    if query_mask is not None:
+        if query_mask.shape != (b, q):
+            raise ValueError(f"query_mask must be (B={b}, Q={q}), got {query_mask.shape}")
+        qm = jnp.broadcast_to(query_mask.astype(bool)[:, None, :], (b, v, q))
+        mask = qm if mask is None else mask & qm
+    return shapes, mask
+
+
+# ----------------------------------------------------------------------------------------------------------
+# XLA reference
+# ----------------------------------------------------------------------------------------------------------
+def _bilinear_corners(loc, height, width):
+    """Corners of bilinear sampling at normalized ``loc`` (..., 2) in a (height, width) map.
+
+    Returns a list of 4 tuples (pixel index clipped into the map, in-image bool, weight, d weight / d u,
+    d weight / d v), with align_corners=False: x = u * width - 0.5.
+    """
+    x = loc[..., 0] * width - 0.5
+    y = loc[..., 1] * height - 0.5
+    # Clamping keeps the int cast defined; every corner of a clamped coordinate is outside the image anyway.
+    x = jnp.clip(x, -2.0, width + 1.0)
+    y = jnp.clip(y, -2.0, height + 1.0)
+    x0f = jnp.floor(x)
+    y0f = jnp.floor(y)
+    fx = x - x0f
+    fy = y - y0f
+    x0 = x0f.astype(jnp.int32)
+    y0 = y0f.astype(jnp.int32)
+    corners = []
+    for dy in (0, 1):
+        for dx in (0, 1):
+            xi = x0 + dx
+            yi = y0 + dy
+            inside = (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
+            pixel = jnp.clip(yi, 0, height - 1) * width + jnp.clip(xi, 0, width - 1)
+            wx = fx if dx else 1.0 - fx
+            wy = fy if dy else 1.0 - fy
+            dwx = (1.0 if dx else -1.0) * wy * width
+            dwy = (1.0 if dy else -1.0) * wx * height
+            corners.append((pixel, inside, wx * wy, dwx, dwy))
+    return corners
+
+
+def _row_base(value_shape, level_start):
+    """Row offsets into value reshaped to (B*V*L*H, C): row = ((b*V + v)*L + start + pixel)*H + h."""
+    b, v, length, heads, _ = value_shape
+    bv = jnp.arange(b * v, dtype=jnp.int32).reshape(b, v, 1, 1)
+    hh = jnp.arange(heads, dtype=jnp.int32).reshape(1, 1, 1, heads)
+    return (bv * length + level_start) * heads + hh, heads
+
+
+def _per_level_points(offsets, attention_weights, level):
+    """(P, B, Q, H, 2) offsets and (P, B, Q, H) weights of one level, point axis first for lax.scan."""
+    return (jnp.moveaxis(offsets[:, :, :, level], 3, 0),
+            jnp.moveaxis(attention_weights[:, :, :, level], 3, 0))
+
+
+def _locations(reference_points, offset_p, mask):
+    loc = reference_points[:, :, :, None, :].astype(jnp.float32) + offset_p[:, None].astype(jnp.float32)
+    if mask is not None:
+        loc = jnp.where(mask[..., None, None], loc, _MASKED_LOCATION)
+    return loc  # (B, V, Q, H, 2)
+
+
+def _reference_forward(value, reference_points, offsets, attention_weights, mask, spatial_shapes):
+    b, v, _, heads, c = value.shape
+    q = reference_points.shape[2]
+    flat_value = value.reshape(-1, c)
+    out = jnp.zeros((b, v, q, heads, c), jnp.float32)
+    for level, ((h, w), start) in enumerate(zip(spatial_shapes, _level_starts(spatial_shapes), strict=True)):
+        base, stride = _row_base(value.shape, start)
+
+        def point_step(acc, xs, base=base, stride=stride, h=h, w=w):
+            offset_p, weight_p = xs
+            loc = _locations(reference_points, offset_p, mask)
+            weight = weight_p[:, None].astype(jnp.float32)  # (B, 1, Q, H)
+            for pixel, inside, bilinear, _, _ in _bilinear_corners(loc, h, w):
+                coef = jnp.where(inside, weight * bilinear, 0.0)
+                sample = jnp.take(flat_value, base + pixel * stride, axis=0).astype(jnp.float32)
+                acc = acc + coef[..., None] * sample
+            return acc, None
+
+        out, _ = lax.scan(point_step, out, _per_level_points(offsets, attention_weights, level))
+    if mask is not None:
+        out = jnp.where(mask[:, :, :, None, None], out, 0.0)
+    return out.astype(value.dtype)
+
+
+def _reference_backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g):
+    b, v, _, heads, c = value.shape
+    flat_value = value.reshape(-1, c)
+    g = g.astype(jnp.float32)
+    if mask is not None:
+        g = jnp.where(mask[:, :, :, None, None], g, 0.0)
+    d_value = jnp.zeros(flat_value.shape, jnp.float32)
+    d_ref = jnp.zeros(reference_points.shape, jnp.float32)
+    d_offsets, d_weights = [], []
+    for level, ((h, w), start) in enumerate(zip(spatial_shapes, _level_starts(spatial_shapes), strict=True)):
+        base, stride = _row_base(value.shape, start)
+
+        def point_step(carry, xs, base=base, stride=stride, h=h, w=w):
+            d_value, d_ref = carry
+            offset_p, weight_p = xs
+            loc = _locations(reference_points, offset_p, mask)
+            weight = weight_p[:, None].astype(jnp.float32)  # (B, 1, Q, H)
+            g_sample = g_du = g_dv = 0.0
+            for pixel, inside, bilinear, dbdu, dbdv in _bilinear_corners(loc, h, w):
+                rows = base + pixel * stride
+                sample = jnp.take(flat_value, rows, axis=0).astype(jnp.float32)
+                g_dot = jnp.where(inside, jnp.sum(g * sample, axis=-1), 0.0)  # (B, V, Q, H)
+                g_sample = g_sample + bilinear * g_dot
+                g_du = g_du + dbdu * g_dot
+                g_dv = g_dv + dbdv * g_dot
+                coef = jnp.where(inside, weight * bilinear, 0.0)
+                d_value = d_value.at[rows.reshape(-1)].add((coef[..., None] * g).reshape(-1, c))
+            d_loc = weight[..., None] * jnp.stack([g_du, g_dv], axis=-1)  # (B, V, Q, H, 2)
+            d_ref = d_ref + jnp.sum(d_loc, axis=3)
+            return (d_value, d_ref), (jnp.sum(d_loc, axis=1), jnp.sum(g_sample, axis=1))
+
+        (d_value, d_ref), (d_off_l, d_w_l) = lax.scan(
+            point_step, (d_value, d_ref), _per_level_points(offsets, attention_weights, level))
+        d_offsets.append(jnp.moveaxis(d_off_l, 0, 3))  # (B, Q, H, P, 2)
+        d_weights.append(jnp.moveaxis(d_w_l, 0, 3))  # (B, Q, H, P)
+    return (d_value.reshape(value.shape).astype(value.dtype),
+            d_ref.astype(reference_points.dtype),
+            jnp.stack(d_offsets, axis=3).astype(offsets.dtype),
+            jnp.stack(d_weights, axis=3).astype(attention_weights.dtype))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# custom_vjp op shared by every implementation
+# ----------------------------------------------------------------------------------------------------------
+def _forward_impl(implementation, value, reference_points, offsets, attention_weights, mask, spatial_shapes):
+    if implementation == "xla":
+        return _reference_forward(value, reference_points, offsets, attention_weights, mask, spatial_shapes)
+    from geolrm_kernels import deformable_sample_triton as tri
+
+    return tri.forward(value, reference_points, offsets, attention_weights, mask, spatial_shapes,
+                       interpret=implementation == "pallas_interpret")
+
+
+def _backward_impl(implementation, value, reference_points, offsets, attention_weights, mask, spatial_shapes, g):
+    if implementation == "xla":
+        return _reference_backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g)
+    from geolrm_kernels import deformable_sample_triton as tri
+
+    return tri.backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g,
+                        interpret=implementation == "pallas_interpret")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _deformable_sample_op(implementation, spatial_shapes, value, reference_points, offsets, attention_weights,
+                          mask):
+    return _forward_impl(implementation, value, reference_points, offsets, attention_weights, mask,
+                         spatial_shapes)
+
+
+def _op_fwd(implementation, spatial_shapes, value, reference_points, offsets, attention_weights, mask):
+    out = _forward_impl(implementation, value, reference_points, offsets, attention_weights, mask,
+                        spatial_shapes)
+    return out, (value, reference_points, offsets, attention_weights, mask)
+
+
+def _op_bwd(implementation, spatial_shapes, residuals, g):
+    value, reference_points, offsets, attention_weights, mask = residuals
+    grads = _backward_impl(implementation, value, reference_points, offsets, attention_weights, mask,
+                           spatial_shapes, g)
+    return (*grads, None)
+
+
+_deformable_sample_op.defvjp(_op_fwd, _op_bwd)
+
+
+def default_implementation() -> str:
+    """GPU -> "pallas"; TPU, CPU and anything else -> "xla" (see the module docstring for why)."""
+    return "pallas" if jax.default_backend() in ("gpu", "cuda", "rocm") else "xla"
+
+
+def deformable_sample(value, reference_points, offsets, attention_weights, spatial_shapes, view_mask=None,
+                      query_mask=None, *, implementation=None):
+    """Multi-view deformable bilinear sampling; see the module docstring for shapes and conventions.
+
+    Returns (B, V, Q, H, C) in ``value.dtype``.
+    """
+    shapes, mask = validate_inputs(value, reference_points, offsets, attention_weights, spatial_shapes,
+                                   view_mask, query_mask)
+    if implementation is None:
+        implementation = default_implementation()
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS} or None, got {implementation!r}")
+    if mask is None:
+        mask = jnp.ones(reference_points.shape[:3], bool)
+    return _deformable_sample_op(implementation, shapes, value, reference_points, offsets, attention_weights,
+                                 mask)
+
+
+def deformable_sample_reference(value, reference_points, offsets, attention_weights, spatial_shapes,
+                                view_mask=None, query_mask=None):
+    """Pure-jnp (XLA) deformable sampling with the same contract as :func:`deformable_sample`.
+
+    Never materializes a Q x H x NL x P x C tensor: forward and backward scan over the sample points.
+    """
+    return deformable_sample(value, reference_points, offsets, attention_weights, spatial_shapes, view_mask,
+                             query_mask, implementation="xla")

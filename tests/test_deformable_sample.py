@@ -1,0 +1,203 @@
+"""Tests of geolrm_kernels.deformable_sample: the XLA reference against a naive float64 numpy implementation
+(and torch's grid_sample when torch is importable), its memory footprint, and the Pallas kernels run by the
+Pallas interpreter against the reference. Shapes are kept tiny: interpret mode is slow on CPU.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from geolrm_kernels.deformable_sample import deformable_sample_reference
+from jax.test_util import check_grads
+
+SHAPES = ((5, 7), (3, 4))
+
+
+def make_inputs(seed, b=1, v=2, q=6, heads=2, c=24, shapes=SHAPES, points=2, dtype=jnp.float32, spread=1.3):
+    """Random inputs; locations spread beyond [0, 1] so that some points fall outside the image."""
+    rng = np.random.default_rng(seed)
+    length = sum(h * w for h, w in shapes)
+    value = rng.standard_normal((b, v, length, heads, c)).astype(np.float32)
+    ref = rng.uniform(-0.1, 1.1, (b, v, q, 2)).astype(np.float32)
+    offsets = (rng.standard_normal((b, q, heads, len(shapes), points, 2)) * 0.3 * spread).astype(np.float32)
+    logits = rng.standard_normal((b, q, heads, len(shapes) * points))
+    weights = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    weights = weights.reshape(b, q, heads, len(shapes), points).astype(np.float32)
+    return jnp.asarray(value, dtype), jnp.asarray(ref), jnp.asarray(offsets), jnp.asarray(weights)
+
+
+def naive_numpy(value, ref, offsets, weights, shapes, view_mask=None, query_mask=None):
+    """float64, every sample materialized: grid_sample(align_corners=False, padding_mode="zeros")."""
+    value, ref, offsets, weights = (np.asarray(a, np.float64) for a in (value, ref, offsets, weights))
+    b, v, _, heads, c = value.shape
+    q = ref.shape[2]
+    out = np.zeros((b, v, q, heads, c))
+    start = 0
+    for level, (h, w) in enumerate(shapes):
+        vmap = value[:, :, start:start + h * w].reshape(b, v, h, w, heads, c)
+        start += h * w
+        for p in range(offsets.shape[4]):
+            loc = ref[:, :, :, None, :] + offsets[:, None, :, :, level, p, :]  # (B, V, Q, H, 2)
+            x = loc[..., 0] * w - 0.5
+            y = loc[..., 1] * h - 0.5
+            x0, y0 = np.floor(x), np.floor(y)
+            for yi, wy in ((y0, 1 - (y - y0)), (y0 + 1, y - y0)):
+                for xi, wx in ((x0, 1 - (x - x0)), (x0 + 1, x - x0)):
+                    inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+                    xc = np.clip(xi, 0, w - 1).astype(int)
+                    yc = np.clip(yi, 0, h - 1).astype(int)
+                    bi, vi, _, hi = np.meshgrid(np.arange(b), np.arange(v), np.arange(q), np.arange(heads),
+                                                indexing="ij")
+                    sample = vmap[bi, vi, yc, xc, hi]  # (B, V, Q, H, C)
+                    coef = np.where(inside, wx * wy, 0.0) * weights[:, None, :, :, level, p]
+                    out += coef[..., None] * sample
+    mask = np.ones((b, v, q), bool)
+    if view_mask is not None:
+        mask &= np.asarray(view_mask)[:, :, None]
+    if query_mask is not None:
+        mask &= np.asarray(query_mask)[:, None, :]
+    return np.where(mask[..., None, None], out, 0.0)
+
+
+def rel_err(a, b):
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    assert np.all(np.isfinite(a)), "non-finite values"
+    return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30)
+
+
+# ------------------------------------------------------------------------------------------------ reference
+def test_reference_matches_naive_numpy_with_masks():
+    value, ref, offsets, weights = make_inputs(0, b=2, v=3, q=7, heads=3, c=5)
+    view_mask = jnp.array([[True, False, True], [True, True, True]])
+    query_mask = jnp.array([[True] * 6 + [False], [False] + [True] * 6])
+    out = jax.jit(deformable_sample_reference, static_argnums=4)(
+        value, ref, offsets, weights, SHAPES, view_mask, query_mask)
+    expected = naive_numpy(value, ref, offsets, weights, SHAPES, view_mask, query_mask)
+    assert out.shape == (2, 3, 7, 3, 5) and out.dtype == jnp.float32
+    assert rel_err(out, expected) < 1e-5
+    assert np.all(np.asarray(out)[0, 1] == 0) and np.all(np.asarray(out)[0, :, 6] == 0)
+    assert np.abs(np.asarray(out)[0, 0, :6]).max() > 0
+
+
+def test_reference_matches_torch_grid_sample():
+    torch = pytest.importorskip("torch")
+    f = torch.nn.functional
+    value, ref, offsets, weights = make_inputs(1, b=1, v=2, q=5, heads=2, c=3, points=3)
+    b, v, _, heads, c = value.shape
+    q = ref.shape[2]
+    out = torch.zeros(b * v * heads, c, q)
+    start = 0
+    for level, (h, w) in enumerate(SHAPES):
+        vmap = torch.from_numpy(np.array(value[:, :, start:start + h * w])).reshape(b, v, h, w, heads, c)
+        vmap = vmap.permute(0, 1, 4, 5, 2, 3).reshape(b * v * heads, c, h, w)
+        start += h * w
+        loc = np.asarray(ref)[:, :, :, None, None, :] + np.asarray(offsets)[:, None, :, :, level]
+        grid = torch.from_numpy(loc * 2 - 1).permute(0, 1, 3, 2, 4, 5).reshape(b * v * heads, q, -1, 2)
+        sampled = f.grid_sample(vmap, grid.float(), mode="bilinear", padding_mode="zeros", align_corners=False)
+        wt = torch.from_numpy(np.asarray(weights)[:, :, :, level]).permute(0, 2, 1, 3)  # (B, H, Q, P)
+        wt = wt[:, None].expand(b, v, heads, q, wt.shape[-1]).reshape(b * v * heads, 1, q, -1)
+        out += (sampled * wt).sum(-1)
+    expected = out.reshape(b, v, heads, c, q).permute(0, 1, 4, 2, 3).numpy()
+    got = deformable_sample_reference(value, ref, offsets, weights, SHAPES)
+    assert rel_err(got, expected) < 1e-5
+
+
+def test_reference_borders_and_outside():
+    """Points exactly on pixel centres, on the image borders (u = 0, 1) and fully outside."""
+    value, ref, offsets, weights = make_inputs(2, q=8)
+    h, w = SHAPES[0]
+    special = np.array([[0.0, 0.0], [1.0, 1.0], [0.5 / w, 0.5 / h], [1.0 - 0.5 / w, 0.5],
+                        [-0.2, 0.5], [1.3, 0.1], [0.0, 1.0], [3.5 / w, 2.5 / h]], np.float32)
+    ref = jnp.broadcast_to(jnp.asarray(special), ref.shape)
+    offsets = jnp.zeros_like(offsets)
+    out = deformable_sample_reference(value, ref, offsets, weights, SHAPES)
+    expected = naive_numpy(value, ref, offsets, weights, SHAPES)
+    assert rel_err(out, expected) < 1e-5
+    assert np.all(np.asarray(out)[:, :, 4:6] == 0)  # outside both levels
+
+
+def test_reference_gradients_match_autodiff_of_naive_jnp():
+    """The hand-written backward against jax.vjp of a direct (materializing) jnp formulation."""
+    value, ref, offsets, weights = make_inputs(3, b=1, v=2, q=5, heads=2, c=6, points=3)
+    mask = jnp.array([[True, True, False, True, True]])
+
+    def direct(value, ref, offsets, weights):
+        out = 0.0
+        start = 0
+        b, v, _, heads, c = value.shape
+        for level, (h, w) in enumerate(SHAPES):
+            vmap = value[:, :, start:start + h * w].reshape(b, v, h, w, heads, c)
+            start += h * w
+            loc = ref[:, :, :, None, None, :] + offsets[:, None, :, :, level]  # (B, V, Q, H, P, 2)
+            x = loc[..., 0] * w - 0.5
+            y = loc[..., 1] * h - 0.5
+            x0, y0 = jnp.floor(x), jnp.floor(y)
+            hi = jnp.arange(heads).reshape(1, 1, 1, heads, 1)
+            bi = jnp.arange(b).reshape(b, 1, 1, 1, 1)
+            vi = jnp.arange(v).reshape(1, v, 1, 1, 1)
+            for yi, wy in ((y0, 1 - (y - y0)), (y0 + 1, y - y0)):
+                for xi, wx in ((x0, 1 - (x - x0)), (x0 + 1, x - x0)):
+                    inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+                    xc = jnp.clip(xi, 0, w - 1).astype(jnp.int32)
+                    yc = jnp.clip(yi, 0, h - 1).astype(jnp.int32)
+                    sample = vmap[bi, vi, yc, xc, hi]  # (B, V, Q, H, P, C)
+                    coef = jnp.where(inside, wx * wy, 0.0) * weights[:, None, :, :, level]
+                    out = out + jnp.sum(coef[..., None] * sample, axis=4)
+        return jnp.where(mask[:, None, :, None, None], out, 0.0)
+
+    cot = jax.random.normal(jax.random.key(0), (1, 2, 5, 2, 6))
+    _, vjp_ref = jax.vjp(lambda *a: deformable_sample_reference(*a, SHAPES, query_mask=mask),
+                         value, ref, offsets, weights)
+    _, vjp_direct = jax.vjp(direct, value, ref, offsets, weights)
+    for name, got, want in zip(("value", "ref", "offsets", "weights"), vjp_ref(cot), vjp_direct(cot), strict=True):
+        assert rel_err(got, want) < 1e-4, name
+    grads = vjp_ref(cot)
+    assert np.all(np.asarray(grads[1])[:, :, 2] == 0) and np.all(np.asarray(grads[3])[:, 2] == 0)
+
+
+def test_reference_check_grads():
+    value, ref, offsets, weights = make_inputs(4, q=3, heads=1, c=3, points=2, spread=0.5)
+    f = lambda *a: deformable_sample_reference(*a, SHAPES)
+    check_grads(f, (value, ref, offsets, weights), order=1, modes=("rev",), atol=2e-2, rtol=2e-2, eps=1e-3)
+
+
+def test_reference_nan_locations_of_masked_views_stay_out():
+    value, ref, offsets, weights = make_inputs(5, v=2)
+    ref = ref.at[:, 1].set(jnp.nan)
+    view_mask = jnp.array([[True, False]])
+    out, vjp = jax.vjp(lambda v, r, o, w: deformable_sample_reference(v, r, o, w, SHAPES, view_mask),
+                       value, ref, offsets, weights)
+    grads = vjp(jnp.ones_like(out))
+    for a in (out, *grads):
+        assert np.all(np.isfinite(np.asarray(a)))
+    assert np.all(np.asarray(grads[1])[:, 1] == 0)
+
+
+def test_reference_memory_footprint():
+    """The compiled forward's temp allocation is <= 2x (argument + output bytes), measured with
+    ``jax.jit(f).lower(...).compile().memory_analysis()``, on a shape where the Q*H*NL*P*C sample tensor
+    would be 16x the output: materializing it could not pass. The backward's temp is checked to stay below
+    that tensor's size as well.
+    """
+    b, v, q, heads, c, points = 1, 4, 512, 4, 32, 8
+    shapes = ((32, 32), (16, 16))
+    length = sum(h * w for h, w in shapes)
+    args = (jax.ShapeDtypeStruct((b, v, length, heads, c), jnp.float32),
+            jax.ShapeDtypeStruct((b, v, q, 2), jnp.float32),
+            jax.ShapeDtypeStruct((b, q, heads, 2, points, 2), jnp.float32),
+            jax.ShapeDtypeStruct((b, q, heads, 2, points), jnp.float32))
+    fwd = lambda *a: deformable_sample_reference(*a, shapes)
+    stats = jax.jit(fwd).lower(*args).compile().memory_analysis()
+    if stats is None:
+        pytest.skip("memory_analysis unavailable on this backend")
+    big = b * v * q * heads * 2 * points * c * 4
+    io = stats.argument_size_in_bytes + stats.output_size_in_bytes
+    assert stats.temp_size_in_bytes <= 2 * io, (stats.temp_size_in_bytes, io)
+    assert 2 * io < big
+
+    def fwd_bwd(*a):
+        out, vjp = jax.vjp(fwd, *a)
+        return vjp(out)
+
+    stats_b = jax.jit(fwd_bwd).lower(*args).compile().memory_analysis()
+    assert stats_b.temp_size_in_bytes < big, (stats_b.temp_size_in_bytes, big)

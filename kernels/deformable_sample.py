@@ -90,14 +90,15 @@ def validate_inputs(value, reference_points, offsets, attention_weights, spatial
 # ----------------------------------------------------------------------------------------------------------
 # XLA reference
 # ----------------------------------------------------------------------------------------------------------
-def _bilinear_corners(loc, height, width):
-    """Corners of bilinear sampling at normalized ``loc`` (..., 2) in a (height, width) map.
+def bilinear_corners(u, v, height, width):
+    """Corners of bilinear sampling at normalized (u, v) (same shapes, fp32) in a (height, width) map.
 
-    Returns a list of 4 tuples (pixel index clipped into the map, in-image bool, weight, d weight / d u,
-    d weight / d v), with align_corners=False: x = u * width - 0.5.
+    Returns a list of 4 tuples (pixel index y*width + x clipped into the map, in-image bool, weight,
+    d weight / d u, d weight / d v), with align_corners=False: x = u * width - 0.5. Shared by the reference
+    and the Pallas kernels, so both use the same floor/one-sided-derivative convention at integer points.
     """
-    x = loc[..., 0] * width - 0.5
-    y = loc[..., 1] * height - 0.5
+    x = u * width - 0.5
+    y = v * height - 0.5
     # Clamping keeps the int cast defined; every corner of a clamped coordinate is outside the image anyway.
     x = jnp.clip(x, -2.0, width + 1.0)
     y = jnp.clip(y, -2.0, height + 1.0)
@@ -155,7 +156,7 @@ def _reference_forward(value, reference_points, offsets, attention_weights, mask
             offset_p, weight_p = xs
             loc = _locations(reference_points, offset_p, mask)
             weight = weight_p[:, None].astype(jnp.float32)  # (B, 1, Q, H)
-            for pixel, inside, bilinear, _, _ in _bilinear_corners(loc, h, w):
+            for pixel, inside, bilinear, _, _ in bilinear_corners(loc[..., 0], loc[..., 1], h, w):
                 coef = jnp.where(inside, weight * bilinear, 0.0)
                 sample = jnp.take(flat_value, base + pixel * stride, axis=0).astype(jnp.float32)
                 acc = acc + coef[..., None] * sample
@@ -185,7 +186,7 @@ def _reference_backward(value, reference_points, offsets, attention_weights, mas
             loc = _locations(reference_points, offset_p, mask)
             weight = weight_p[:, None].astype(jnp.float32)  # (B, 1, Q, H)
             g_sample = g_du = g_dv = 0.0
-            for pixel, inside, bilinear, dbdu, dbdv in _bilinear_corners(loc, h, w):
+            for pixel, inside, bilinear, dbdu, dbdv in bilinear_corners(loc[..., 0], loc[..., 1], h, w):
                 rows = base + pixel * stride
                 sample = jnp.take(flat_value, rows, axis=0).astype(jnp.float32)
                 g_dot = jnp.where(inside, jnp.sum(g * sample, axis=-1), 0.0)  # (B, V, Q, H)

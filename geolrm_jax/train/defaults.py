@@ -1,0 +1,32 @@
+"""Defaults shared by the configs in configs/ (each config file calls `base_train_config()` and overrides)."""
+import ml_collections
+
+
+def base_train_config() -> ml_collections.ConfigDict:
+    """Training fields common to both stages; see docs/training.md for their meaning."""
+    c = ml_collections.ConfigDict()
+    c.stage = 1
+    c.seed = 0
+    c.batch_size = 8                 # global objects per micro-batch (split over all devices)
+    c.grad_accum_steps = 1           # micro-batches per optimizer update
+    c.num_train_steps = 1000         # optimizer updates
+    c.max_consecutive_nonfinite = 20
+    c.log_every_steps = 50
+    c.image_every_steps = 1000       # 0 = no image summaries
+    c.profile_every_steps = 0        # 0 = no profiler traces
+    c.init_from = ""                 # previous run's workdir or `geolrm-jax convert` output
+    c.init_subtrees = ()             # () = all top-level subtrees
+
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, min_fsdp_size=2**14))
+
+    c.optim = ml_collections.ConfigDict(dict(
+        lr=2e-4, warmup_steps=500, eta_min_ratio=0.001, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05,
+        grad_clip=10.0, frozen=()))
+    c.optim.total_steps = c.get_ref("num_train_steps")
+
+    c.checkpoint = ml_collections.ConfigDict(dict(
+        every_steps=1000, keep_last=3, keep_best=1, best_metric="loss", best_mode="min", async_save=True))
+
+    c.distributed = ml_collections.ConfigDict(dict(
+        enabled=False, coordinator_address="", num_processes=-1, process_id=-1))
+    return c

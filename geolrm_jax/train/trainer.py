@@ -1,0 +1,266 @@
+"""Training loop: `train_and_evaluate(config, workdir)` and the `Trainer` it drives.
+
+The loop is stage-agnostic: a *task* (stages.py) supplies `init_variables`, `loss_fn` and `summary_images`;
+the trainer owns the mesh, the sharded jit-compiled step, the optimizer, checkpoints, metrics and logging.
+"""
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from geolrm_jax.train import checkpointing, sharding, steps, writers
+from geolrm_jax.train.train_state import TrainState, make_optimizer
+from geolrm_jax.train.writers import clu_metrics, parameter_overview, periodic_actions
+
+log = logging.getLogger(__name__)
+
+LAST_VALUE_METRICS = ("learning_rate", "nonfinite_consecutive")
+
+
+def maybe_initialize_distributed(config) -> None:
+    """jax.distributed.initialize when config.distributed.enabled (multi-host); arguments left empty are
+    auto-detected by JAX on TPU pods, SLURM and Open MPI."""
+    dist = config.get("distributed")
+    if not dist or not dist.get("enabled", False) or jax.distributed.is_initialized():
+        return
+    kwargs = {k: dist.get(k) for k in ("coordinator_address", "num_processes", "process_id")
+              if dist.get(k) not in (None, "", -1)}
+    jax.distributed.initialize(**kwargs)
+
+
+def flatten_config(tree, prefix=""):
+    """Nested dict → {'a.b.c': str(value)} for hparams summaries."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = str(value)
+    return flat
+
+
+def metrics_collection(names):
+    """clu Collection: Average for every metric, LastValue for the learning rate and streak counter."""
+    fields = {n: (clu_metrics.LastValue if n in LAST_VALUE_METRICS else clu_metrics.Average).from_output(n)
+              for n in sorted(names)}
+    return clu_metrics.Collection.create(**fields)
+
+
+def default_data_iterator(config, split: str, seed: int, batch_size: int):
+    from geolrm_jax.data.pipeline import make_iterator
+
+    return make_iterator(config.data, split, seed=seed, batch_size=batch_size)
+
+
+class Trainer:
+    """Owns mesh, state, jit-compiled step, data iterator, checkpointer.
+
+    task: object with init_variables(rng, micro_batch) -> {'params', 'batch_stats'},
+          loss_fn(params, batch_stats, micro_batch, rng) -> (loss, (metrics, batch_stats, aux)),
+          summary_images(params, batch_stats, micro_batch, rng) -> {name: (N, H, W, 3)}; default from config.
+    make_data_iterator(config, split, seed, batch_size) -> iterator of numpy dict batches with
+          get_state()/set_state(); default: geolrm_jax.data.pipeline.make_iterator.
+    """
+
+    def __init__(self, config, workdir, *, task=None, make_data_iterator=None, mesh=None):
+        self.config = config
+        self.workdir = os.fspath(workdir)
+        self.mesh = mesh if mesh is not None else sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+        if task is None:
+            from geolrm_jax.train.stages import build_task
+
+            task = build_task(config)
+        self.task = task
+        self.accum = int(config.grad_accum_steps)
+        if config.batch_size % jax.process_count():
+            raise ValueError(f"batch_size {config.batch_size} not divisible by {jax.process_count()} processes")
+        local_batch = config.batch_size // jax.process_count() * self.accum
+        make_data_iterator = make_data_iterator or default_data_iterator
+        self.data = make_data_iterator(config, "train", config.seed + jax.process_index(), local_batch)
+        self.tx, self.schedule = make_optimizer(config.optim)
+        ck = config.checkpoint
+        self.checkpointer = checkpointing.Checkpointer(
+            os.path.join(self.workdir, "checkpoints"), keep_last=ck.keep_last, keep_best=ck.keep_best,
+            best_metric=ck.best_metric, best_mode=ck.best_mode, async_save=ck.async_save)
+
+        example = self._peek_batch()
+        self._example_micro_batch = jax.tree.map(lambda x: x[0], steps.split_accumulation(example, self.accum))
+        abstract = jax.eval_shape(self._create_state, jax.random.PRNGKey(0), self._example_micro_batch)
+        self.state_shardings = sharding.state_shardings(abstract, self.mesh, config.mesh.min_fsdp_size)
+        self.abstract_state = checkpointing.abstract_with_shardings(abstract, self.state_shardings)
+        replicated = sharding.replicated(self.mesh)
+        batch_shardings = sharding.batch_sharding(self.mesh, leading_dims=2)
+        train_step = steps.make_train_step(task.loss_fn, self.tx, self.schedule)
+        self.train_step = steps.jit_train_step(train_step, self.state_shardings, batch_shardings, replicated)
+        self._summary_fn = jax.jit(task.summary_images, out_shardings=replicated)
+
+    # ---- state -------------------------------------------------------------------------------------------
+    def _peek_batch(self):
+        state = self.data.get_state()
+        batch = next(self.data)
+        self.data.set_state(state)
+        return batch
+
+    def _create_state(self, rng, micro_batch):
+        init_rng, state_rng = jax.random.split(rng)
+        variables = self.task.init_variables(init_rng, micro_batch)
+        return TrainState.create(variables["params"], variables.get("batch_stats", {}), self.tx, state_rng)
+
+    def init_state(self):
+        example = jax.tree.map(jnp.asarray, self._example_micro_batch)
+        create = jax.jit(self._create_state, out_shardings=self.state_shardings)
+        state = create(jax.random.PRNGKey(self.config.seed), example)
+        init_from = self.config.get("init_from", "")
+        if init_from:
+            state = self._load_init_weights(state, init_from, tuple(self.config.get("init_subtrees", ())))
+        return state
+
+    def _load_init_weights(self, state, path, subtrees):
+        """Replace `subtrees` of params/batch_stats (all when empty) with those of a previous run's
+        checkpoint directory or a `geolrm-jax convert` output."""
+        if os.path.isdir(os.path.join(path, "checkpoints")):
+            source = checkpointing.Checkpointer(os.path.join(path, "checkpoints"))
+            step = source.latest_step()
+            if step is None:
+                raise FileNotFoundError(f"init_from: no checkpoint under {path}/checkpoints")
+            import orbax.checkpoint as ocp
+
+            restored = source.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+            variables = {"params": restored["state"]["params"], "batch_stats": restored["state"]["batch_stats"]}
+        else:
+            from geolrm_jax.model.convert import restore_variables
+
+            variables = restore_variables(path)
+        replaced = {}
+        for collection in ("params", "batch_stats"):
+            current = dict(getattr(state, collection))
+            loaded = variables.get(collection, {})
+            for name in subtrees or tuple(current):
+                if name not in current:
+                    continue
+                if name not in loaded:
+                    raise ValueError(f"init_from {path}: {collection}/{name} missing")
+                target = jax.tree.map(lambda x: x.sharding, current[name])
+                shapes_ok = jax.tree.map(lambda a, b: np.shape(a) == np.shape(b), current[name], loaded[name])
+                if not all(jax.tree.leaves(shapes_ok)):
+                    raise ValueError(f"init_from {path}: {collection}/{name} shapes differ from the model")
+                current[name] = jax.device_put(
+                    jax.tree.map(lambda a, b: np.asarray(b, a.dtype), current[name], loaded[name]), target)
+            replaced[collection] = current
+        log.info("initialized %s from %s", subtrees or "all subtrees", path)
+        return state.replace(**replaced)
+
+    def restore_or_init(self):
+        """Latest checkpoint of this workdir (state + data-iterator position), else fresh initialization."""
+        if self.checkpointer.latest_step() is not None:
+            state, data_state = self.checkpointer.restore(self.abstract_state)
+            self.data.set_state(data_state)
+            log.info("restored step %d from %s", int(state.step), self.workdir)
+            return state
+        return self.init_state()
+
+    def save(self, state, metrics=None):
+        self.checkpointer.save(int(state.step), state, self.data.get_state(), metrics)
+
+    # ---- steps -------------------------------------------------------------------------------------------
+    def next_batch(self):
+        return next(self.data)
+
+    def put_batch(self, batch):
+        return sharding.global_batch(steps.split_accumulation(batch, self.accum), self.mesh, leading_dims=2)
+
+    def step(self, state, batch=None):
+        batch = self.next_batch() if batch is None else batch
+        return self.train_step(state, self.put_batch(batch))
+
+    def summary_images(self, state, batch):
+        micro = jax.tree.map(lambda x: x[0], self.put_batch(batch))
+        key = jax.random.fold_in(state.rng, state.step)
+        images = jax.device_get(self._summary_fn(state.params, state.batch_stats, micro, key))
+        return {name: writers.image_grid(value)[None] for name, value in images.items()}
+
+    # ---- loop --------------------------------------------------------------------------------------------
+    def train(self):
+        """Train to config.num_train_steps (resuming if possible); returns the last logged metrics."""
+        config = self.config
+        is_main = jax.process_index() == 0
+        writer = writers.create_writer(self.workdir, write=is_main)
+        state = self.restore_or_init()
+        start = int(state.step)
+        if start == 0 and is_main:
+            parameter_overview.log_parameter_overview(state.params)
+            writer.write_hparams(flatten_config(config.to_dict()))
+        hooks = []
+        if is_main:
+            hooks.append(periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer,
+                                                         every_steps=config.log_every_steps, every_secs=None))
+            if config.get("profile_every_steps", 0):
+                hooks.append(periodic_actions.Profile(logdir=self.workdir, num_profile_steps=5,
+                                                      every_steps=config.profile_every_steps, every_secs=None))
+        collection, accumulated, last_logged = None, None, {}
+        previous_streak = None
+        stopped_early = False
+        with checkpointing.PreemptionWatcher() as watcher:
+            self.preemption = watcher
+            for step in range(start + 1, config.num_train_steps + 1):
+                with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                    batch = self.next_batch()
+                    state, metrics = self.step(state, batch)
+                if collection is None:
+                    collection = metrics_collection(metrics)
+                update = collection.single_from_model_output(**metrics)
+                accumulated = update if accumulated is None else accumulated.merge(update)
+                if previous_streak is not None:
+                    self._check_nonfinite(int(previous_streak), step - 1)
+                previous_streak = metrics["nonfinite_consecutive"]
+                for hook in hooks:
+                    hook(step)
+                if step % config.log_every_steps == 0 or step == config.num_train_steps:
+                    last_logged = {k: float(v) for k, v in accumulated.compute().items()}
+                    writer.write_scalars(step, last_logged)
+                    accumulated = None
+                if config.image_every_steps and step % config.image_every_steps == 0:
+                    writer.write_images(step, self.summary_images(state, batch))
+                preempted = watcher.reached(step)
+                if (step % config.checkpoint.every_steps == 0 or step == config.num_train_steps or preempted):
+                    best = config.checkpoint.best_metric
+                    self.save(state, {best: last_logged[best]} if best in last_logged else None)
+                if preempted:
+                    log.warning("stopping after the preemption checkpoint at step %d", step)
+                    stopped_early = True
+                    break
+            self._check_nonfinite(int(previous_streak) if previous_streak is not None else 0, step)
+        self.checkpointer.wait()
+        writer.flush()
+        self.final_state = state
+        return dict(last_logged, step=int(state.step), preempted=stopped_early,
+                    nonfinite_total=int(state.nonfinite_total))
+
+    def _check_nonfinite(self, streak: int, step: int):
+        limit = self.config.max_consecutive_nonfinite
+        if streak >= limit:
+            raise FloatingPointError(
+                f"{streak} consecutive steps up to step {step} had a non-finite loss or gradient and were "
+                f"skipped (limit max_consecutive_nonfinite={limit}); the last checkpoint in {self.workdir} "
+                "holds the last finite state. Lower optim.lr, check the data, or use float32 compute.")
+
+    def close(self):
+        self.checkpointer.close()
+
+
+def train_and_evaluate(config, workdir: str):
+    """Train the stage given by config.stage in `workdir` (resumes from its latest checkpoint)."""
+    maybe_initialize_distributed(config)
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+    trainer = Trainer(config, workdir)
+    started = time.time()
+    try:
+        result = trainer.train()
+    finally:
+        trainer.close()
+    log.info("training finished in %.1f s: %s", time.time() - started, result)
+    return result

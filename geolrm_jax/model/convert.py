@@ -1,0 +1,274 @@
+"""Import of PyTorch GeoLRM / Hugging Face DINOv2 weights into the Flax variable tree, and `geolrm-jax convert`.
+
+    geolrm-jax convert IN OUT [--config official|tiny|CONFIG.json]
+
+IN is a flat state dict (`serializer.*` = proposal network, `lrm_generator.*` = reconstruction network):
+`.safetensors` (read with safetensors), or `.ckpt` / `.pt` (read with `torch.load(weights_only=True)`; torch
+is only needed for these). Unknown keys (e.g. `lpips.*`) are listed and skipped; a missing or misshaped key
+is an error naming it. OUT is written as an Orbax checkpoint of {"params", "batch_stats"};
+`restore_variables(OUT)` reads it back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from geolrm_jax.model import config as model_config
+
+# Keys that are present in the original checkpoint but unused at inference.
+_UNUSED = (re.compile(r"\.num_batches_tracked$"), re.compile(r"embeddings\.mask_token$"))
+# Older Hugging Face DINOv2 names -> the transformers>=5 names used by the GeoLRM checkpoint.
+_HF_RENAMES = ((".attention.attention.query.", ".attention.q_proj."),
+               (".attention.attention.key.", ".attention.k_proj."),
+               (".attention.attention.value.", ".attention.v_proj."),
+               (".attention.output.dense.", ".attention.o_proj."))
+
+
+class ConversionError(ValueError):
+    """A missing or misshaped checkpoint key (the message names it)."""
+
+
+def load_state_dict(path) -> dict[str, np.ndarray]:
+    """Flat {key: numpy array} from .safetensors, or .pt/.ckpt (torch.load(weights_only=True))."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import load_file
+
+        return dict(load_file(path))
+    if path.endswith((".pt", ".pth", ".ckpt", ".bin")):
+        try:
+            import torch
+        except ImportError as e:
+            raise ImportError(f"reading {path} needs torch (pip install torch), or convert it to .safetensors") from e
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+            obj = obj["state_dict"]  # a Lightning checkpoint
+        if not isinstance(obj, Mapping):
+            raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
+        out = {}
+        for k, v in obj.items():
+            if isinstance(v, torch.Tensor):
+                out[k] = (v.float() if v.dtype == torch.bfloat16 else v).numpy()
+        return out
+    raise ValueError(f"{path}: unknown checkpoint format (expected .safetensors, .pt, .pth, .ckpt or .bin)")
+
+
+class _Reader:
+    """Takes keys out of a state dict, remembering which were used."""
+
+    def __init__(self, sd: Mapping[str, np.ndarray]):
+        self.sd = {}
+        for k, v in sd.items():
+            for old, new in _HF_RENAMES:
+                k = k.replace(old, new)
+            self.sd[k] = v
+        self.used: set[str] = set()
+        self.sources: dict[tuple, str] = {}  # flax path -> first torch key, for error messages
+
+    def take(self, key: str) -> np.ndarray:
+        if key not in self.sd:
+            raise ConversionError(f"missing key {key!r} in the checkpoint")
+        self.used.add(key)
+        return np.asarray(self.sd[key], dtype=np.float32)
+
+    def take_stacked(self, fmt: str, n: int) -> np.ndarray:
+        arrays = [self.take(fmt.format(i)) for i in range(n)]
+        for i, a in enumerate(arrays):
+            if a.shape != arrays[0].shape:
+                raise ConversionError(f"key {fmt.format(i)!r} has shape {a.shape}, but layer 0 has {arrays[0].shape}")
+        return np.stack(arrays)
+
+
+def _put(tree: dict, path: tuple, value, reader: _Reader, src: str):
+    for p in path[:-1]:
+        tree = tree.setdefault(p, {})
+    tree[path[-1]] = value
+    reader.sources[path] = src
+
+
+def _linear(r, params, path, key, bias=True, stack=None):
+    """torch Linear (out, in) -> flax Dense kernel (in, out); `stack` = number of layers with '{}' in key."""
+    get = (lambda s: r.take_stacked(key + s, stack)) if stack else (lambda s: r.take(key + s))
+    name = key.format(0) if stack else key
+    w = get(".weight")
+    _put(params, (*path, "kernel"), np.swapaxes(w, -1, -2), r, name + ".weight")
+    if bias:
+        _put(params, (*path, "bias"), get(".bias"), r, name + ".bias")
+
+
+def _norm(r, params, path, key, bias=True):
+    _put(params, (*path, "scale"), r.take(key + ".weight"), r, key + ".weight")
+    if bias:
+        _put(params, (*path, "bias"), r.take(key + ".bias"), r, key + ".bias")
+
+
+def _batchnorm(r, params, stats, path, key):
+    _norm(r, params, path, key)
+    _put(stats, (*path, "mean"), r.take(key + ".running_mean"), r, key + ".running_mean")
+    _put(stats, (*path, "var"), r.take(key + ".running_var"), r, key + ".running_var")
+
+
+def _dinov2(r, params, path, prefix, layers):
+    w = r.take(prefix + "embeddings.patch_embeddings.projection.weight")
+    _put(params, (*path, "patch_embed", "kernel"), w.transpose(2, 3, 1, 0), r,
+         prefix + "embeddings.patch_embeddings.projection.weight")
+    _put(params, (*path, "patch_embed", "bias"), r.take(prefix + "embeddings.patch_embeddings.projection.bias"), r,
+         prefix + "embeddings.patch_embeddings.projection.bias")
+    _put(params, (*path, "cls_token"), r.take(prefix + "embeddings.cls_token"), r, prefix + "embeddings.cls_token")
+    _put(params, (*path, "pos_embed"), r.take(prefix + "embeddings.position_embeddings"), r,
+         prefix + "embeddings.position_embeddings")
+    for i in range(layers):
+        lk, lp = f"{prefix}encoder.layer.{i}.", (*path, f"layer_{i}")
+        for n in ("norm1", "norm2"):
+            _norm(r, params, (*lp, n), lk + n)
+        for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            _linear(r, params, (*lp, n), lk + "attention." + n)
+        for n in ("fc1", "fc2"):
+            _linear(r, params, (*lp, n), lk + "mlp." + n)
+        for n in ("layer_scale1", "layer_scale2"):
+            _put(params, (*lp, n), r.take(f"{lk}{n}.lambda1"), r, f"{lk}{n}.lambda1")
+    _norm(r, params, (*path, "layernorm"), prefix + "layernorm")
+
+
+def _encoder(r, params, stats, path, prefix, cfg):
+    _dinov2(r, params, (*path, "dino"), prefix + "model.", cfg.dino_layers)
+    _put(params, (*path, "deconv", "kernel"), r.take(prefix + "deconv.0.weight").transpose(2, 3, 0, 1), r,
+         prefix + "deconv.0.weight")
+    _batchnorm(r, params, stats, (*path, "deconv_bn"), prefix + "deconv.1")
+    _put(params, (*path, "low_conv", "kernel"), r.take(prefix + "low_level_encoder.0.weight").transpose(2, 3, 1, 0),
+         r, prefix + "low_level_encoder.0.weight")
+    _batchnorm(r, params, stats, (*path, "low_bn"), prefix + "low_level_encoder.1")
+
+
+def _transformer(r, params, path, prefix, layers):
+    _put(params, (*path, "query_token"), r.take(prefix + "query_token").reshape(-1), r, prefix + "query_token")
+    lp, lk = (*path, "layers"), prefix + "layers.{}."
+    for n in ("wq", "wk", "wv", "wo"):
+        _linear(r, params, (*lp, "self_attention", n), lk + "self_attention." + n, bias=False, stack=layers)
+    for n in ("value_proj", "sampling_offsets", "attention_weights"):
+        _linear(r, params, (*lp, "cross_attention", n), lk + "cross_attention.deformable_attention." + n,
+                stack=layers)
+    for n in ("output_proj", "cross_view_weight"):
+        _linear(r, params, (*lp, "cross_attention", n), lk + "cross_attention." + n, stack=layers)
+    for n in ("w1", "w2", "w3"):
+        _linear(r, params, (*lp, "feed_forward", n), lk + "feed_forward." + n, bias=False, stack=layers)
+    for n in ("self_attention_norm", "cross_attention_norm", "ffn_norm"):
+        _put(params, (*lp, n, "weight"), r.take_stacked(lk + n + ".weight", layers), r,
+             lk.format(0) + n + ".weight")
+    _put(params, (*path, "norm", "weight"), r.take(prefix + "norm.weight"), r, prefix + "norm.weight")
+
+
+def expected_variables(config):
+    """Abstract {"params", "batch_stats"} tree (ShapeDtypeStructs) of GeoLRM(config), from jax.eval_shape."""
+    from geolrm_jax.model.geolrm import GeoLRM
+
+    side = int(np.lcm(4, config.encoder.dino_patch))
+    images = jnp.zeros((1, 1, side, side, 3))
+    c2ws, ks = jnp.broadcast_to(jnp.eye(4), (1, 1, 4, 4)), jnp.broadcast_to(jnp.eye(3), (1, 1, 3, 3))
+    mask = jnp.ones((1, 1), bool)
+    return jax.eval_shape(lambda: GeoLRM(config).init(jax.random.PRNGKey(0), images, c2ws, ks, mask))
+
+
+def _check_shapes(tree, expected, reader: _Reader, path=()):
+    if isinstance(expected, Mapping):
+        if not isinstance(tree, Mapping):
+            raise ConversionError(f"parameter {'/'.join(path)}: expected a subtree")
+        for k in expected:
+            if k not in tree:
+                raise ConversionError(f"parameter {'/'.join((*path, k))} has no source in the checkpoint")
+            _check_shapes(tree[k], expected[k], reader, (*path, k))
+        return
+    if tuple(tree.shape) != tuple(expected.shape):
+        src = reader.sources.get(path[1:], "?")
+        raise ConversionError(f"key {src!r} does not fit the config: converted shape {tuple(tree.shape)}, "
+                              f"parameter {'/'.join(path)} expects {tuple(expected.shape)}")
+
+
+def convert_state_dict(sd: Mapping[str, np.ndarray], config, *, verbose: bool = False):
+    """Flat torch state dict -> ({"params", "batch_stats"} of GeoLRM(config), list of skipped unknown keys)."""
+    r = _Reader(sd)
+    params, stats = {}, {}
+    _encoder(r, params, stats, ("proposal", "encoder"), "serializer.encoder.", config.encoder)
+    _transformer(r, params, ("proposal", "transformer"), "serializer.transformer.", config.proposal.layers)
+    _linear(r, params, ("proposal", "upsample"), "serializer.upsample")
+    _encoder(r, params, stats, ("reconstruction", "encoder"), "lrm_generator.encoder.", config.encoder)
+    _transformer(r, params, ("reconstruction", "transformer"), "lrm_generator.transformer.",
+                 config.reconstruction.layers)
+    for i in (0, 2):
+        _linear(r, params, ("reconstruction", "decoder", f"latent_decoder_{i}"),
+                f"lrm_generator.renderer.latent_decoder.{i}")
+    variables = {"params": params, "batch_stats": stats}
+    # param paths are recorded without the collection name; batch_stats share the prefix scheme.
+    _check_shapes(variables, expected_variables(config), r)
+    leftover = sorted(k for k in r.sd if k not in r.used)
+    unknown = [k for k in leftover if not any(p.search(k) for p in _UNUSED)]
+    if verbose and unknown:
+        print(f"skipped {len(unknown)} unknown keys: {', '.join(unknown)}", file=sys.stderr)
+    variables = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), variables)
+    return variables, unknown
+
+
+def dinov2_from_hf(sd: Mapping[str, np.ndarray], layers: int, prefix: str = ""):
+    """Params of `dinov2.Dinov2Backbone` from a plain Hugging Face DINOv2 state dict (either naming scheme:
+    `attention.attention.query` or `attention.q_proj`). `prefix` e.g. "dinov2." for classification models."""
+    r = _Reader(sd)
+    params: dict = {}
+    _dinov2(r, params, (), prefix, layers)
+    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+
+
+def save_variables(path, variables) -> None:
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(os.path.abspath(os.fspath(path)), variables, force=True)
+
+
+def restore_variables(path):
+    """Read back the {"params", "batch_stats"} written by `geolrm-jax convert` (numpy/jax arrays)."""
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as ckptr:
+        return ckptr.restore(os.path.abspath(os.fspath(path)))
+
+
+def config_from_arg(arg: str):
+    """'official', 'tiny', or a geolrm_small-style config.json path -> model ConfigDict."""
+    if arg == "official":
+        return model_config.official_model_config()
+    if arg == "tiny":
+        return model_config.tiny_model_config()
+    with open(arg) as f:
+        return model_config.config_from_fixture(json.load(f), source=arg)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="geolrm-jax convert", description=__doc__.split("\n\n")[0])
+    parser.add_argument("input", help="state dict: .safetensors, .ckpt or .pt")
+    parser.add_argument("output", help="output Orbax checkpoint directory")
+    parser.add_argument("--config", default="official",
+                        help="architecture: 'official', 'tiny' or a config.json in the geolrm_small format")
+    args = parser.parse_args(argv)
+    config = config_from_arg(args.config)
+    try:
+        variables, unknown = convert_state_dict(load_state_dict(args.input), config)
+    except ConversionError as e:
+        print(f"error: {args.input}: {e}", file=sys.stderr)
+        return 2
+    if unknown:
+        print(f"skipped {len(unknown)} unknown keys:", *unknown, sep="\n  ")
+    save_variables(args.output, variables)
+    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
+    print(f"wrote {args.output}: {n:,} parameters")
+    return 0

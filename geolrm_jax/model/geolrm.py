@@ -1,0 +1,91 @@
+"""GeoLRM end to end: proposal network → anchor selection → reconstruction network → Gaussians.
+
+Parameters live in two subtrees of `params` and `batch_stats`: `proposal` (original `serializer.*`) and
+`reconstruction` (original `lrm_generator.*`), so stage 2 can freeze `proposal`.
+
+Inputs (every method): images (B, V, H, W, 3) in [0, 1]; c2ws (B, V, 4, 4) OpenGL camera-to-world; Ks
+(B, V, 3, 3) normalized intrinsics; view_mask (B, V) bool. V is a static maximum: padded views (mask False)
+are replaced by a dummy camera, then excluded from the cross-view softmax, so 1..V views run through one
+compiled function.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from geolrm_jax.model.decoder import GaussianDecoder
+from geolrm_jax.model.encoder import HierarchicalEncoder
+from geolrm_jax.model.proposal import ProposalNetwork, select_anchors
+from geolrm_jax.model.transformer import GeoTransformer
+from geolrm_jax.render.gaussians import Gaussians
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(config) -> Any:
+    if config.dtype not in _DTYPES:
+        raise ValueError(f"config.dtype must be one of {sorted(_DTYPES)}, got {config.dtype!r}")
+    return _DTYPES[config.dtype]
+
+
+def sanitize_cameras(c2ws, Ks, view_mask):
+    """Replace the cameras of padded views by a valid dummy (identity pose, unit intrinsics) so that no
+    NaN from a singular pose can leak through a zero weight."""
+    m = view_mask[..., None, None]
+    dummy_k = jnp.asarray([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]], jnp.float32)
+    c2ws = jnp.where(m, c2ws.astype(jnp.float32), jnp.eye(4, dtype=jnp.float32))
+    Ks = jnp.where(m, Ks.astype(jnp.float32), dummy_k)
+    return c2ws, Ks
+
+
+class ReconstructionNetwork(nn.Module):
+    """Original `lrm_generator`: (images, cameras, anchors (B, S, 3), anchor_mask (B, S)) -> Gaussians."""
+
+    config: Any
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, images, c2ws, Ks, view_mask, anchors, anchor_mask):
+        cfg, rc = self.config, self.config.reconstruction
+        feats, shapes = HierarchicalEncoder(cfg.encoder, self.dtype, cfg.attention_impl, name="encoder")(
+            images, c2ws, Ks)
+        latents = GeoTransformer(rc.dim, rc.layers, rc.heads, rc.num_points, rc.grid_size, rc.xyz_scale, shapes,
+                                 cfg.norm_eps, self.dtype, cfg.remat, cfg.remat_policy, cfg.attention_impl,
+                                 cfg.sample_impl, cfg.attention_over_heads, name="transformer")(
+            anchors, anchor_mask, feats, c2ws, Ks, view_mask)
+        self.sow("intermediates", "latents", latents)
+        return GaussianDecoder(rc.gs_per_token, rc.offset_max, rc.scale_max, self.dtype, name="decoder")(
+            latents, anchors, anchor_mask)
+
+
+class GeoLRM(nn.Module):
+    """The full model; see the module docstring for inputs. Pure functions of (variables, inputs)."""
+
+    config: Any
+
+    def setup(self):
+        dtype = compute_dtype(self.config)
+        self.proposal = ProposalNetwork(self.config, dtype)
+        self.reconstruction = ReconstructionNetwork(self.config, dtype)
+
+    def propose(self, images, c2ws, Ks, view_mask):
+        """Stage 1 -> occupancy logits (B, G, G, G) float32, indexed [x, y, z]."""
+        c2ws, Ks = sanitize_cameras(c2ws, Ks, view_mask)
+        return self.proposal(images, c2ws, Ks, view_mask)
+
+    def reconstruct(self, images, c2ws, Ks, view_mask, anchors, anchor_mask) -> Gaussians:
+        """Stage 2 with given anchors (B, S, 3), anchor_mask (B, S) -> Gaussians (B, S·K, ...)."""
+        c2ws, Ks = sanitize_cameras(c2ws, Ks, view_mask)
+        return self.reconstruction(images, c2ws, Ks, view_mask, anchors, anchor_mask)
+
+    def __call__(self, images, c2ws, Ks, view_mask):
+        """Full inference -> dict(occupancy_logits, anchors, anchor_mask, gaussians)."""
+        logits = self.propose(images, c2ws, Ks, view_mask)
+        pc = self.config.proposal
+        anchors, anchor_mask = select_anchors(logits, pc.capacity, pc.xyz_scale)
+        gaussians = self.reconstruct(images, c2ws, Ks, view_mask, anchors, anchor_mask)
+        return {"occupancy_logits": logits, "anchors": anchors, "anchor_mask": anchor_mask,
+                "gaussians": gaussians}

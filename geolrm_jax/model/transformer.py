@@ -1,0 +1,226 @@
+"""GeoLRM transformer (original `GeoTransformer`): 3D-RoPE self-attention, multi-view deformable
+cross-attention and SwiGLU FFN, stacked with `nn.scan` over layers.
+
+Block, pre-norm, with the original's residual quirk in the cross-attention:
+    h   = x + SelfAttn(RMSNorm(x))
+    c   = CrossAttn(RMSNorm(h))        # returns output_proj(...) + RMSNorm(h): the un-normalized h is dropped
+    out = c + FFN(RMSNorm(c))
+Intermediates (collection "intermediates", only when it is mutable): per layer `self_attention_out`,
+`cross_attention_out`, `feed_forward_out` (stacked on axis 0 by the scan) and `reference_points_cam`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from geolrm_jax import geometry
+from geolrm_jax.model.config import ffn_hidden_dim
+from geolrm_jax.model.dinov2 import attention
+
+NUM_LEVELS = 2
+
+
+class RMSNorm(nn.Module):
+    """x · rsqrt(mean(x²) + eps) · weight, statistics in float32; result in `dtype`."""
+
+    eps: float = 1e-5
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        weight = self.param("weight", nn.initializers.ones, (x.shape[-1],))
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        return (y.astype(self.dtype) * weight.astype(self.dtype)).astype(self.dtype)
+
+
+def rope_grid_index(xyzs, xyz_scale: float, grid_size: int):
+    """Integer RoPE positions (..., 3) = int((xyz / xyz_scale + 1)·(grid_size - 1)/2), truncated toward 0."""
+    idx = (xyzs.astype(jnp.float32) / xyz_scale + 1.0) * (grid_size - 1) / 2.0
+    return jnp.trunc(idx).astype(jnp.int32)
+
+
+def rope3d_tables(grid_idx, head_dim: int, theta: float = 10000.0):
+    """cos, sin (..., 3, Q) with Q = head_dim / 6: angle = idx[..., t] · theta^(-i/Q)."""
+    if head_dim % 6:
+        raise ValueError(f"3D RoPE needs head_dim divisible by 6, got {head_dim}")
+    q = head_dim // 6
+    inv_freq = 1.0 / (theta ** (jnp.arange(q, dtype=jnp.float32) / q))
+    angle = grid_idx.astype(jnp.float32)[..., None] * inv_freq
+    return jnp.cos(angle), jnp.sin(angle)
+
+
+def apply_rope3d(x, cos, sin):
+    """x (B, S, H, D); cos/sin (B, S, 3, Q). Third t of D = [u (Q) | v (Q)] rotates with axis t:
+    u' = u·cos − v·sin, v' = v·cos + u·sin (layout of the original cuRoPE3D kernel)."""
+    b, s, h, d = x.shape
+    q = d // 6
+    xr = x.astype(jnp.float32).reshape(b, s, h, 3, 2, q)
+    u, v = xr[..., 0, :], xr[..., 1, :]
+    c, sn = cos[:, :, None], sin[:, :, None]
+    out = jnp.stack([u * c - v * sn, v * c + u * sn], axis=-2)
+    return out.reshape(b, s, h, d).astype(x.dtype)
+
+
+def attention_over_heads(q, k, v):
+    """The original's float32 self-attention path, reproduced exactly.
+
+    `torch.matmul(xq, xk.transpose(2, 3))` on (B, S, H, D) tensors attends over the H heads of each token (an
+    H×H softmax per token, where RoPE cancels out), and `.transpose(1, 2).contiguous().view(B, S, -1)` then
+    re-reads the (B, H, S, D) buffer as (B, S, H·D), so output token s gathers rows of tokens s·H..s·H+H−1.
+    The original's bf16 path (flash-attn) computes ordinary attention over tokens instead.
+    """
+    b, s, h, d = q.shape
+    scores = jnp.einsum("bshd,bsgd->bshg", q, k).astype(jnp.float32) / jnp.sqrt(jnp.float32(d))
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bshg,bsgd->bshd", probs, v)
+    return out.transpose(0, 2, 1, 3).reshape(b, s, h * d)
+
+
+class SelfAttention(nn.Module):
+    """wq, wk, wv, wo (no bias) with 3D RoPE on q and k. Attention over tokens with a key-padding mask
+    (`jax.nn.dot_product_attention`), or, with `over_heads`, the original's float32 path (see
+    `attention_over_heads`; it ignores the mask, as the original does)."""
+
+    dim: int
+    heads: int
+    dtype: Any = jnp.float32
+    attention_impl: str | None = None
+    over_heads: bool = False
+
+    @nn.compact
+    def __call__(self, x, cos, sin, key_mask):
+        b, s, _ = x.shape
+        hd = self.dim // self.heads
+        dense = functools.partial(nn.Dense, self.dim, use_bias=False, dtype=self.dtype)
+        q, k, v = (dense(name=n)(x).reshape(b, s, self.heads, hd) for n in ("wq", "wk", "wv"))
+        q, k = apply_rope3d(q, cos, sin), apply_rope3d(k, cos, sin)
+        if self.over_heads:
+            out = attention_over_heads(q, k, v)
+        else:
+            out = attention(q, k, v, implementation=self.attention_impl, mask=key_mask[:, None, None, :])
+        return dense(name="wo")(out.reshape(b, s, self.dim))
+
+
+class DeformableCrossAttention(nn.Module):
+    """Multi-view deformable cross-attention (original MSDCAWrapper + MSDeformableAttention3D).
+
+    Offsets and weights come from the query once and are shared by every view. Returns output_proj(view
+    softmax-weighted sum) + query (the residual of the original, on the normalized query).
+    """
+
+    dim: int
+    heads: int
+    num_points: int
+    spatial_shapes: tuple
+    dtype: Any = jnp.float32
+    sample_impl: str | None = None
+
+    @nn.compact
+    def __call__(self, query, feats, ref_points, view_mask, query_mask):
+        from geolrm_kernels.deformable_sample import deformable_sample
+
+        b, s, _ = query.shape
+        v, length = feats.shape[1], feats.shape[2]
+        hc = self.dim // self.heads
+        nl, p = NUM_LEVELS, self.num_points
+        dense = functools.partial(nn.Dense, dtype=self.dtype)
+        value = dense(self.dim, name="value_proj")(feats).reshape(b, v, length, self.heads, hc)
+        offsets = dense(self.heads * nl * p * 2, name="sampling_offsets")(query)
+        offsets = offsets.astype(jnp.float32).reshape(b, s, self.heads, nl, p, 2)
+        normalizer = jnp.asarray([[w, h] for h, w in self.spatial_shapes], jnp.float32)  # (NL, 2) = (w, h)
+        offsets = offsets / normalizer[:, None, :]
+        logits = dense(self.heads * nl * p, name="attention_weights")(query).astype(jnp.float32)
+        weights = jax.nn.softmax(logits.reshape(b, s, self.heads, nl * p), -1).reshape(b, s, self.heads, nl, p)
+        sampled = deformable_sample(value, ref_points, offsets, weights, tuple(self.spatial_shapes),
+                                    view_mask, query_mask, implementation=self.sample_impl)
+        sampled = sampled.reshape(b, v, s, self.dim).astype(self.dtype)
+        view_logits = dense(1, name="cross_view_weight")(sampled)[..., 0].astype(jnp.float32)  # (B, V, S)
+        view_logits = jnp.where(view_mask[:, :, None], view_logits, -1e30)
+        view_w = jax.nn.softmax(view_logits, axis=1)
+        fused = jnp.einsum("bvs,bvsd->bsd", view_w, sampled.astype(jnp.float32)).astype(self.dtype)
+        return dense(self.dim, name="output_proj")(fused) + query
+
+
+class FeedForward(nn.Module):
+    dim: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        hidden = ffn_hidden_dim(self.dim)
+        dense = functools.partial(nn.Dense, use_bias=False, dtype=self.dtype)
+        return dense(self.dim, name="w2")(nn.silu(dense(hidden, name="w1")(x)) * dense(hidden, name="w3")(x))
+
+
+class GeoTransformerBlock(nn.Module):
+    """One block; scanned over layers. Carry: (B, S, dim) stream."""
+
+    dim: int
+    heads: int
+    num_points: int
+    spatial_shapes: tuple
+    norm_eps: float = 1e-5
+    dtype: Any = jnp.float32
+    attention_impl: str | None = None
+    sample_impl: str | None = None
+    attention_over_heads: bool = False
+
+    @nn.compact
+    def __call__(self, x, cos, sin, query_mask, feats, ref_points, view_mask):
+        norm = functools.partial(RMSNorm, self.norm_eps, self.dtype)
+        sa = SelfAttention(self.dim, self.heads, self.dtype, self.attention_impl, self.attention_over_heads,
+                           name="self_attention")(
+            norm(name="self_attention_norm")(x), cos, sin, query_mask)
+        h = x + sa.astype(jnp.float32)  # residual stream stays float32 (as under torch autocast)
+        ca = DeformableCrossAttention(self.dim, self.heads, self.num_points, self.spatial_shapes, self.dtype,
+                                      self.sample_impl, name="cross_attention")(
+            norm(name="cross_attention_norm")(h), feats, ref_points, view_mask, query_mask)
+        ff = FeedForward(self.dim, self.dtype, name="feed_forward")(norm(name="ffn_norm")(ca))
+        self.sow("intermediates", "self_attention_out", sa)
+        self.sow("intermediates", "cross_attention_out", ca)
+        self.sow("intermediates", "feed_forward_out", ff)
+        return ca.astype(jnp.float32) + ff.astype(jnp.float32), None
+
+
+class GeoTransformer(nn.Module):
+    """xyzs (B, S, 3), query_mask (B, S) bool, feats (B, V, L, C), c2ws (B, V, 4, 4), Ks (B, V, 3, 3),
+    view_mask (B, V) bool -> latents (B, S, dim) after the final RMSNorm."""
+
+    dim: int
+    layers: int
+    heads: int
+    num_points: int
+    grid_size: int
+    xyz_scale: float
+    spatial_shapes: tuple
+    norm_eps: float = 1e-5
+    dtype: Any = jnp.float32
+    remat: bool = False
+    remat_policy: str = "nothing_saveable"
+    attention_impl: str | None = None
+    sample_impl: str | None = None
+    attention_over_heads: bool = False
+
+    @nn.compact
+    def __call__(self, xyzs, query_mask, feats, c2ws, Ks, view_mask):
+        b, s, _ = xyzs.shape
+        token = self.param("query_token", nn.initializers.normal(1.0), (self.dim - 3,))
+        h = jnp.concatenate([xyzs.astype(jnp.float32), jnp.broadcast_to(token, (b, s, self.dim - 3))], -1)
+        cos, sin = rope3d_tables(rope_grid_index(xyzs, self.xyz_scale, self.grid_size), self.dim // self.heads)
+        ref_points = geometry.project_points(xyzs[:, None], c2ws, Ks)  # (B, V, S, 2)
+        self.sow("intermediates", "reference_points_cam", ref_points)
+        block = GeoTransformerBlock
+        if self.remat:
+            block = nn.remat(block, prevent_cse=False, policy=getattr(jax.checkpoint_policies, self.remat_policy))
+        stack = nn.scan(block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
+                        in_axes=(nn.broadcast,) * 6, length=self.layers)
+        h, _ = stack(self.dim, self.heads, self.num_points, tuple(self.spatial_shapes), self.norm_eps,
+                     self.dtype, self.attention_impl, self.sample_impl, self.attention_over_heads, name="layers")(
+            h, cos, sin, query_mask, feats.astype(self.dtype), ref_points, view_mask)
+        return RMSNorm(self.norm_eps, self.dtype, name="norm")(h)

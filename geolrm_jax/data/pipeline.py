@@ -1,0 +1,306 @@
+"""Grain input pipeline over a built ``gobjaverse`` / ``synthetic_objects`` dataset (``tfds.data_source``).
+
+Order of operations (all deterministic given ``seed``; see ``make_iterator``)::
+
+    data source -> this host's shard [process_index::process_count] -> shuffle (reseeded every epoch)
+      -> repeat -> per-example random map (view sampling, decoding, resizing, background) -> drop bad
+      examples (counted) -> batch -> prefetch in worker processes
+
+Yielded batches (numpy), with B the per-host batch size, Vi = 4 + 3 input slots, Vt = 8 target slots:
+
+* ``input_images`` (B, Vi, H, W, 3) float32 in [0, 1], ``input_c2w`` (B, Vi, 4, 4), ``input_K`` (B, Vi, 3, 3),
+  ``input_mask`` (B, Vi) bool (padded slots repeat a valid camera, have zero images and mask False);
+* ``target_images`` (B, Vt, Hr, Wr, 3), ``target_alpha`` (B, Vt, Hr, Wr), ``target_depth`` (B, Vt, Hr, Wr)
+  (z-depth, 0 where invalid), ``target_c2w``, ``target_K``, ``target_mask`` (B, Vt) bool;
+* ``background`` (B, 3) float32: the targets' background, U[0, 1]^3 per example in training (the original's
+  ``torch.rand(3)``), white in evaluation;
+* ``occupancy`` (B, G, G, G) uint8.
+
+Images are resized with premultiplied-alpha bilinear filtering (antialiased when shrinking) and composited
+on the background; target alpha and depth are resized with nearest neighbour (as the original, to keep depth
+edges free of interpolated points). Input images are composited on white by default, like the original,
+whose model sees white-background inputs at inference; ``input_background="random"`` uses the example's
+background instead.
+
+Bad records (undecodable PNG, wrong size, non-finite depth) are logged with the object id and view, skipped
+and counted (``DataIterator.metrics()``); more than ``max_bad_fraction`` of the examples seen so far (once
+``bad_check_min_examples`` were seen) raises ``BadDataError``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grain
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from geolrm_jax.data import occupancy, sampling
+from geolrm_jax.data.gobjaverse_io import BadInputError, decode_depth, decode_png_rgba
+
+log = logging.getLogger(__name__)
+_BAD = "__bad_example__"
+_SKIPPED = "__num_bad_skipped__"
+
+
+class BadDataError(RuntimeError):
+    """Too many bad examples."""
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """Pipeline settings; ``data_dir`` is a built dataset directory (``<root>/<name>/<config>/<version>``)."""
+    c = ml_collections.ConfigDict()
+    c.data_dir = ""
+    c.input_size = 448  # the original's input_size
+    c.render_size = 448  # the original's render_size
+    c.grid_size = 128
+    c.num_orbit_views = 24
+    c.orbit_inputs = 4
+    c.random_views = 4
+    c.min_orbit_inputs = 1
+    c.max_random_inputs = 3
+    c.input_background = "white"  # or "random"
+    c.random_background = True  # targets in training; evaluation always uses white
+    c.shuffle = True
+    c.num_epochs = -1  # -1: repeat forever
+    c.num_workers = 2  # worker processes (0: in the main process)
+    c.worker_buffer_size = 2
+    c.read_threads = 2
+    c.max_bad_fraction = 0.01
+    c.bad_check_min_examples = 100
+    return c
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Per-example transform (runs in the worker processes)
+
+
+def _resize_channels(channels: np.ndarray, size: int, resample) -> np.ndarray:
+    """(H, W, C) float32 -> (size, size, C) with PIL filters (antialiased when shrinking)."""
+    if channels.shape[0] == size and channels.shape[1] == size:
+        return channels
+    out = [np.asarray(Image.fromarray(channels[..., c], mode="F").resize((size, size), resample))
+           for c in range(channels.shape[-1])]
+    return np.stack(out, -1)
+
+
+def composite(rgba: np.ndarray, size: int, background: np.ndarray) -> np.ndarray:
+    """uint8 RGBA (H, W, 4) -> float32 RGB (size, size, 3) on ``background``, premultiplied resize."""
+    x = rgba.astype(np.float32) / 255.0
+    premult = np.concatenate([x[..., :3] * x[..., 3:], x[..., 3:]], -1)
+    premult = _resize_channels(premult, size, Image.BILINEAR)
+    alpha = np.clip(premult[..., 3:], 0, 1)
+    return np.clip(premult[..., :3] + (1 - alpha) * background, 0, 1).astype(np.float32)
+
+
+def _nearest(channel: np.ndarray, size: int) -> np.ndarray:
+    return _resize_channels(channel[..., None].astype(np.float32), size, Image.NEAREST)[..., 0]
+
+
+class ExampleTransform:
+    """record (a data-source element) + rng -> example dict, or a bad-example marker."""
+
+    def __init__(self, config: ml_collections.ConfigDict, training: bool):
+        self.config = config
+        self.training = training
+
+    def __call__(self, record: dict, rng: np.random.Generator) -> dict:
+        object_id = record["object_id"]
+        object_id = object_id.decode() if isinstance(object_id, bytes) else str(object_id)
+        try:
+            return self._example(record, object_id, rng)
+        except BadInputError as err:
+            log.warning("skipping bad example: %s", err)
+            return {_BAD: str(err)}
+
+    def _example(self, record: dict, object_id: str, rng: np.random.Generator) -> dict:
+        c = self.config
+        views = sampling.sample_views(
+            rng, len(record["png"]), training=self.training, num_orbit_views=c.num_orbit_views,
+            orbit_inputs=c.orbit_inputs, random_views=c.random_views, min_orbit_inputs=c.min_orbit_inputs,
+            max_random_inputs=c.max_random_inputs)
+        if self.training and c.random_background:
+            background = rng.uniform(size=3).astype(np.float32)
+        else:
+            background = np.ones(3, np.float32)
+        input_bg = background if c.input_background == "random" else np.ones(3, np.float32)
+        needed = sorted(set(views.input_views.tolist()) | set(views.target_views.tolist()))
+        rgba, depth, size = {}, {}, None
+        for v in needed:
+            source = f"{object_id} view {v}"
+            rgba[v] = decode_png_rgba(record["png"][v], source + " png", size)
+            size = rgba[v].shape[:2]
+            depth[v] = decode_depth(record["depth_png"][v], float(record["depth_scale"][v]), source + " depth")
+            if depth[v].shape != size:
+                raise BadInputError(source, f"depth size {depth[v].shape} differs from image size {size}")
+            if not np.all(np.isfinite(depth[v])):
+                raise BadInputError(source, "non-finite depth")
+        c2w, K = np.asarray(record["c2w"], np.float32), np.asarray(record["K"], np.float32)
+        if not (np.all(np.isfinite(c2w)) and np.all(np.isfinite(K))):
+            raise BadInputError(object_id, "non-finite cameras")
+        occ = np.asarray(record["occupancy"])
+        if occ.size and int(occ.max()) >= c.grid_size:
+            raise BadInputError(object_id, f"occupancy indices exceed grid_size={c.grid_size}")
+
+        iv, tv = views.input_views, views.target_views
+        imask = views.input_mask
+        inputs = np.stack([composite(rgba[v], c.input_size, input_bg) for v in iv])
+        inputs = inputs * imask[:, None, None, None]
+        targets = np.stack([composite(rgba[v], c.render_size, background) for v in tv])
+        alpha = np.stack([_nearest(rgba[v][..., 3].astype(np.float32) / 255.0, c.render_size) for v in tv])
+        tdepth = np.stack([_nearest(depth[v], c.render_size) for v in tv])
+        return {
+            "input_images": inputs.astype(np.float32),
+            "input_c2w": c2w[iv],
+            "input_K": K[iv],
+            "input_mask": imask,
+            "target_images": targets,
+            "target_alpha": alpha.astype(np.float32),
+            "target_depth": tdepth.astype(np.float32),
+            "target_c2w": c2w[tv],
+            "target_K": K[tv],
+            "target_mask": views.target_mask,
+            "background": background,
+            "occupancy": occupancy.densify(occ, c.grid_size),
+        }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Dropping bad examples with a count that travels with the data (so it survives worker processes)
+
+
+class _DropBadIterDataset(grain.IterDataset):
+    def __iter__(self):
+        return _DropBadIterator(self._parents[0].__iter__())
+
+
+class _DropBadIterator(grain.DatasetIterator):
+    def __next__(self):
+        skipped = 0
+        while True:
+            example = next(self._parents[0])
+            if _BAD not in example:
+                example[_SKIPPED] = np.int32(skipped)
+                return example
+            skipped += 1
+
+    def get_state(self):
+        return self._parents[0].get_state()
+
+    def set_state(self, state):
+        self._parents[0].set_state(state)
+
+
+class DataIterator:
+    """Iterator over batches with checkpointable state (``get_state``/``set_state``, JSON-serializable) and
+    bad-example metrics."""
+
+    def __init__(self, dataset: grain.IterDataset, batch_size: int, max_bad_fraction: float,
+                 bad_check_min_examples: int):
+        self._iterator = iter(dataset)
+        self.batch_size = batch_size
+        self.max_bad_fraction = max_bad_fraction
+        self.bad_check_min_examples = bad_check_min_examples
+        self.num_examples = 0
+        self.num_bad = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            self._check(final=True)
+            raise
+        self.num_bad += int(np.sum(batch.pop(_SKIPPED)))
+        self.num_examples += int(batch["background"].shape[0])
+        self._check(final=False)
+        return batch
+
+    def _check(self, final: bool) -> None:
+        seen = self.num_examples + self.num_bad
+        if (final or seen >= self.bad_check_min_examples) and self.num_bad > self.max_bad_fraction * seen:
+            raise BadDataError(
+                f"{self.num_bad} of {seen} examples were bad (more than max_bad_fraction="
+                f"{self.max_bad_fraction}); see the warnings above for the files")
+
+    def metrics(self) -> dict[str, float]:
+        seen = self.num_examples + self.num_bad
+        return {"data/examples": self.num_examples, "data/bad_examples": self.num_bad,
+                "data/bad_fraction": self.num_bad / max(seen, 1)}
+
+    def get_state(self) -> dict[str, Any]:
+        return {"grain": self._iterator.get_state(), "num_examples": self.num_examples,
+                "num_bad": self.num_bad}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._iterator.set_state(state["grain"])
+        self.num_examples = int(state["num_examples"])
+        self.num_bad = int(state["num_bad"])
+
+    def close(self) -> None:
+        close = getattr(self._iterator, "close", None)
+        if close is not None:
+            close()
+
+
+def shard_indices(num_records: int, process_index: int, process_count: int) -> range:
+    """Record indices of one host: ``range(process_index, num_records, process_count)``."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    return range(process_index, num_records, process_count)
+
+
+def make_dataset(source, data_config, *, seed: int, batch_size: int, training: bool = True,
+                 process_index: int | None = None, process_count: int | None = None) -> grain.IterDataset:
+    """The pipeline as a ``grain.IterDataset`` over any random-access ``source`` of records."""
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index, process_count = jax.process_index(), jax.process_count()
+    c = data_config
+    if c.input_background not in ("white", "random"):
+        raise ValueError(f"input_background must be 'white' or 'random', got {c.input_background!r}")
+    ds = grain.MapDataset.source(source)
+    ds = ds[slice(process_index, None, process_count)]
+    if len(ds) == 0:
+        raise ValueError(f"host {process_index}/{process_count} has no records (dataset has {len(source)})")
+    if c.shuffle and training:
+        ds = ds.shuffle(seed=seed)
+    ds = ds.repeat(None if c.num_epochs < 0 else c.num_epochs)
+    ds = ds.random_map(ExampleTransform(c, training), seed=seed + 1)
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=c.read_threads, prefetch_buffer_size=4))
+    it = _DropBadIterDataset(it)
+    it = it.batch(batch_size, drop_remainder=True)
+    if c.num_workers > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags; keep their defaults
+            flags.FLAGS.mark_as_parsed()
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=c.num_workers,
+                                                         per_worker_buffer_size=c.worker_buffer_size))
+    return it
+
+
+def make_iterator(data_config, split: str, *, seed: int, batch_size: int, training: bool | None = None,
+                  process_index: int | None = None, process_count: int | None = None,
+                  source=None) -> DataIterator:
+    """Batches of ``split`` of the dataset at ``data_config.data_dir`` for this host.
+
+    ``batch_size`` is this host's batch; ``training`` defaults to ``split == "train"``; ``source`` overrides
+    the data source (any random-access sequence of records).
+    """
+    if training is None:
+        training = split == "train"
+    if source is None:
+        from geolrm_jax.data.gobjaverse import data_source
+
+        if not data_config.data_dir:
+            raise ValueError("data_config.data_dir is empty: build a dataset first (tools/make_synthetic.py)")
+        source = data_source(data_config.data_dir, split)
+    dataset = make_dataset(source, data_config, seed=seed, batch_size=batch_size, training=training,
+                           process_index=process_index, process_count=process_count)
+    return DataIterator(dataset, batch_size, data_config.max_bad_fraction, data_config.bad_check_min_examples)

@@ -80,14 +80,14 @@ class _Reader:
         if key not in self.sd:
             raise ConversionError(f"missing key {key!r} in the checkpoint")
         self.used.add(key)
-        return np.asarray(self.sd[key], dtype=np.float32)
+        return jnp.asarray(self.sd[key], dtype=jnp.float32)
 
     def take_stacked(self, fmt: str, n: int) -> np.ndarray:
         arrays = [self.take(fmt.format(i)) for i in range(n)]
         for i, a in enumerate(arrays):
             if a.shape != arrays[0].shape:
                 raise ConversionError(f"key {fmt.format(i)!r} has shape {a.shape}, but layer 0 has {arrays[0].shape}")
-        return np.stack(arrays)
+        return jnp.stack(arrays)
 
 
 def _put(tree: dict, path: tuple, value, reader: _Reader, src: str):
@@ -102,7 +102,7 @@ def _linear(r, params, path, key, bias=True, stack=None):
     get = (lambda s: r.take_stacked(key + s, stack)) if stack else (lambda s: r.take(key + s))
     name = key.format(0) if stack else key
     w = get(".weight")
-    _put(params, (*path, "kernel"), np.swapaxes(w, -1, -2), r, name + ".weight")
+    _put(params, (*path, "kernel"), jnp.swapaxes(w, -1, -2), r, name + ".weight")
     if bias:
         _put(params, (*path, "bias"), get(".bias"), r, name + ".bias")
 
@@ -195,8 +195,7 @@ def _check_shapes(tree, expected, reader: _Reader, path=()):
                               f"parameter {'/'.join(path)} expects {tuple(expected.shape)}")
 
 
-def convert_state_dict(sd: Mapping[str, np.ndarray], config, *, verbose: bool = False):
-    """Flat torch state dict -> ({"params", "batch_stats"} of GeoLRM(config), list of skipped unknown keys)."""
+def _build(sd: Mapping, config):
     r = _Reader(sd)
     params, stats = {}, {}
     _encoder(r, params, stats, ("proposal", "encoder"), "serializer.encoder.", config.encoder)
@@ -209,14 +208,35 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], config, *, verbose: bool = 
         _linear(r, params, ("reconstruction", "decoder", f"latent_decoder_{i}"),
                 f"lrm_generator.renderer.latent_decoder.{i}")
     variables = {"params": params, "batch_stats": stats}
-    # param paths are recorded without the collection name; batch_stats share the prefix scheme.
     _check_shapes(variables, expected_variables(config), r)
     leftover = sorted(k for k in r.sd if k not in r.used)
     unknown = [k for k in leftover if not any(p.search(k) for p in _UNUSED)]
+    return variables, unknown
+
+
+def convert_state_dict(sd: Mapping[str, np.ndarray], config, *, verbose: bool = False):
+    """Flat torch state dict -> ({"params", "batch_stats"} of GeoLRM(config), list of skipped unknown keys).
+
+    Raises ConversionError naming the first missing or misshaped key."""
+    variables, unknown = _build(sd, config)
     if verbose and unknown:
         print(f"skipped {len(unknown)} unknown keys: {', '.join(unknown)}", file=sys.stderr)
-    variables = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), variables)
     return variables, unknown
+
+
+def check_key_shapes(shapes: Mapping[str, tuple], config):
+    """Shape-only conversion (no weights): {torch key: shape} -> (abstract variables, unknown keys).
+
+    Used to check that a checkpoint manifest maps completely onto `config`."""
+    abstract = {k: jax.ShapeDtypeStruct(tuple(v), jnp.float32) for k, v in shapes.items()}
+    unknown: list = []
+
+    def build(sd):
+        variables, unk = _build(sd, config)
+        unknown.extend(unk)
+        return variables
+
+    return jax.eval_shape(build, abstract), unknown
 
 
 def dinov2_from_hf(sd: Mapping[str, np.ndarray], layers: int, prefix: str = ""):
@@ -225,7 +245,7 @@ def dinov2_from_hf(sd: Mapping[str, np.ndarray], layers: int, prefix: str = ""):
     r = _Reader(sd)
     params: dict = {}
     _dinov2(r, params, (), prefix, layers)
-    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+    return params
 
 
 def save_variables(path, variables) -> None:

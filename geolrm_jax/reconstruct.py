@@ -1,0 +1,381 @@
+"""``geolrm-jax reconstruct``: posed images -> Gaussians (.ply, .splat), a turntable video, per-view renders.
+
+    geolrm-jax reconstruct INPUT [-o OUT] [--checkpoint CKPT] [--model-config official|tiny|CONFIG.json]
+
+INPUT is any input of ``geolrm_jax.inputs`` (a folder with ``cameras.json`` / ``transforms.json``, an SV3D
+orbit video or frame folder, a Zero123++ grid image). Outputs, all inside OUT (default ``outputs/<name>``):
+``gaussians.ply`` (standard 3DGS layout, or the original's with ``--ply-format original``),
+``gaussians.splat``, ``turntable.mp4`` (or ``.gif``), optionally ``views/NNN.png`` (renders at the input
+cameras) and ``summary.json`` (timings, peak device memory, weights used, counts). Everything is written to a
+temporary folder next to OUT and renamed into place at the end, so a failure leaves no partial output.
+
+Weights, first found wins:
+
+1. ``--checkpoint PATH``: an Orbax folder written by ``geolrm-jax convert``, or a state dict
+   (.safetensors / .ckpt / .pt) converted on the fly;
+2. ``$GEOLRM_CHECKPOINT`` (same kinds);
+3. the newest entry (by modification time) in ``$GEOLRM_CACHE`` (default ``~/.cache/geolrm_jax``) or in
+   the bundled ``geolrm_jax/assets/checkpoints``: an Orbax folder or a state dict file;
+4. none: the model runs with RANDOM weights (seeded) and says so in its output. Until a trained checkpoint
+   ships, this is what happens out of the box; the default architecture is then the tiny one.
+
+A checkpoint's architecture is ``--model-config`` (default ``official``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from geolrm_jax import export, inputs
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt")
+BUNDLED_CHECKPOINTS = pathlib.Path(__file__).parent / "assets" / "checkpoints"
+DEFAULT_IMAGE_SIZE = {"official": 448, "tiny": 56}
+SV3D_IMAGE_SIZE = 560  # run_geolrm.py resizes SV3D frames to 560, run_geolrm_zero123.py to 448
+MAX_VIEWS = 21
+RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS (no checkpoint found): the output is NOT a reconstruction"
+
+
+def cache_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("GEOLRM_CACHE", pathlib.Path.home() / ".cache" / "geolrm_jax"))
+
+
+def _is_checkpoint(path: pathlib.Path) -> bool:
+    return path.is_dir() or path.suffix.lower() in CHECKPOINT_SUFFIXES
+
+
+def find_checkpoint(explicit: str | None = None) -> tuple[pathlib.Path | None, str]:
+    """(checkpoint path or None, how it was found); see the module doc for the search order."""
+    if explicit:
+        path = pathlib.Path(explicit)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: checkpoint not found")
+        return path, "--checkpoint"
+    env = os.environ.get("GEOLRM_CHECKPOINT")
+    if env:
+        path = pathlib.Path(env)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: checkpoint named by $GEOLRM_CHECKPOINT not found")
+        return path, "$GEOLRM_CHECKPOINT"
+    candidates = []
+    for folder in (cache_dir(), BUNDLED_CHECKPOINTS):
+        if folder.is_dir():
+            candidates += [p for p in folder.iterdir() if _is_checkpoint(p) and not p.name.startswith(".")]
+    if candidates:
+        newest = max(candidates, key=lambda p: p.stat().st_mtime)
+        return newest, f"newest in {newest.parent}"
+    return None, "none found"
+
+
+def load_variables(checkpoint: pathlib.Path, config):
+    """{"params", "batch_stats"} from an Orbax folder or a torch/safetensors state dict."""
+    from geolrm_jax.model import convert
+
+    if checkpoint.is_dir():
+        return convert.restore_variables(checkpoint)
+    variables, _ = convert.convert_state_dict(convert.load_state_dict(checkpoint), config)
+    return variables
+
+
+def random_variables(config, seed: int = 0):
+    """Seeded random weights with the shapes of ``GeoLRM(config)``: kernels and embeddings N(0, 0.02^2),
+    biases 0, norm scales 1, BatchNorm running mean 0 and variance 1.
+
+    Built with numpy from ``jax.eval_shape`` of the initializer, so nothing is compiled (``init`` itself
+    runs the whole forward pass).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from geolrm_jax.model.convert import expected_variables
+
+    shapes = expected_variables(config)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+    rng = np.random.default_rng(seed)
+    values = []
+    for path, leaf in leaves:
+        name = str(getattr(path[-1], "key", path[-1]))
+        if name in ("bias", "mean"):
+            value = np.zeros(leaf.shape, np.float32)
+        elif name in ("scale", "var", "weight"):
+            value = np.ones(leaf.shape, np.float32)
+        else:
+            value = (0.02 * rng.standard_normal(leaf.shape)).astype(np.float32)
+        values.append(jnp.asarray(value))
+    return jax.tree_util.tree_unflatten(treedef, values)
+
+
+def peak_device_memory() -> int | None:
+    """Peak bytes in use on the first local device, or None where the backend does not report it (CPU)."""
+    import jax
+
+    stats = jax.local_devices()[0].memory_stats()
+    return None if not stats else stats.get("peak_bytes_in_use")
+
+
+def format_bytes(n: int | None) -> str:
+    return "n/a on CPU" if n is None else f"{n / 2**30:.2f} GiB"
+
+
+def turntable_cameras(num_frames: int, distance: float = 1.5, elevation: float = 20.0, fov: float = 39.6):
+    """The original's video cameras: ``num_frames`` poses on a circle (azimuth from 0), fov 39.6 deg."""
+    from geolrm_jax import geometry
+
+    c2w = np.asarray(geometry.orbit_c2w(num_frames, elevation_deg=elevation, radius=distance))
+    K = np.broadcast_to(np.asarray(geometry.fov_to_intrinsics(fov)), (num_frames, 3, 3))
+    return c2w, np.ascontiguousarray(K)
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_render(height: int, width: int, capacity: int):
+    import jax
+
+    from geolrm_jax.render.splat import render
+
+    return jax.jit(lambda g, c2w, K, bg: render(g, c2w, K, height, width, bg, capacity=capacity))
+
+
+def render_views(gaussians, c2w, K, size: int, chunk: int = 8, background=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """Render one scene's Gaussians (fields (1, N, ...)) into cameras (C, 4, 4) -> (C, size, size, 3) in [0, 1].
+
+    Cameras go in chunks of ``chunk`` (the last one padded by repetition) through one compiled renderer; the
+    tile-intersection capacity grows (power of two) and the chunk is redone whenever it overflows.
+    """
+    import jax.numpy as jnp
+
+    from geolrm_jax.render.splat import default_capacity
+
+    capacity = default_capacity(gaussians.means.shape[-2], size, size)
+    bg = jnp.asarray(background, jnp.float32)
+    frames = []
+    for start in range(0, len(c2w), chunk):
+        index = np.minimum(np.arange(start, start + chunk), len(c2w) - 1)
+        cw, k = jnp.asarray(c2w[index])[None], jnp.asarray(K[index])[None]
+        while True:
+            out = _jitted_render(size, size, capacity)(gaussians, cw, k, bg)
+            overflow = int(out.overflow)
+            if overflow == 0:
+                break
+            capacity = int(2 ** int(np.ceil(np.log2(capacity + overflow))))
+        frames.append(np.asarray(out.rgb[0])[: len(c2w) - start])
+    return np.concatenate(frames)
+
+
+class Reconstructor:
+    """Jitted stages of one model: ``propose`` -> anchors, ``reconstruct`` -> Gaussians (host-synchronized)."""
+
+    def __init__(self, config, variables):
+        import jax
+
+        from geolrm_jax.model.geolrm import GeoLRM
+        from geolrm_jax.model.proposal import select_anchors
+
+        model = GeoLRM(config)
+        pc = config.proposal
+
+        def propose(variables, images, c2ws, Ks, view_mask):
+            logits = model.apply(variables, images, c2ws, Ks, view_mask, method=GeoLRM.propose)
+            return select_anchors(logits, pc.capacity, pc.xyz_scale)
+
+        def reconstruct(variables, images, c2ws, Ks, view_mask, anchors, anchor_mask):
+            return model.apply(variables, images, c2ws, Ks, view_mask, anchors, anchor_mask,
+                               method=GeoLRM.reconstruct)
+
+        self.variables = variables
+        self.propose = jax.jit(propose)
+        self.reconstruct = jax.jit(reconstruct)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="geolrm-jax reconstruct", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input", help="folder with cameras.json/transforms.json, SV3D video or frames, Zero123++ grid")
+    p.add_argument("-o", "--output", help="output folder (default outputs/<input name>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--input-kind", choices=inputs.INPUT_KINDS, default="auto")
+    p.add_argument("--num-views", type=int, help="use this many views, spread evenly (Zero123++: 4 = 0,2,4,5)")
+    p.add_argument("--max-views", type=int, default=MAX_VIEWS, help="V_max (default %(default)s)")
+    p.add_argument("--radius", type=float, default=1.5, help="camera radius of the SV3D/Zero123++ presets")
+    p.add_argument("--image-size", type=int,
+                   help="model input size (default 448, SV3D 560, tiny config 56; a multiple of 28)")
+    p.add_argument("--checkpoint", help="Orbax folder or .safetensors/.ckpt/.pt (see the search order)")
+    p.add_argument("--model-config", help="official | tiny | config.json (default: official with a "
+                   "checkpoint, tiny with random weights)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype (default: the config's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights when no checkpoint is found")
+    p.add_argument("--ply-format", choices=export.PLY_FORMATS, default="standard")
+    p.add_argument("--ply-sh-rest", action="store_true", help="also write 45 zero f_rest_* (degree-3 viewers)")
+    p.add_argument("--min-opacity", type=float, default=export.DEFAULT_MIN_OPACITY,
+                   help="drop Gaussians below this opacity in the exports (the original's 0.005)")
+    p.add_argument("--video-format", choices=["mp4", "gif", "none"], default="mp4")
+    p.add_argument("--video-size", type=int, default=512, help="turntable resolution (square, even for MP4)")
+    p.add_argument("--video-frames", type=int, default=120)
+    p.add_argument("--fps", type=int, default=30)
+    p.add_argument("--distance", type=float, default=1.5, help="turntable camera distance")
+    p.add_argument("--elevation", type=float, default=20.0, help="turntable elevation in degrees")
+    p.add_argument("--render-views", action="store_true", help="also render the input views to views/NNN.png")
+    p.add_argument("--render-size", type=int, help="size of the per-view renders (default --video-size)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _resolve_model(args):
+    from geolrm_jax.model import convert
+
+    checkpoint, how = find_checkpoint(args.checkpoint)
+    config_name = args.model_config or ("official" if checkpoint is not None else "tiny")
+    config = convert.config_from_arg(config_name)
+    if args.dtype:
+        config.dtype = args.dtype
+    return checkpoint, how, config_name, config
+
+
+def _default_image_size(args, config_name: str, kind: str) -> int:
+    if args.image_size:
+        return args.image_size
+    if config_name in DEFAULT_IMAGE_SIZE:
+        base = DEFAULT_IMAGE_SIZE[config_name]
+        return SV3D_IMAGE_SIZE if (kind == "sv3d" and config_name == "official") else base
+    return 448
+
+
+def run(args) -> dict:
+    """The whole command; returns the summary dict (also written to summary.json)."""
+    import jax
+    import jax.numpy as jnp
+    from tqdm import tqdm
+
+    source = pathlib.Path(args.input)
+    out_dir = pathlib.Path(args.output or pathlib.Path("outputs") / (source.stem or "reconstruction"))
+    if out_dir.exists() and not args.overwrite:
+        raise FileExistsError(f"{out_dir}: output folder exists; pass --overwrite to replace it")
+    stages = ["read inputs", "load weights", "proposal (stage 1)", "reconstruction (stage 2)", "export"]
+    if args.video_format != "none":
+        stages.append("turntable")
+    if args.render_views:
+        stages.append("input-view renders")
+    bar = tqdm(total=len(stages), disable=args.no_progress, unit="stage", file=sys.stderr)
+    timings: dict[str, float] = {}
+
+    def stage(name):
+        bar.set_description(name)
+        return time.perf_counter()
+
+    def done(name, t0):
+        timings[name] = time.perf_counter() - t0
+        bar.update(1)
+
+    t0 = stage(stages[0])
+    checkpoint, how, config_name, config = _resolve_model(args)
+    kind = inputs.detect_kind(source) if args.input_kind == "auto" else args.input_kind
+    image_size = _default_image_size(args, config_name, kind)
+    views = inputs.load_views(source, image_size, kind, args.num_views, args.max_views, args.radius)
+    num_views = len(views.images)
+    done(stages[0], t0)
+
+    t0 = stage(stages[1])
+    if checkpoint is None:
+        variables = random_variables(config, args.seed)
+        weights = f"{RANDOM_WEIGHTS_NOTE}; architecture {config_name}, seed {args.seed}"
+    else:
+        variables = load_variables(checkpoint, config)
+        weights = f"{checkpoint} ({how}); architecture {config_name}"
+    model = Reconstructor(config, variables)
+    done(stages[1], t0)
+
+    batch = (jnp.asarray(views.images)[None], jnp.asarray(views.c2w)[None], jnp.asarray(views.K)[None],
+             jnp.ones((1, num_views), bool))
+    t0 = stage(stages[2])
+    anchors, anchor_mask = jax.block_until_ready(model.propose(variables, *batch))
+    done(stages[2], t0)
+    t0 = stage(stages[3])
+    gaussians = jax.block_until_ready(model.reconstruct(variables, *batch, anchors, anchor_mask))
+    done(stages[3], t0)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should look like any other folder
+    try:
+        t0 = stage("export")
+        host = export.to_numpy_gaussians(gaussians, args.min_opacity)
+        export.write_ply(tmp / "gaussians.ply", host, args.ply_format, min_opacity=args.min_opacity,
+                         sh_rest=args.ply_sh_rest)
+        export.write_splat(tmp / "gaussians.splat", host, min_opacity=args.min_opacity)
+        done("export", t0)
+        if args.video_format != "none":
+            t0 = stage("turntable")
+            c2w, K = turntable_cameras(args.video_frames, args.distance, args.elevation)
+            frames = render_views(gaussians, c2w, K, args.video_size)
+            export.write_video(tmp / f"turntable.{args.video_format}", frames, fps=args.fps)
+            done("turntable", t0)
+        if args.render_views:
+            t0 = stage("input-view renders")
+            renders = render_views(gaussians, views.c2w, views.K, args.render_size or args.video_size)
+            (tmp / "views").mkdir()
+            for i, image in enumerate(renders):
+                export.write_image(tmp / "views" / f"{i:03d}.png", image)
+            done("input-view renders", t0)
+        bar.close()
+        summary = {
+            "input": str(source), "input_kind": kind, "num_views": num_views, "image_size": image_size,
+            "weights": weights, "random_weights": checkpoint is None, "dtype": config.dtype,
+            "anchors": int(np.asarray(anchor_mask).sum()), "gaussians_written": int(host.means.shape[0]),
+            "ply_format": args.ply_format, "timings_s": timings,
+            "peak_device_memory_bytes": peak_device_memory(), "device": str(jax.local_devices()[0]),
+        }
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
+        _move_into_place(tmp, out_dir)
+    except BaseException:
+        bar.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    summary["output"] = str(out_dir)
+    return summary
+
+
+def _move_into_place(tmp: pathlib.Path, out_dir: pathlib.Path) -> None:
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def print_summary(summary: dict) -> None:
+    if summary["random_weights"]:
+        print(f"WARNING: {RANDOM_WEIGHTS_NOTE}.")
+    print(f"weights: {summary['weights']}")
+    print(f"input: {summary['input']} ({summary['input_kind']}, {summary['num_views']} views at "
+          f"{summary['image_size']} px); dtype {summary['dtype']}; device {summary['device']}")
+    print(f"anchors: {summary['anchors']}; Gaussians written: {summary['gaussians_written']}")
+    print("timings:")
+    for name, seconds in summary["timings_s"].items():
+        print(f"  {name:<26} {seconds:8.3f} s")
+    print(f"  {'total':<26} {sum(summary['timings_s'].values()):8.3f} s  (stages 1-2 include compilation)")
+    print(f"peak device memory: {format_bytes(summary['peak_device_memory_bytes'])}")
+    print(f"outputs in {summary['output']}")
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        summary = run(args)
+    except (inputs.InputError, FileExistsError, FileNotFoundError, ValueError) as err:
+        print(f"geolrm-jax reconstruct: error: {err}", file=sys.stderr)
+        return 2
+    print_summary(summary)
+    return 0

@@ -1,0 +1,96 @@
+"""`geolrm-jax reconstruct` end to end (tiny config, random weights), checkpoint search, no partial outputs."""
+
+import json
+import os
+import pathlib
+
+import imageio.v3 as iio
+import jax
+import numpy as np
+import pytest
+from conftest import shared_path
+from test_inputs import make_posed_folder
+
+from geolrm_jax import export, reconstruct
+
+SAMPLE = pathlib.Path(reconstruct.__file__).parent / "assets" / "sample"
+
+
+@pytest.fixture
+def no_checkpoints(tmp_path, monkeypatch):
+    monkeypatch.delenv("GEOLRM_CHECKPOINT", raising=False)
+    monkeypatch.setenv("GEOLRM_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(reconstruct, "BUNDLED_CHECKPOINTS", tmp_path / "no-bundled")
+
+
+def test_reconstruct_end_to_end(tmp_path, capsys, no_checkpoints):
+    source = SAMPLE if (SAMPLE / "cameras.json").exists() else tmp_path / "obj"
+    if source != SAMPLE:
+        make_posed_folder(source, n=3, size=64)
+    out = tmp_path / "result"
+    rc = reconstruct.main([str(source), "-o", str(out), "--video-frames", "3", "--video-size", "32",
+                           "--render-views", "--render-size", "32", "--no-progress", "--max-views", "21"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "RANDOM WEIGHTS" in printed and "peak device memory: n/a on CPU" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["random_weights"] and summary["input_kind"] == "posed"
+    assert set(summary["timings_s"]) >= {"proposal (stage 1)", "reconstruction (stage 2)", "turntable"}
+    n = summary["gaussians_written"]
+    g = export.read_ply(out / "gaussians.ply")
+    assert g.means.shape == (n, 3) and np.all(np.isfinite(g.means)) and np.all(g.opacities >= 0.005)
+    assert (out / "gaussians.splat").stat().st_size == 32 * n
+    frames = np.asarray(iio.imread(out / "turntable.mp4", index=None))
+    assert frames.shape == (3, 32, 32, 3)
+    views = sorted((out / "views").iterdir())
+    assert len(views) == summary["num_views"]
+    assert iio.imread(views[0]).shape == (32, 32, 3)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folder left
+
+    # An existing output folder is kept unless --overwrite.
+    rc = reconstruct.main([str(source), "-o", str(out), "--no-progress"])
+    assert rc == 2 and "--overwrite" in capsys.readouterr().err
+
+
+def test_bad_input_leaves_nothing(tmp_path, capsys, no_checkpoints):
+    source = tmp_path / "obj"
+    make_posed_folder(source, n=2, size=28)
+    (source / "001.png").write_bytes(b"garbage")
+    out = tmp_path / "out"
+    rc = reconstruct.main([str(source), "-o", str(out), "--no-progress"])
+    assert rc == 2
+    assert "001.png: cannot read image" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob(".*"))
+
+
+def test_checkpoint_search_order(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("GEOLRM_CACHE", str(cache))
+    monkeypatch.delenv("GEOLRM_CHECKPOINT", raising=False)
+    monkeypatch.setattr(reconstruct, "BUNDLED_CHECKPOINTS", tmp_path / "bundled")
+    assert reconstruct.find_checkpoint() == (None, "none found")
+    old, new = cache / "old.safetensors", cache / "converted"
+    old.write_bytes(b"x")
+    new.mkdir()
+    (cache / "notes.txt").write_text("not a checkpoint")
+    os.utime(old, (1, 1))
+    assert reconstruct.find_checkpoint()[0] == new
+    monkeypatch.setenv("GEOLRM_CHECKPOINT", str(old))
+    assert reconstruct.find_checkpoint() == (old, "$GEOLRM_CHECKPOINT")
+    assert reconstruct.find_checkpoint(str(new)) == (new, "--checkpoint")
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        reconstruct.find_checkpoint(str(tmp_path / "missing.ckpt"))
+
+
+def test_state_dict_checkpoint_loads_into_the_model_tree():
+    from geolrm_jax.model import convert
+
+    weights = shared_path("geolrm_small", "state_dict.safetensors")
+    config = convert.config_from_arg(str(shared_path("geolrm_small", "config.json")))
+    loaded = reconstruct.load_variables(weights, config)
+    random = reconstruct.random_variables(config, seed=1)
+    assert jax.tree.structure(loaded) == jax.tree.structure(random)
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(random), strict=True):
+        assert a.shape == b.shape
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(random))

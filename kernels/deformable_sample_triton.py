@@ -66,7 +66,8 @@ def _forward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, out_ref, *,
     v_count, q_count, length, heads, c, nl, p = dims
     h, bv, q, q_in, valid, ref_u, ref_v, point_base, ch, ch_in = _program_setup(
         ref_ref, mask_ref, dims=dims, block_q=block_q)
-    cols = jnp.broadcast_to((h * c + jnp.minimum(ch, c - 1))[None, :], (block_q, ch.shape[0]))
+    # Unclipped channel columns keep the loads contiguous and 16-byte vectorizable; lanes ch >= C are masked.
+    cols = jnp.broadcast_to((h * c + ch)[None, :], (block_q, ch.shape[0]))
     acc = jnp.zeros((block_q, ch.shape[0]), jnp.float32)
     for level, ((hl, wl), start) in enumerate(zip(shapes, _level_starts(shapes), strict=True)):
         for point in range(p):
@@ -76,8 +77,7 @@ def _forward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, out_ref, *,
                 sample = plgpu.load(value_ref.at[rows, cols], mask=inside[:, None] & ch_in[None, :], other=0.0)
                 acc += (a * bilinear)[:, None] * sample.astype(jnp.float32)
     out_rows = jnp.broadcast_to((bv * q_count + q)[:, None], cols.shape)
-    out_cols = jnp.broadcast_to((h * c + ch)[None, :], cols.shape)
-    plgpu.store(out_ref.at[out_rows, out_cols], acc.astype(out_ref.dtype), mask=q_in[:, None] & ch_in[None, :])
+    plgpu.store(out_ref.at[out_rows, cols], acc.astype(out_ref.dtype), mask=q_in[:, None] & ch_in[None, :])
 
 
 def _backward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, g_ref, _dv_in, _dr_in, _do_in, _da_in,
@@ -85,7 +85,8 @@ def _backward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, g_ref, _dv
     v_count, q_count, length, heads, c, nl, p = dims
     h, bv, q, q_in, valid, ref_u, ref_v, point_base, ch, ch_in = _program_setup(
         ref_ref, mask_ref, dims=dims, block_q=block_q)
-    cols = jnp.broadcast_to((h * c + jnp.minimum(ch, c - 1))[None, :], (block_q, ch.shape[0]))
+    # Unclipped channel columns keep the loads contiguous and 16-byte vectorizable; lanes ch >= C are masked.
+    cols = jnp.broadcast_to((h * c + ch)[None, :], (block_q, ch.shape[0]))
     g_rows = jnp.broadcast_to((bv * q_count + jnp.minimum(q, q_count - 1))[:, None], cols.shape)
     g = plgpu.load(g_ref.at[g_rows, cols], mask=q_in[:, None] & ch_in[None, :], other=0.0)
     g = jnp.where(valid[:, None] & ch_in[None, :], g.astype(jnp.float32), 0.0)
@@ -94,7 +95,6 @@ def _backward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, g_ref, _dv
     q_mask = None if interpret else q_in
     # Point indices of this program's queries without clipping, for the atomic adds.
     point_base_q = ((bv // v_count * q_count + q) * heads + h) * (nl * p)
-    atomic_cols = jnp.broadcast_to((h * c + ch)[None, :], cols.shape)
     d_ref_u = jnp.zeros((block_q,), jnp.float32)
     d_ref_v = jnp.zeros((block_q,), jnp.float32)
     for level, ((hl, wl), start) in enumerate(zip(shapes, _level_starts(shapes), strict=True)):
@@ -112,7 +112,7 @@ def _backward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, g_ref, _dv
                 g_du += dbdu * g_dot
                 g_dv += dbdv * g_dot
                 contribution = jnp.where(inside, a * bilinear, 0.0)[:, None] * g
-                plgpu.atomic_add(d_value_ref, (rows, atomic_cols), contribution,
+                plgpu.atomic_add(d_value_ref, (rows, cols), contribution,
                                  mask=None if interpret else load_mask & q_in[:, None])
             index = point_base_q + level * p + point
             d_u = a * g_du
@@ -143,7 +143,7 @@ def _dims(value, offsets):
 
 
 def forward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, *, interpret=False,
-            block_q=None):
+            block_q=None, num_warps=None):
     """(B, V, Q, H, C) output in value.dtype; mask is (B, V, Q) bool."""
     b, v, length, heads, c = value.shape
     dims = _dims(value, offsets)
@@ -154,7 +154,7 @@ def forward(value, reference_points, offsets, attention_weights, mask, spatial_s
         kernel,
         out_shape=jax.ShapeDtypeStruct((b * v * q, heads * c), value.dtype),
         grid=(heads, pl.cdiv(q, block_q), b * v),
-        compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=1),
+        compiler_params=plgpu.CompilerParams(num_warps=num_warps or NUM_WARPS, num_stages=1),
         interpret=interpret,
         name="deformable_sample_fwd",
     )(*_flat_inputs(value, reference_points, offsets, attention_weights, mask))
@@ -162,7 +162,7 @@ def forward(value, reference_points, offsets, attention_weights, mask, spatial_s
 
 
 def backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g, *, interpret=False,
-             block_q=None):
+             block_q=None, num_warps=None):
     """Gradients (d_value, d_reference_points, d_offsets, d_attention_weights) in the inputs' dtypes."""
     b, v, length, heads, c = value.shape
     dims = _dims(value, offsets)
@@ -181,7 +181,7 @@ def backward(value, reference_points, offsets, attention_weights, mask, spatial_
         out_shape=tuple(jax.ShapeDtypeStruct(z.shape, z.dtype) for z in zeros),
         grid=(heads, pl.cdiv(q, block_q), b * v),
         input_output_aliases={6: 0, 7: 1, 8: 2, 9: 3},
-        compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=1),
+        compiler_params=plgpu.CompilerParams(num_warps=num_warps or NUM_WARPS, num_stages=1),
         interpret=interpret,
         name="deformable_sample_bwd",
     )(*_flat_inputs(value, reference_points, offsets, attention_weights, mask),

@@ -1,0 +1,378 @@
+"""Benchmark of multi-view deformable sampling on the GPU: Pallas kernels vs the XLA reference vs PyTorch's
+grid_sample formulation (mmcv's ``multi_scale_deformable_attn_pytorch`` with views folded into the batch).
+
+Shapes (the real model's): B = 1, V in {6, 21} views, levels 112^2 + 64^2 (448 px input) or 140^2 + 80^2
+(560 px), 768 channels in 16 heads (C = 48), S in {4096, 8192, 16384} anchors, 2 levels x 8 points, fp32.
+Reference points are uniform in [0.1, 0.9]^2 independently per view and anchor (no spatial coherence
+between consecutive queries: the harder case for caches), offsets ~ N(0, 2 px) of their level.
+
+Columns:
+- fwd / fwd+bwd: median wall time over repeated runs after a warm-up, synchronized each run (ms);
+  fwd+bwd returns the output and all four gradients.
+- mem: extra device memory of the op beyond its inputs, in GiB. JAX: ``memory_analysis()`` of the compiled
+  function, temp + output bytes. torch: ``max_memory_allocated`` during the op minus the memory allocated
+  before it.
+- GB/s: compulsory bytes / time, where compulsory = every input read once and every output written once
+  (fwd: value, reference points, offsets, weights, output; fwd+bwd adds the cotangent read and the four
+  gradients written). Shown as a fraction of the measured device-to-device copy bandwidth (read + write).
+
+Usage: ``python tools/bench_deformable.py [--quick] [--check] [--sweep] [--out DIR]``. torch runs in a
+subprocess first, so the two frameworks never hold device memory at the same time.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+
+HEADS, CHANNELS, LEVELS, POINTS, BATCH = 16, 48, 2, 8, 1
+LEVEL_SETS = {"448px": ((112, 112), (64, 64)), "560px": ((140, 140), (80, 80))}
+FULL = [(v, lv, s) for v in (6, 21) for lv in ("448px", "560px") for s in (4096, 8192, 16384)]
+QUICK = [(6, "448px", 4096), (21, "560px", 16384)]
+LEVEL_SETS["tiny"] = ((16, 16), (8, 8))
+TINY = [(2, "tiny", 64)]  # --tiny: a CPU smoke test of this script (Pallas in interpret mode)
+
+
+def compulsory_bytes(v, shapes, s, with_backward):
+    length = sum(h * w for h, w in shapes)
+    value = BATCH * v * length * HEADS * CHANNELS * 4
+    small = BATCH * (v * s * 2 + s * HEADS * LEVELS * POINTS * 3) * 4
+    out = BATCH * v * s * HEADS * CHANNELS * 4
+    fwd = value + small + out
+    return fwd + (out + value + small if with_backward else 0)
+
+
+def _median_time(fn, sync, reps):
+    result = fn()
+    sync(result)
+    del result
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        result = fn()
+        sync(result)
+        times.append(time.perf_counter() - t0)
+        del result
+    return statistics.median(times) * 1e3
+
+
+# ---------------------------------------------------------------------------------------------------- torch
+def torch_formulation(value, ref, offsets, weights, shapes):
+    """mmcv's multi_scale_deformable_attn_pytorch, views folded into the batch; (B, V, Q, H, C)."""
+    import torch
+    import torch.nn.functional as F
+
+    b, v, _, heads, c = value.shape
+    q = ref.shape[2]
+    grids = 2 * (ref[:, :, :, None, None, None, :] + offsets[:, None]) - 1  # (B, V, Q, H, NL, P, 2)
+    levels = value.reshape(b * v, -1, heads, c).split([h * w for h, w in shapes], dim=1)
+    sampled = []
+    for level, (h, w) in enumerate(shapes):
+        vl = levels[level].flatten(2).transpose(1, 2).reshape(b * v * heads, c, h, w)
+        gl = grids[:, :, :, :, level].reshape(b * v, q, heads, -1, 2).transpose(1, 2).flatten(0, 1)
+        sampled.append(F.grid_sample(vl, gl, mode="bilinear", padding_mode="zeros", align_corners=False))
+    wt = weights[:, None].expand(b, v, *weights.shape[1:]).transpose(2, 3).reshape(b * v * heads, 1, q, -1)
+    out = (torch.stack(sampled, dim=-2).flatten(-2) * wt).sum(-1)  # (B*V*H, C, Q)
+    return out.view(b, v, heads, c, q).permute(0, 1, 4, 2, 3)
+
+
+def torch_worker(configs, reps, path, deadline):
+    import torch
+
+    def measure(v, shapes, s):
+        dev = "cuda"
+        length = sum(h * w for h, w in shapes)
+        gen = torch.Generator(device=dev).manual_seed(0)
+        value = torch.randn(BATCH, v, length, HEADS, CHANNELS, device=dev, generator=gen)
+        ref = 0.1 + 0.8 * torch.rand(BATCH, v, s, 2, device=dev, generator=gen)
+        wh = torch.tensor([[w, h] for h, w in shapes], device=dev, dtype=torch.float32)[:, None, :]
+        offsets = torch.randn(BATCH, s, HEADS, LEVELS, POINTS, 2, device=dev, generator=gen) * 2 / wh
+        weights = torch.softmax(torch.randn(BATCH, s, HEADS, LEVELS * POINTS, device=dev, generator=gen), -1)
+        weights = weights.reshape(BATCH, s, HEADS, LEVELS, POINTS)
+        cot = torch.randn(BATCH, v, s, HEADS, CHANNELS, device=dev, generator=gen)
+        sync = lambda _: torch.cuda.synchronize()
+        entry = {}
+        with torch.no_grad():
+            entry["fwd_ms"] = _median_time(lambda: torch_formulation(value, ref, offsets, weights, shapes), sync, reps)
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            out = torch_formulation(value, ref, offsets, weights, shapes)
+            torch.cuda.synchronize()
+            entry["fwd_mem"] = torch.cuda.max_memory_allocated() - base
+            del out
+        leaves = [t.detach().requires_grad_() for t in (value, ref, offsets, weights)]
+
+        def fwd_bwd():
+            out = torch_formulation(*leaves, shapes)
+            return out, torch.autograd.grad(out, leaves, cot)
+
+        entry["fwdbwd_ms"] = _median_time(fwd_bwd, sync, reps)
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        result = fwd_bwd()
+        torch.cuda.synchronize()
+        entry["fwdbwd_mem"] = torch.cuda.max_memory_allocated() - base
+        del result
+        return entry
+
+    results = {}
+    for v, lv, s in configs:
+        if time.time() > deadline:
+            print(f"torch V={v} {lv} S={s}: skipped (time budget)", flush=True)
+            continue
+        try:
+            entry = measure(v, LEVEL_SETS[lv], s)
+        except torch.OutOfMemoryError:
+            entry = {"error": "OOM"}
+        torch.cuda.empty_cache()
+        results[f"{v}|{lv}|{s}"] = entry
+        print(f"torch V={v} {lv} S={s}: {entry}", flush=True)
+        with open(path, "w") as f:
+            json.dump({"results": results, "torch": torch.__version__, "device": torch.cuda.get_device_name()}, f)
+    with open(path, "w") as f:
+        json.dump({"results": results, "torch": torch.__version__, "device": torch.cuda.get_device_name()}, f)
+
+
+# ------------------------------------------------------------------------------------------------------ jax
+def jax_inputs(jax, jnp, v, shapes, s, seed=0):
+    length = sum(h * w for h, w in shapes)
+    k = jax.random.split(jax.random.key(seed), 5)
+    value = jax.random.normal(k[0], (BATCH, v, length, HEADS, CHANNELS), jnp.float32)
+    ref = jax.random.uniform(k[1], (BATCH, v, s, 2), jnp.float32, 0.1, 0.9)
+    wh = jnp.array([[w, h] for h, w in shapes], jnp.float32)[:, None, :]
+    offsets = jax.random.normal(k[2], (BATCH, s, HEADS, LEVELS, POINTS, 2)) * 2 / wh
+    weights = jax.nn.softmax(jax.random.normal(k[3], (BATCH, s, HEADS, LEVELS * POINTS)), -1)
+    weights = weights.reshape(BATCH, s, HEADS, LEVELS, POINTS)
+    cot = jax.random.normal(k[4], (BATCH, v, s, HEADS, CHANNELS), jnp.float32)
+    return value, ref, offsets, weights, cot
+
+
+def copy_bandwidth(jax, jnp):
+    x = jnp.ones((512 * 1024 * 1024,), jnp.float32)  # 2 GiB
+    f = jax.jit(lambda a: a + 1.0)
+    ms = _median_time(lambda: f(x), jax.block_until_ready, 10)
+    return 2 * x.size * 4 / (ms * 1e-3)
+
+
+def check_correctness(jax, jnp, ds, log):
+    """Pallas vs XLA reference on the GPU: forward and the four gradients, max|a-b| / max|b|."""
+    cases = [  # (v, shapes, s, heads, c, value dtype, masked)
+        (3, ((28, 28), (16, 16)), 300, 4, 24, jnp.float32, True),
+        (6, ((112, 112), (64, 64)), 2048, 16, 48, jnp.float32, True),
+        (4, ((37, 23), (9, 13)), 1000, 3, 40, jnp.float32, False),
+        (6, ((112, 112), (64, 64)), 2048, 16, 48, jnp.bfloat16, True),
+    ]
+    ok = True
+    for v, shapes, s, heads, c, dtype, masked in cases:
+        length = sum(h * w for h, w in shapes)
+        k = jax.random.split(jax.random.key(1), 6)
+        value = jax.random.normal(k[0], (1, v, length, heads, c)).astype(dtype)
+        ref = jax.random.uniform(k[1], (1, v, s, 2), minval=-0.1, maxval=1.1)
+        ref = ref.at[:, :, :4].set(jnp.array([[0.0, 0.0], [1.0, 1.0], [0.5 / 28, 1.0], [-0.3, 0.5]]))
+        offsets = jax.random.normal(k[2], (1, s, heads, 2, POINTS, 2)) * 0.05
+        weights = jax.nn.softmax(jax.random.normal(k[3], (1, s, heads, 2 * POINTS)), -1).reshape(
+            1, s, heads, 2, POINTS)
+        view_mask = jnp.arange(v)[None] != 1 if masked else None
+        query_mask = jax.random.uniform(k[4], (1, s)) > 0.2 if masked else None
+        cot = jax.random.normal(k[5], (1, v, s, heads, c)).astype(dtype)
+        results = {}
+        for impl in ("pallas", "xla"):
+            f = functools.partial(ds.deformable_sample, spatial_shapes=shapes, view_mask=view_mask,
+                                  query_mask=query_mask, implementation=impl)
+            out, vjp = jax.vjp(f, value, ref, offsets, weights)
+            results[impl] = (out, *vjp(cot))
+        tol = 1e-2 if dtype == jnp.bfloat16 else None
+        for name, a, b, t in zip(("out", "d_value", "d_ref", "d_offsets", "d_weights"), results["pallas"],
+                                 results["xla"], (tol or 1e-5,) + (tol or 1e-4,) * 4, strict=True):
+            a = jnp.asarray(a, jnp.float32)
+            b = jnp.asarray(b, jnp.float32)
+            err = float(jnp.max(jnp.abs(a - b)) / jnp.maximum(jnp.max(jnp.abs(b)), 1e-30))
+            finite = bool(jnp.all(jnp.isfinite(a)))
+            passed = finite and err <= t
+            ok &= passed
+            log(f"check V={v} {shapes} S={s} H={heads} C={c} {jnp.dtype(dtype).name} masked={masked} {name}: "
+                f"rel err {err:.2e} (tol {t:.0e}) {'PASS' if passed else 'FAIL'}")
+    return ok
+
+
+def bench_jax(jax, ds, impl, inputs, shapes, reps, **kernel_kwargs):
+    """fwd / fwd+bwd median ms and temp+output bytes of the compiled functions, for one implementation."""
+    value, ref, offsets, weights, cot = inputs
+    if kernel_kwargs:  # kernel variants (block sizes, warps) call the Pallas wrappers directly
+        from geolrm_kernels import deformable_sample_triton as tri
+
+        mask = jax.numpy.ones(ref.shape[:3], bool)
+        fwd = jax.jit(lambda v, r, o, a: tri.forward(v, r, o, a, mask, shapes, **kernel_kwargs))
+        bwd = jax.jit(lambda v, r, o, a, g: tri.backward(v, r, o, a, mask, shapes, g, **kernel_kwargs))
+        entry = {"fwd_ms": _median_time(lambda: fwd(value, ref, offsets, weights), jax.block_until_ready, reps),
+                 "bwd_ms": _median_time(lambda: bwd(value, ref, offsets, weights, cot), jax.block_until_ready,
+                                        reps)}
+        return entry
+
+    f = lambda v, r, o, a: ds.deformable_sample(v, r, o, a, shapes, implementation=impl)
+
+    def fwd_bwd(v, r, o, a, g):
+        out, vjp = jax.vjp(f, v, r, o, a)
+        return out, vjp(g)
+
+    entry = {}
+    for key, fn, args in (("fwd", f, (value, ref, offsets, weights)),
+                          ("fwdbwd", fwd_bwd, (value, ref, offsets, weights, cot))):
+        compiled = jax.jit(fn).lower(*args).compile()
+        stats = compiled.memory_analysis()
+        entry[f"{key}_ms"] = _median_time(lambda compiled=compiled, args=args: compiled(*args),
+                                          jax.block_until_ready, reps)
+        if stats is not None:
+            entry[f"{key}_mem"] = stats.temp_size_in_bytes + stats.output_size_in_bytes
+            entry[f"{key}_temp"] = stats.temp_size_in_bytes
+    return entry
+
+
+def _fmt(x, spec=".2f"):
+    return "—" if x is None else format(x, spec)
+
+
+def _ratio(a, b):
+    return None if a is None or b is None else a / b
+
+
+def table(configs, results, bandwidth):
+    gib = 2.0 ** 30
+    lines = ["| V | levels | S | fwd ms Pallas / XLA / torch | fwd XLA÷P, torch÷P | fwd+bwd ms Pallas / XLA / torch "
+             "| fwd+bwd XLA÷P, torch÷P | fwd+bwd mem GiB P / XLA / torch | fwd temp GiB P (out GiB) "
+             "| Pallas GB/s fwd, fwd+bwd (% copy) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for v, lv, s in configs:
+        key = f"{v}|{lv}|{s}"
+        p, x, t = (results.get(impl, {}).get(key, {}) for impl in ("pallas", "xla", "torch"))
+        shapes = LEVEL_SETS[lv]
+        out_gib = BATCH * v * s * HEADS * CHANNELS * 4 / gib
+        bw = []
+        for k, with_bwd in (("fwd_ms", False), ("fwdbwd_ms", True)):
+            if p.get(k):
+                gbs = compulsory_bytes(v, shapes, s, with_bwd) / (p[k] * 1e-3) / 1e9
+                bw.append(f"{gbs:.0f} ({100 * gbs * 1e9 / bandwidth:.0f}%)")
+            else:
+                bw.append("—")
+        mem = " / ".join(_fmt(e.get("fwdbwd_mem") and e["fwdbwd_mem"] / gib) for e in (p, x, t))
+        lines.append(
+            f"| {v} | {lv} | {s} | {' / '.join(_fmt(e.get('fwd_ms')) for e in (p, x, t))} "
+            f"| {_fmt(_ratio(x.get('fwd_ms'), p.get('fwd_ms')), '.1f')}×, "
+            f"{_fmt(_ratio(t.get('fwd_ms'), p.get('fwd_ms')), '.1f')}× "
+            f"| {' / '.join(_fmt(e.get('fwdbwd_ms')) for e in (p, x, t))} "
+            f"| {_fmt(_ratio(x.get('fwdbwd_ms'), p.get('fwdbwd_ms')), '.1f')}×, "
+            f"{_fmt(_ratio(t.get('fwdbwd_ms'), p.get('fwdbwd_ms')), '.1f')}× "
+            f"| {mem} | {_fmt(p.get('fwd_temp') and p['fwd_temp'] / gib, '.3f')} ({out_gib:.2f}) "
+            f"| {bw[0]}, {bw[1]} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help=f"only {QUICK}")
+    parser.add_argument("--check", action="store_true", help="Pallas vs XLA reference correctness on GPU first")
+    parser.add_argument("--sweep", action="store_true", help="block size / warp variants at V=21, 560px, S=16384")
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--out", default=os.environ.get("OUT", "."), help="directory for json/markdown/log")
+    parser.add_argument("--tiny", action="store_true", help="smoke test of this script on CPU")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="stop starting new measurements after this many seconds (torch gets 30%%)")
+    parser.add_argument("--torch-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--deadline", type=float, default=float("inf"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    configs = TINY if args.tiny else QUICK if args.quick else FULL
+    # The QUICK shapes first, so that a time budget keeps the ones that matter most.
+    order = sorted(configs, key=lambda c: c not in QUICK)
+    if args.torch_worker:
+        torch_worker(order, args.reps, args.torch_worker, args.deadline)
+        return 0
+    start = time.time()
+    deadline = start + args.budget_s if args.budget_s else float("inf")
+    os.makedirs(args.out, exist_ok=True)
+    log_file = open(os.path.join(args.out, "bench_deformable.log"), "a")
+
+    def log(msg):
+        print(msg, flush=True)
+        log_file.write(msg + "\n")
+        log_file.flush()
+
+    results = {"pallas": {}, "xla": {}, "torch": {}}
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "argv": sys.argv}
+    if not args.no_torch:  # first, in its own process, so that JAX holds no device memory meanwhile
+        path = os.path.join(args.out, "bench_deformable_torch.json")
+        cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker", path, "--reps", str(args.reps),
+               "--deadline", str(start + 0.3 * (deadline - start))]
+        cmd += ["--quick"] if args.quick else ["--tiny"] if args.tiny else []
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        log(proc.stdout + proc.stderr[-3000:])
+        if os.path.exists(path):
+            with open(path) as f:
+                torch_json = json.load(f)
+            results["torch"] = torch_json["results"]
+            meta["torch"] = torch_json["torch"]
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    import jax
+    import jax.numpy as jnp
+    from geolrm_kernels import deformable_sample as ds
+
+    meta.update(jax=jax.__version__, device=str(jax.devices()[0].device_kind))
+    bandwidth = copy_bandwidth(jax, jnp)
+    meta["copy_GBps"] = bandwidth / 1e9
+    log(f"{meta}")
+    if args.check:
+        try:
+            meta["check_passed"] = check_correctness(jax, jnp, ds, log)
+        except Exception:
+            meta["check_passed"] = False
+            log("check crashed:\n" + traceback.format_exc()[-4000:])
+
+    def save():
+        with open(os.path.join(args.out, "bench_deformable.json"), "w") as f:
+            json.dump({"meta": meta, "results": results}, f, indent=1)
+        with open(os.path.join(args.out, "bench_deformable.md"), "w") as f:
+            f.write(f"{meta}\n\n{table(configs, results, bandwidth)}\n")
+
+    for v, lv, s in order:
+        key = f"{v}|{lv}|{s}"
+        if time.time() > deadline:
+            log(f"V={v} {lv} S={s}: skipped (time budget)")
+            continue
+        inputs = jax_inputs(jax, jnp, v, LEVEL_SETS[lv], s)
+        for impl in ("pallas", "xla"):
+            run_impl = "pallas_interpret" if impl == "pallas" and jax.default_backend() == "cpu" else impl
+            try:
+                results[impl][key] = bench_jax(jax, ds, run_impl, inputs, LEVEL_SETS[lv], args.reps)
+            except Exception as err:
+                results[impl][key] = {"error": repr(err)[:300]}
+                log(traceback.format_exc()[-3000:])
+            log(f"{impl} V={v} {lv} S={s}: {results[impl][key]}")
+        del inputs
+        save()
+    if args.sweep:
+        inputs = jax_inputs(jax, jnp, 21, LEVEL_SETS["560px"], 16384)
+        for block_q, warps in ((16, 4), (32, 4), (64, 4), (64, 8)):
+            if time.time() > deadline:
+                break
+            try:
+                e = bench_jax(jax, ds, "pallas", inputs, LEVEL_SETS["560px"], args.reps, block_q=block_q,
+                              num_warps=warps)
+            except Exception as err:  # a variant that does not compile is reported, not fatal
+                e = {"error": repr(err)[:300]}
+            log(f"sweep block_q={block_q} num_warps={warps}: {e}")
+        del inputs
+    save()
+    text = table(configs, results, bandwidth)
+    log(f"\n{meta['device']}, jax {meta['jax']}, torch {meta.get('torch')}, {meta['date']}, "
+        f"copy bandwidth {bandwidth / 1e9:.0f} GB/s (read+write)\n{text}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

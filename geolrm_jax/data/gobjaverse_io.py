@@ -33,8 +33,6 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from geolrm_jax import geometry
-
 NUM_ORBIT_VIEWS = 24
 NUM_VIEWS = 40
 NEAR_MARGIN = 0.867  # the original's sqrt(3) / 2, rounded up: no point of [-0.5, 0.5]^3 is nearer
@@ -241,6 +239,8 @@ class View(NamedTuple):
 
 def read_view(object_dir: str, view: int, expected_hw: tuple[int, int] | None = None) -> View:
     """Read and preprocess one view; raises ``BadInputError`` naming the offending file."""
+    from geolrm_jax import geometry  # imports jax: keep it out of the pipeline's worker processes
+
     paths = view_paths(object_dir, view)
     if not os.path.exists(paths["json"]):
         raise BadInputError(paths["json"], "file is missing")

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from geolrm_jax import geometry
-
 
 def depth_to_points(depth: np.ndarray, c2w: np.ndarray, K: np.ndarray) -> np.ndarray:
     """World points (N, 3) float32 of the pixels with depth > 0; depth (H, W), c2w (4, 4), K (3, 3)."""
+    from geolrm_jax import geometry  # imports jax: keep it out of the pipeline's worker processes
+
     h, w = depth.shape
     rays = geometry.pixel_rays(c2w, K, h, w)
     origins = np.asarray(rays.origins, np.float32)

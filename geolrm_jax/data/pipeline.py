@@ -16,11 +16,12 @@ Yielded batches (numpy), with B the per-host batch size, Vi = 4 + 3 input slots,
   ``torch.rand(3)``), white in evaluation;
 * ``occupancy`` (B, G, G, G) uint8.
 
-Images are resized with premultiplied-alpha bilinear filtering (antialiased when shrinking) and composited
-on the background; target alpha and depth are resized with nearest neighbour (as the original, to keep depth
-edges free of interpolated points). Input images are composited on white by default, like the original,
-whose model sees white-background inputs at inference; ``input_background="random"`` uses the example's
-background instead.
+Images and alpha are resized with premultiplied-alpha bilinear filtering (antialiased when shrinking) and
+composited on the background, so ``target_images = colour + (1 - target_alpha) * background`` holds exactly
+(the original resizes alpha with nearest neighbour); depth is resized with nearest neighbour, as the
+original, to keep depth edges free of interpolated points. Input images are composited on white by
+default, like the original, whose model sees white-background inputs at inference;
+``input_background="random"`` uses the example's background instead.
 
 Bad records (undecodable PNG, wrong size, non-finite depth) are logged with the object id and view, skipped
 and counted (``DataIterator.metrics()``); more than ``max_bad_fraction`` of the examples seen so far (once
@@ -86,13 +87,15 @@ def _resize_channels(channels: np.ndarray, size: int, resample) -> np.ndarray:
     return np.stack(out, -1)
 
 
-def composite(rgba: np.ndarray, size: int, background: np.ndarray) -> np.ndarray:
-    """uint8 RGBA (H, W, 4) -> float32 RGB (size, size, 3) on ``background``, premultiplied resize."""
+def composite(rgba: np.ndarray, size: int, background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 RGBA (H, W, 4) -> (RGB (size, size, 3) on ``background``, alpha (size, size)), float32, with a
+    premultiplied bilinear resize, so that rgb = premultiplied colour + (1 - alpha) * background exactly."""
     x = rgba.astype(np.float32) / 255.0
     premult = np.concatenate([x[..., :3] * x[..., 3:], x[..., 3:]], -1)
     premult = _resize_channels(premult, size, Image.BILINEAR)
     alpha = np.clip(premult[..., 3:], 0, 1)
-    return np.clip(premult[..., :3] + (1 - alpha) * background, 0, 1).astype(np.float32)
+    rgb = np.clip(premult[..., :3] + (1 - alpha) * background, 0, 1)
+    return rgb.astype(np.float32), alpha[..., 0].astype(np.float32)
 
 
 def _nearest(channel: np.ndarray, size: int) -> np.ndarray:
@@ -146,10 +149,10 @@ class ExampleTransform:
 
         iv, tv = views.input_views, views.target_views
         imask = views.input_mask
-        inputs = np.stack([composite(rgba[v], c.input_size, input_bg) for v in iv])
+        inputs = np.stack([composite(rgba[v], c.input_size, input_bg)[0] for v in iv])
         inputs = inputs * imask[:, None, None, None]
-        targets = np.stack([composite(rgba[v], c.render_size, background) for v in tv])
-        alpha = np.stack([_nearest(rgba[v][..., 3].astype(np.float32) / 255.0, c.render_size) for v in tv])
+        targets, alpha = zip(*[composite(rgba[v], c.render_size, background) for v in tv], strict=True)
+        targets, alpha = np.stack(targets), np.stack(alpha)
         tdepth = np.stack([_nearest(depth[v], c.render_size) for v in tv])
         return {
             "input_images": inputs.astype(np.float32),

@@ -258,15 +258,21 @@ def cast_rays(prims: list[Primitive], origins: np.ndarray, dirs: np.ndarray):
     normal = np.zeros_like(origins)
     color = np.zeros_like(origins)
     for p in prims:
-        o_l = (origins - p.center) @ p.rotation
-        d_l = dirs @ p.rotation
+        # Only rays that meet the primitive's bounding sphere can hit it.
+        rays = np.flatnonzero(np.isfinite(_hit_sphere(origins, dirs, bounding_radius(p.kind, p.params) + 1e-6,
+                                                      p.center)))
+        if rays.size == 0:
+            continue
+        o_l = (origins[rays] - p.center) @ p.rotation
+        d_l = dirs[rays] @ p.rotation
         t, n_l = _intersect(KINDS[p.kind], p.params, o_l, d_l)
-        closer = t < best_t
+        closer = t < best_t[rays]
         if not closer.any():
             continue
-        best_t = np.where(closer, t, best_t)
-        normal[closer] = n_l[closer] @ p.rotation.T
-        color[closer] = _texture(p, o_l[closer] + t[closer, None] * d_l[closer])
+        hit_rays = rays[closer]
+        best_t[hit_rays] = t[closer]
+        normal[hit_rays] = n_l[closer] @ p.rotation.T
+        color[hit_rays] = _texture(p, o_l[closer] + t[closer, None] * d_l[closer])
     normal /= np.maximum(np.linalg.norm(normal, axis=-1, keepdims=True), 1e-12)
     shade = _AMBIENT + np.clip(normal @ _LIGHTS.T, 0, None) @ _LIGHT_WEIGHTS
     return best_t, normal, np.clip(color * shade[:, None], 0, 1)

@@ -147,17 +147,22 @@ def main(argv=None) -> int:
     parser.add_argument("--settings", default="8x448,1x1024", help="VIEWSxSIZE, comma-separated")
     parser.add_argument("--implementations", default="pallas,xla")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--budget-s", type=float, default=1e9, help="start no new setting after this")
     parser.add_argument("--json", default=None, help="write all rows to this file")
     args = parser.parse_args(argv)
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}")
-    rows = []
-    for num in (int(s) for s in args.sizes.split(",")):
-        for setting in args.settings.split(","):
-            views, size = (int(v) for v in setting.split("x"))
-            rows += bench_setting(num, views, size, args.implementations.split(","), args.repeats)
-            if args.json:
-                with open(args.json, "w") as f:
-                    json.dump(rows, f, indent=1)
+    rows, start = [], time.perf_counter()
+    for impl in args.implementations.split(","):
+        for num in (int(s) for s in args.sizes.split(",")):
+            for setting in args.settings.split(","):
+                if time.perf_counter() - start > args.budget_s:
+                    print(f"budget of {args.budget_s}s spent: skipping {impl} {num} {setting}")
+                    continue
+                views, size = (int(v) for v in setting.split("x"))
+                rows += bench_setting(num, views, size, [impl], args.repeats)
+                if args.json:
+                    with open(args.json, "w") as f:
+                        json.dump(rows, f, indent=1)
     print_table(rows)
     return 0
 

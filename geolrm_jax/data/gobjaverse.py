@@ -204,7 +204,10 @@ def data_source(data_dir: str, split: str):
 
 def build_synthetic(data_dir: str, *, num_workers: int = 1, render_dir: str | None = None, **config_kwargs):
     """Generate (if needed) and build ``synthetic_objects``; returns the built dataset directory."""
-    builder = SyntheticObjects(data_dir=data_dir, config=synthetic_config(**config_kwargs),
+    config = synthetic_config(**config_kwargs)
+    if any(c.name == config.name for c in SyntheticObjects.BUILDER_CONFIGS):
+        config = config.name  # TFDS refuses a new config object named like a registered one
+    builder = SyntheticObjects(data_dir=data_dir, config=config,
                                num_workers=num_workers, render_dir=render_dir, file_format="array_record")
     builder.download_and_prepare()
     return builder.data_dir
@@ -219,3 +222,28 @@ def build_gobjaverse(data_dir: str, root: str, *, object_list: str | None = None
                          max_bad_fraction=max_bad_fraction, num_workers=num_workers, file_format="array_record")
     builder.download_and_prepare()
     return builder.data_dir
+
+
+def main(argv=None) -> int:
+    """``python -m geolrm_jax.data.gobjaverse --root LAYOUT --data-dir OUT``: build from a GObjaverse layout."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Build the gobjaverse TFDS dataset from an on-disk layout.")
+    parser.add_argument("--root", required=True, help="layout root (<root>/<group>/<id>/<view>/...)")
+    parser.add_argument("--data-dir", required=True, help="TFDS data dir to write")
+    parser.add_argument("--object-list", help="object-list JSON (default <root>/object_list.json)")
+    parser.add_argument("--image-size", type=int, help="expected square view size (default: any, consistent)")
+    parser.add_argument("--grid-size", type=int, default=128)
+    parser.add_argument("--max-bad-fraction", type=float, default=0.05)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    out = build_gobjaverse(args.data_dir, args.root, object_list=args.object_list, image_size=args.image_size,
+                           grid_size=args.grid_size, max_bad_fraction=args.max_bad_fraction,
+                           num_workers=args.workers)
+    print(f"built {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

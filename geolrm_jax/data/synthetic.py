@@ -154,9 +154,13 @@ def _valid(t, ok):
     return np.where(ok & (t > _EPS) & np.isfinite(t), t, np.inf)
 
 
+def _dot(a, b):
+    return np.einsum("ni,ni->n", a, b)
+
+
 def _hit_sphere(o, d, r, center=(0.0, 0.0, 0.0)):
     oc = o - np.asarray(center)
-    t = _nearest_root(np.ones(o.shape[0]), np.sum(oc * d, -1), np.sum(oc * oc, -1) - r * r)
+    t = _nearest_root(np.ones(o.shape[0]), _dot(oc, d), _dot(oc, oc) - r * r)
     return _valid(t, np.ones_like(t, bool))
 
 
@@ -257,10 +261,12 @@ def cast_rays(prims: list[Primitive], origins: np.ndarray, dirs: np.ndarray):
     best_t = np.full(origins.shape[0], np.inf)
     normal = np.zeros_like(origins)
     color = np.zeros_like(origins)
+    # Only rays that meet the unit cube's bounding sphere, then a primitive's bounding sphere, can hit it.
+    near_object = np.flatnonzero(np.isfinite(_hit_sphere(origins, dirs, 0.8661)))
+    o_obj, d_obj = origins[near_object], dirs[near_object]
     for p in prims:
-        # Only rays that meet the primitive's bounding sphere can hit it.
-        rays = np.flatnonzero(np.isfinite(_hit_sphere(origins, dirs, bounding_radius(p.kind, p.params) + 1e-6,
-                                                      p.center)))
+        rays = near_object[np.isfinite(_hit_sphere(o_obj, d_obj, bounding_radius(p.kind, p.params) + 1e-6,
+                                                   p.center))]
         if rays.size == 0:
             continue
         o_l = (origins[rays] - p.center) @ p.rotation
@@ -273,7 +279,7 @@ def cast_rays(prims: list[Primitive], origins: np.ndarray, dirs: np.ndarray):
         best_t[hit_rays] = t[closer]
         normal[hit_rays] = n_l[closer] @ p.rotation.T
         color[hit_rays] = _texture(p, o_l[closer] + t[closer, None] * d_l[closer])
-    normal /= np.maximum(np.linalg.norm(normal, axis=-1, keepdims=True), 1e-12)
+    normal /= np.maximum(np.sqrt(_dot(normal, normal)), 1e-12)[:, None]
     shade = _AMBIENT + np.clip(normal @ _LIGHTS.T, 0, None) @ _LIGHT_WEIGHTS
     return best_t, normal, np.clip(color * shade[:, None], 0, 1)
 
@@ -282,7 +288,7 @@ def _rays(c2w, K, height, width):
     rays = geometry.pixel_rays(c2w, K, height, width)
     d = np.asarray(rays.directions, np.float64).reshape(-1, 3)
     o = np.asarray(rays.origins, np.float64).reshape(-1, 3)
-    norm = np.linalg.norm(d, axis=-1)
+    norm = np.sqrt(_dot(d, d))
     return o, d / norm[:, None], norm
 
 
@@ -329,6 +335,38 @@ def write_object(object_dir: str, prims: list[Primitive], c2ws, Ks, size: int, s
         gobjaverse_io.write_view(object_dir, v, rgba, normal, depth, c2w, K)
     with open(os.path.join(object_dir, "object.json"), "w") as f:
         json.dump({"primitives": object_to_json(prims)}, f)
+
+
+def write_sample(out_dir: str, seed: int = 0, size: int = 128, supersample: int = 4) -> str:
+    """Write one object's 6 Zero123++-layout views (``geometry.zero123pp_cameras``) as RGBA PNGs plus
+    ``cameras.json`` = {"frames": [{"file", "c2w" (4x4 OpenGL), "K" (3x3 normalized)}]}; returns its path.
+
+    The object is the one of 32 candidates (drawn from ``seed``) with the largest silhouette in these views.
+    """
+    cams = geometry.zero123pp_cameras()
+    c2ws, Ks = np.asarray(cams.c2w, np.float32), np.asarray(cams.K, np.float32)
+
+    def coverage(prims):
+        views = zip(c2ws, Ks, strict=True)
+        return np.mean([render_view(prims, c, k, 32, 1)[1].astype(bool).mean() for c, k in views])
+
+    candidates = [random_object(np.random.default_rng(np.random.SeedSequence([seed, 999_999, j])))
+                  for j in range(32)]
+    prims = max(candidates, key=coverage)
+    os.makedirs(out_dir, exist_ok=True)
+    frames = []
+    for v, (c2w, K) in enumerate(zip(c2ws, Ks, strict=True)):
+        rgba, _, _ = render_view(prims, c2w, K, size, supersample)
+        name = f"{v:03d}.png"
+        with open(os.path.join(out_dir, name), "wb") as f:
+            f.write(gobjaverse_io.encode_png(rgba))
+        frames.append({"file": name, "c2w": np.round(c2w.astype(np.float64), 7).tolist(),
+                       "K": np.round(K.astype(np.float64), 7).tolist()})
+    path = os.path.join(out_dir, "cameras.json")
+    with open(path, "w") as f:
+        json.dump({"frames": frames, "source": f"geolrm_jax.data.synthetic.write_sample(seed={seed}, size={size})",
+                   "primitives": object_to_json(prims)}, f, indent=1)
+    return path
 
 
 def object_name(index: int) -> str:

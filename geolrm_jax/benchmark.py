@@ -1,0 +1,275 @@
+"""``geolrm-jax bench``: inference time and memory per stage, for several view counts, sizes and dtypes.
+
+    geolrm-jax bench [--model-config official|tiny|CONFIG.json] [--views 4 8 12 16 20] [--sizes 448 560]
+                     [--dtypes bfloat16 float32] [--repeats 5] [--isolate] [--out results.json]
+
+Stages (each its own compiled program, run back to back on device-resident inputs):
+
+* ``encoder``: both networks' image encoders (DINOv2 + hierarchical features), i.e. proposal and
+  reconstruction encoders together;
+* ``proposal``: the proposal transformer over the (G/T)^3 tokens, the occupancy head and anchor selection;
+* ``reconstruction``: the reconstruction transformer over the anchors (``capacity`` of them, static);
+* ``decoding``: the latent -> Gaussians decoder.
+
+``time`` is the median wall time of ``--repeats`` runs after one warm-up (compilation excluded), with
+``block_until_ready``. ``stage mem`` is XLA's buffer assignment of that stage's program: arguments (weights
+and inputs) + outputs + temporaries - aliased bytes; it is reported on every backend. ``peak`` is the device's
+``peak_bytes_in_use`` after the configuration ran ("n/a on CPU"). It is a high-water mark of the whole process,
+so it only describes one configuration when each runs in its own process: ``--isolate`` does that.
+
+Weights are random (seeded): with static shapes (the anchor capacity is fixed) the cost does not depend on
+their values. The composition of the stages is checked against ``GeoLRM.__call__`` in the tests.
+This module imports no ml_collections/clu/grain/tfds at import time; the model config (ml_collections) is
+imported when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+import subprocess
+import sys
+import time
+from typing import NamedTuple
+
+import numpy as np
+
+STAGES = ("encoder", "proposal", "reconstruction", "decoding")
+DEFAULT_VIEWS = (4, 8, 12, 16, 20)
+DEFAULT_SIZES = (448, 560)
+DEFAULT_DTYPES = ("bfloat16", "float32")
+
+
+def spatial_shapes(encoder_config, size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((h, w) of the low level = size / 4, (h, w) of the high level = 2 * size / patch) of the encoder."""
+    low = size // 4
+    high = 2 * (size // encoder_config.dino_patch)
+    return (low, low), (high, high)
+
+
+class Stages(NamedTuple):
+    """Pure functions of (variables, ...) making up ``GeoLRM.__call__``."""
+
+    encoder: callable  # (variables, images, c2ws, Ks) -> (proposal feats, reconstruction feats)
+    proposal: callable  # (variables, feats, c2ws, Ks, view_mask) -> (anchors, anchor_mask)
+    reconstruction: callable  # (variables, feats, c2ws, Ks, view_mask, anchors, anchor_mask) -> latents
+    decoding: callable  # (variables, latents, anchors, anchor_mask) -> Gaussians
+
+
+def build_stages(config, size: int) -> Stages:
+    """The stages of ``GeoLRM(config)`` for ``size`` px inputs, on the model's own variable tree."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    from geolrm_jax.model.decoder import GaussianDecoder
+    from geolrm_jax.model.encoder import HierarchicalEncoder
+    from geolrm_jax.model.geolrm import compute_dtype
+    from geolrm_jax.model.proposal import grid_points, select_anchors
+    from geolrm_jax.model.transformer import GeoTransformer
+
+    cfg, pc, rc = config, config.proposal, config.reconstruction
+    dtype = compute_dtype(cfg)
+    shapes = spatial_shapes(cfg.encoder, size)
+    encoder = HierarchicalEncoder(cfg.encoder, dtype, cfg.attention_impl)
+
+    def transformer(c):
+        return GeoTransformer(c.dim, c.layers, c.heads, c.num_points, c.grid_size, c.xyz_scale, shapes,
+                              cfg.norm_eps, dtype, cfg.remat, cfg.remat_policy, cfg.attention_impl,
+                              cfg.sample_impl, cfg.get("attention_over_heads", False))
+
+    proposal_transformer, reconstruction_transformer = transformer(pc), transformer(rc)
+    f, t = pc.grid_size // pc.token_res, pc.token_res
+    upsample = nn.Dense(t ** 3, dtype=dtype)
+    decoder = GaussianDecoder(rc.gs_per_token, rc.offset_max, rc.scale_max, dtype)
+
+    def sub(variables, network, module):
+        return {col: tree[network][module] for col, tree in variables.items()
+                if network in tree and module in tree[network]}
+
+    def encode(variables, images, c2ws, Ks):
+        feats_p, _ = encoder.apply(sub(variables, "proposal", "encoder"), images, c2ws, Ks)
+        feats_r, _ = encoder.apply(sub(variables, "reconstruction", "encoder"), images, c2ws, Ks)
+        return feats_p, feats_r
+
+    def propose(variables, feats, c2ws, Ks, view_mask):
+        b = feats.shape[0]
+        xyzs = jnp.broadcast_to(jnp.asarray(grid_points(f, pc.xyz_scale)), (b, f ** 3, 3))
+        tokens = proposal_transformer.apply(sub(variables, "proposal", "transformer"), xyzs,
+                                            jnp.ones((b, f ** 3), bool), feats, c2ws, Ks, view_mask)
+        occ = upsample.apply(sub(variables, "proposal", "upsample"), tokens).astype(jnp.float32)
+        occ = occ.reshape(b, f, f, f, t, t, t).transpose(0, 1, 4, 2, 5, 3, 6)
+        logits = occ.reshape(b, pc.grid_size, pc.grid_size, pc.grid_size)
+        return select_anchors(logits, pc.capacity, pc.xyz_scale)
+
+    def reconstruct(variables, feats, c2ws, Ks, view_mask, anchors, anchor_mask):
+        return reconstruction_transformer.apply(sub(variables, "reconstruction", "transformer"), anchors,
+                                                anchor_mask, feats, c2ws, Ks, view_mask)
+
+    def decode(variables, latents, anchors, anchor_mask):
+        return decoder.apply(sub(variables, "reconstruction", "decoder"), latents, anchors, anchor_mask)
+
+    return Stages(encode, propose, reconstruct, decode)
+
+
+def example_inputs(num_views: int, size: int, seed: int = 0):
+    """Random images and SV3D-orbit cameras (views cycle through the 21 preset poses): (B=1, V, ...)."""
+    import jax.numpy as jnp
+
+    from geolrm_jax import inputs
+
+    c2w, K = inputs.preset_cameras("sv3d", 1.5)
+    idx = np.floor(np.arange(num_views) * (21 / num_views)).astype(int) % 21
+    images = np.random.default_rng(seed).uniform(0, 1, (1, num_views, size, size, 3)).astype(np.float32)
+    return (jnp.asarray(images), jnp.asarray(c2w[idx])[None], jnp.asarray(K[idx])[None],
+            jnp.ones((1, num_views), bool))
+
+
+class StageResult(NamedTuple):
+    seconds: float
+    memory_bytes: int | None
+
+
+def _time_stage(fn, args, repeats: int):
+    import jax
+
+    compiled = jax.jit(fn).lower(*args).compile()
+    stats = compiled.memory_analysis()
+    memory = None if stats is None else int(stats.argument_size_in_bytes + stats.output_size_in_bytes
+                                            + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+    out = jax.block_until_ready(compiled(*args))  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - t0)
+    return out, StageResult(statistics.median(times), memory)
+
+
+def bench_one(config, variables, num_views: int, size: int, repeats: int) -> dict:
+    """Time the four stages for one (views, size) with ``config.dtype``; returns a result row."""
+    from geolrm_jax import reconstruct
+
+    stages = build_stages(config, size)
+    images, c2ws, Ks, view_mask = example_inputs(num_views, size)
+    (feats_p, feats_r), enc = _time_stage(stages.encoder, (variables, images, c2ws, Ks), repeats)
+    (anchors, mask), prop = _time_stage(stages.proposal, (variables, feats_p, c2ws, Ks, view_mask), repeats)
+    latents, rec = _time_stage(stages.reconstruction,
+                               (variables, feats_r, c2ws, Ks, view_mask, anchors, mask), repeats)
+    _, dec = _time_stage(stages.decoding, (variables, latents, anchors, mask), repeats)
+    results = dict(zip(STAGES, (enc, prop, rec, dec), strict=True))
+    return {
+        "views": num_views, "size": size, "dtype": config.dtype,
+        "time_s": {k: r.seconds for k, r in results.items()},
+        "stage_memory_bytes": {k: r.memory_bytes for k, r in results.items()},
+        "total_s": sum(r.seconds for r in results.values()),
+        "peak_bytes": reconstruct.peak_device_memory(),
+        "anchors": int(np.asarray(mask).sum()), "capacity": int(mask.shape[-1]),
+    }
+
+
+def _mib(n) -> str:
+    return "n/a" if n is None else f"{n / 2**20:.1f}"
+
+
+def format_table(rows: list[dict]) -> str:
+    """Per-stage table plus a bf16-vs-fp32 side-by-side table with ratios (when both dtypes ran)."""
+    head = (f"{'views':>5} {'size':>5} {'dtype':>8} | " + " ".join(f"{s + ' ms':>17}" for s in STAGES)
+            + f" | {'total ms':>9} | " + " ".join(f"{s[:5] + ' MiB':>9}" for s in STAGES) + f" | {'peak MiB':>10}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['views']:>5} {r['size']:>5} {r['dtype']:>8} | "
+            + " ".join(f"{1e3 * r['time_s'][s]:>17.1f}" for s in STAGES)
+            + f" | {1e3 * r['total_s']:>9.1f} | "
+            + " ".join(f"{_mib(r['stage_memory_bytes'][s]):>9}" for s in STAGES)
+            + f" | {_mib(r['peak_bytes']) if r['peak_bytes'] is not None else 'n/a on CPU':>10}")
+    by_key = {(r["views"], r["size"], r["dtype"]): r for r in rows}
+    pairs = [(k[0], k[1]) for k in by_key if k[2] == "float32" and (k[0], k[1], "bfloat16") in by_key]
+    if pairs:
+        lines += ["", f"{'views':>5} {'size':>5} | {'fp32 ms':>9} {'bf16 ms':>9} {'fp32/bf16':>9} | "
+                  f"{'fp32 peak MiB':>13} {'bf16 peak MiB':>13}"]
+        for v, s in sorted(pairs):
+            a, b = by_key[(v, s, "float32")], by_key[(v, s, "bfloat16")]
+            lines.append(f"{v:>5} {s:>5} | {1e3 * a['total_s']:>9.1f} {1e3 * b['total_s']:>9.1f} "
+                         f"{a['total_s'] / b['total_s']:>9.2f} | {_mib(a['peak_bytes']):>13} "
+                         f"{_mib(b['peak_bytes']):>13}")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="geolrm-jax bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-config", default="official", help="official | tiny | config.json")
+    p.add_argument("--views", type=int, nargs="+", default=list(DEFAULT_VIEWS))
+    p.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES), help="multiples of 28")
+    p.add_argument("--dtypes", nargs="+", choices=["bfloat16", "float32"], default=list(DEFAULT_DTYPES))
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--isolate", action="store_true", help="run each configuration in its own process")
+    p.add_argument("--out", help="write the rows as JSON here")
+    return p
+
+
+@functools.lru_cache(maxsize=4)
+def _variables(model_config: str, seed: int):
+    from geolrm_jax import reconstruct
+    from geolrm_jax.model import convert
+
+    return reconstruct.random_variables(convert.config_from_arg(model_config), seed)
+
+
+def run(args) -> list[dict]:
+    from geolrm_jax.model import convert
+
+    rows = []
+    for dtype in args.dtypes:
+        for size in args.sizes:
+            for views in args.views:
+                if args.isolate:
+                    rows.append(_run_isolated(args, dtype, size, views))
+                    continue
+                config = convert.config_from_arg(args.model_config)
+                config.dtype = dtype
+                rows.append(bench_one(config, _variables(args.model_config, args.seed), views, size,
+                                      args.repeats))
+                print(f"done: {views} views, {size} px, {dtype}: {1e3 * rows[-1]['total_s']:.1f} ms",
+                      file=sys.stderr, flush=True)
+    return rows
+
+
+def _run_isolated(args, dtype: str, size: int, views: int) -> dict:
+    cmd = [sys.executable, "-m", "geolrm_jax.benchmark", "--model-config", args.model_config, "--views",
+           str(views), "--sizes", str(size), "--dtypes", dtype, "--repeats", str(args.repeats), "--seed",
+           str(args.seed), "--json-stdout"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"benchmark of {views} views, {size} px, {dtype} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])[0]
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    parser.add_argument("--json-stdout", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    bad = [s for s in args.sizes if s % 28]
+    if bad:
+        parser.error(f"--sizes must be multiples of 28 (patch 14, and 4 for the low level), got {bad}")
+    rows = run(args)
+    if args.json_stdout:
+        print(json.dumps(rows))
+        return 0
+    import jax
+
+    print(f"device: {jax.local_devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}, "
+          f"model {args.model_config}, median of {args.repeats}")
+    print(format_table(rows))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""`geolrm-jax bench`: the timed stages compose to GeoLRM.__call__; the report table."""
+
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from geolrm_jax import benchmark, reconstruct
+from geolrm_jax.model import config as model_config
+from geolrm_jax.model.geolrm import GeoLRM
+
+
+def test_stages_compose_to_the_full_model():
+    config = model_config.tiny_model_config()
+    config.proposal.capacity = config.proposal.grid_size ** 3
+    variables = reconstruct.random_variables(config, seed=3)
+    # Every voxel occupied and room for all: anchor selection has no near-tie at its boundary.
+    upsample = variables["params"]["proposal"]["upsample"]
+    upsample["bias"] = upsample["bias"] + 10.0
+    images, c2ws, Ks, view_mask = benchmark.example_inputs(2, 28, seed=1)
+    stages = benchmark.build_stages(config, 28)
+    (fp, fr), enc = benchmark._time_stage(stages.encoder, (variables, images, c2ws, Ks), 1)
+    (anchors, mask), _ = benchmark._time_stage(stages.proposal, (variables, fp, c2ws, Ks, view_mask), 1)
+    latents, _ = benchmark._time_stage(stages.reconstruction, (variables, fr, c2ws, Ks, view_mask, anchors, mask),
+                                       1)
+    gaussians, dec = benchmark._time_stage(stages.decoding, (variables, latents, anchors, mask), 1)
+    assert enc.seconds > 0 and enc.memory_bytes > 0 and dec.memory_bytes > 0
+
+    want = jax.jit(GeoLRM(config).apply)(variables, images, c2ws, Ks, view_mask)
+    assert int(mask.sum()) == config.proposal.capacity
+    np.testing.assert_array_equal(np.asarray(mask), np.asarray(want["anchor_mask"]))
+    np.testing.assert_allclose(np.asarray(anchors), np.asarray(want["anchors"]), atol=1e-6)
+    for name in ("means", "scales", "quats", "opacities", "rgbs"):
+        np.testing.assert_allclose(np.asarray(getattr(gaussians, name)), np.asarray(getattr(want["gaussians"], name)),
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_table_has_side_by_side_ratios():
+    def row(dtype, total):
+        return {"views": 4, "size": 448, "dtype": dtype, "time_s": dict.fromkeys(benchmark.STAGES, total / 4),
+                "stage_memory_bytes": dict.fromkeys(benchmark.STAGES, 2**20), "total_s": total,
+                "peak_bytes": None}
+
+    table = benchmark.format_table([row("float32", 0.2), row("bfloat16", 0.1)])
+    lines = table.splitlines()
+    assert "fp32/bf16" in table and "n/a on CPU" in table
+    side = lines[-1].split()
+    assert side[:5] == ["4", "448", "|", "200.0", "100.0"] and side[5] == "2.00"
+
+
+def test_bench_rejects_bad_sizes():
+    done = subprocess.run([sys.executable, "-m", "geolrm_jax.benchmark", "--sizes", "100"], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 2 and "multiples of 28" in done.stderr

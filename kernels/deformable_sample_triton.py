@@ -25,12 +25,15 @@ import functools
 import jax
 import jax.numpy as jnp
 from geolrm_kernels.deformable_sample import _MASKED_LOCATION, _level_starts, bilinear_corners
+from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+# Block sizes and warps; tools/bench_deformable.py --sweep measures alternatives.
 FORWARD_BLOCK_Q = 64
+FORWARD_NUM_WARPS = 4
 BACKWARD_BLOCK_Q = 32
-NUM_WARPS = 4
+BACKWARD_NUM_WARPS = 4
 
 
 def _next_pow2(n: int) -> int:
@@ -70,12 +73,17 @@ def _forward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, out_ref, *,
     cols = jnp.broadcast_to((h * c + ch)[None, :], (block_q, ch.shape[0]))
     acc = jnp.zeros((block_q, ch.shape[0]), jnp.float32)
     for level, ((hl, wl), start) in enumerate(zip(shapes, _level_starts(shapes), strict=True)):
-        for point in range(p):
+
+        def point_step(point, acc, level=level, hl=hl, wl=wl, start=start):
             a, u, v = _point(off_ref, attn_ref, point_base + level * p + point, valid, ref_u, ref_v)
             for pixel, inside, bilinear, _, _ in bilinear_corners(u, v, hl, wl):
                 rows = jnp.broadcast_to((bv * length + start + pixel)[:, None], cols.shape)
                 sample = plgpu.load(value_ref.at[rows, cols], mask=inside[:, None] & ch_in[None, :], other=0.0)
                 acc += (a * bilinear)[:, None] * sample.astype(jnp.float32)
+            return acc
+
+        # A loop (not unrolled) over the points keeps compile time and code size small.
+        acc = lax.fori_loop(0, p, point_step, acc)
     out_rows = jnp.broadcast_to((bv * q_count + q)[:, None], cols.shape)
     plgpu.store(out_ref.at[out_rows, cols], acc.astype(out_ref.dtype), mask=q_in[:, None] & ch_in[None, :])
 
@@ -95,10 +103,10 @@ def _backward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, g_ref, _dv
     q_mask = None if interpret else q_in
     # Point indices of this program's queries without clipping, for the atomic adds.
     point_base_q = ((bv // v_count * q_count + q) * heads + h) * (nl * p)
-    d_ref_u = jnp.zeros((block_q,), jnp.float32)
-    d_ref_v = jnp.zeros((block_q,), jnp.float32)
+    d_ref_uv = (jnp.zeros((block_q,), jnp.float32), jnp.zeros((block_q,), jnp.float32))
     for level, ((hl, wl), start) in enumerate(zip(shapes, _level_starts(shapes), strict=True)):
-        for point in range(p):
+
+        def point_step(point, d_ref_uv, level=level, hl=hl, wl=wl, start=start):
             a, u, v = _point(off_ref, attn_ref, point_base + level * p + point, valid, ref_u, ref_v)
             g_sample = jnp.zeros((block_q,), jnp.float32)
             g_du = jnp.zeros((block_q,), jnp.float32)
@@ -120,11 +128,12 @@ def _backward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, g_ref, _dv
             plgpu.atomic_add(d_attn_ref, (index,), g_sample, mask=q_mask)
             plgpu.atomic_add(d_off_ref, (index * 2,), d_u, mask=q_mask)
             plgpu.atomic_add(d_off_ref, (index * 2 + 1,), d_v, mask=q_mask)
-            d_ref_u += d_u
-            d_ref_v += d_v
+            return d_ref_uv[0] + d_u, d_ref_uv[1] + d_v
+
+        d_ref_uv = lax.fori_loop(0, p, point_step, d_ref_uv)
     ref_index = (bv * q_count + q) * 2
-    plgpu.atomic_add(d_ref_ref, (ref_index,), d_ref_u, mask=q_mask)
-    plgpu.atomic_add(d_ref_ref, (ref_index + 1,), d_ref_v, mask=q_mask)
+    plgpu.atomic_add(d_ref_ref, (ref_index,), d_ref_uv[0], mask=q_mask)
+    plgpu.atomic_add(d_ref_ref, (ref_index + 1,), d_ref_uv[1], mask=q_mask)
 
 
 def _flat_inputs(value, reference_points, offsets, attention_weights, mask):
@@ -149,12 +158,13 @@ def forward(value, reference_points, offsets, attention_weights, mask, spatial_s
     dims = _dims(value, offsets)
     q = dims[1]
     block_q = block_q or min(FORWARD_BLOCK_Q, _next_pow2(q))
+    num_warps = num_warps or FORWARD_NUM_WARPS
     kernel = functools.partial(_forward_kernel, dims=dims, shapes=tuple(spatial_shapes), block_q=block_q)
     out = pl.pallas_call(
         kernel,
         out_shape=jax.ShapeDtypeStruct((b * v * q, heads * c), value.dtype),
         grid=(heads, pl.cdiv(q, block_q), b * v),
-        compiler_params=plgpu.CompilerParams(num_warps=num_warps or NUM_WARPS, num_stages=1),
+        compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=1),
         interpret=interpret,
         name="deformable_sample_fwd",
     )(*_flat_inputs(value, reference_points, offsets, attention_weights, mask))
@@ -170,6 +180,7 @@ def backward(value, reference_points, offsets, attention_weights, mask, spatial_
     if interpret:
         block_q = 1
     block_q = block_q or min(BACKWARD_BLOCK_Q, _next_pow2(q))
+    num_warps = num_warps or BACKWARD_NUM_WARPS
     kernel = functools.partial(_backward_kernel, dims=dims, shapes=tuple(spatial_shapes), block_q=block_q,
                                interpret=interpret)
     zeros = (jnp.zeros((b * v * length, heads * c), jnp.float32),
@@ -181,7 +192,7 @@ def backward(value, reference_points, offsets, attention_weights, mask, spatial_
         out_shape=tuple(jax.ShapeDtypeStruct(z.shape, z.dtype) for z in zeros),
         grid=(heads, pl.cdiv(q, block_q), b * v),
         input_output_aliases={6: 0, 7: 1, 8: 2, 9: 3},
-        compiler_params=plgpu.CompilerParams(num_warps=num_warps or NUM_WARPS, num_stages=1),
+        compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=1),
         interpret=interpret,
         name="deformable_sample_bwd",
     )(*_flat_inputs(value, reference_points, offsets, attention_weights, mask),

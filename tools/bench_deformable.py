@@ -201,7 +201,7 @@ def check_correctness(jax, jnp, ds, log):
     return ok
 
 
-def bench_jax(jax, ds, impl, inputs, shapes, reps, **kernel_kwargs):
+def bench_jax(jax, ds, impl, inputs, shapes, reps, keep=None, **kernel_kwargs):
     """fwd / fwd+bwd median ms and temp+output bytes of the compiled functions, for one implementation."""
     value, ref, offsets, weights, cot = inputs
     if kernel_kwargs:  # kernel variants (block sizes, warps) call the Pallas wrappers directly
@@ -224,13 +224,17 @@ def bench_jax(jax, ds, impl, inputs, shapes, reps, **kernel_kwargs):
     entry = {}
     for key, fn, args in (("fwd", f, (value, ref, offsets, weights)),
                           ("fwdbwd", fwd_bwd, (value, ref, offsets, weights, cot))):
+        t0 = time.perf_counter()
         compiled = jax.jit(fn).lower(*args).compile()
+        entry[f"{key}_compile_s"] = round(time.perf_counter() - t0, 1)
         stats = compiled.memory_analysis()
         entry[f"{key}_ms"] = _median_time(lambda compiled=compiled, args=args: compiled(*args),
                                           jax.block_until_ready, reps)
         if stats is not None:
             entry[f"{key}_mem"] = stats.temp_size_in_bytes + stats.output_size_in_bytes
             entry[f"{key}_temp"] = stats.temp_size_in_bytes
+        if keep is not None and key == "fwdbwd":  # output and gradients, for a cross-check
+            keep.append(jax.block_until_ready(compiled(*args)))
     return entry
 
 
@@ -279,6 +283,7 @@ def main(argv=None):
     parser.add_argument("--check", action="store_true", help="Pallas vs XLA reference correctness on GPU first")
     parser.add_argument("--sweep", action="store_true", help="block size / warp variants at V=21, 560px, S=16384")
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--torch-json", help="reuse torch results written by an earlier run instead of measuring")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--out", default=os.environ.get("OUT", "."), help="directory for json/markdown/log")
     parser.add_argument("--tiny", action="store_true", help="smoke test of this script on CPU")
@@ -305,7 +310,12 @@ def main(argv=None):
 
     results = {"pallas": {}, "xla": {}, "torch": {}}
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "argv": sys.argv}
-    if not args.no_torch:  # first, in its own process, so that JAX holds no device memory meanwhile
+    if args.torch_json:
+        with open(args.torch_json) as f:
+            torch_json = json.load(f)
+        results["torch"] = torch_json["results"]
+        meta["torch"] = torch_json["torch"] + f" (from {args.torch_json})"
+    elif not args.no_torch:  # first, in its own process, so that JAX holds no device memory meanwhile
         path = os.path.join(args.out, "bench_deformable_torch.json")
         cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker", path, "--reps", str(args.reps),
                "--deadline", str(start + 0.3 * (deadline - start))]
@@ -333,6 +343,31 @@ def main(argv=None):
             meta["check_passed"] = False
             log("check crashed:\n" + traceback.format_exc()[-4000:])
 
+    if args.sweep:  # before the table: the fastest variants become the kernels' block sizes for it
+        from geolrm_kernels import deformable_sample_triton as tri
+
+        inputs = jax_inputs(jax, jnp, 21, LEVEL_SETS["560px"], 16384)
+        best = {}
+        for block_q, warps in ((16, 4), (32, 4), (64, 4), (128, 8)):
+            if time.time() > deadline:
+                break
+            try:
+                e = bench_jax(jax, ds, "pallas", inputs, LEVEL_SETS["560px"], args.reps, block_q=block_q,
+                              num_warps=warps)
+                for k in ("fwd_ms", "bwd_ms"):
+                    if k not in best or e[k] < best[k][0]:
+                        best[k] = (e[k], block_q, warps)
+            except Exception as err:  # a variant that does not compile is reported, not fatal
+                e = {"error": repr(err)[:300]}
+            log(f"sweep block_q={block_q} num_warps={warps}: {e}")
+        del inputs
+        if best:
+            tri.FORWARD_BLOCK_Q, tri.FORWARD_NUM_WARPS = best["fwd_ms"][1:]
+            tri.BACKWARD_BLOCK_Q, tri.BACKWARD_NUM_WARPS = best["bwd_ms"][1:]
+        meta["kernel_config"] = dict(forward=(tri.FORWARD_BLOCK_Q, tri.FORWARD_NUM_WARPS),
+                                     backward=(tri.BACKWARD_BLOCK_Q, tri.BACKWARD_NUM_WARPS))
+        log(f"kernel config (block_q, num_warps) for the table: {meta['kernel_config']}")
+
     def save():
         with open(os.path.join(args.out, "bench_deformable.json"), "w") as f:
             json.dump({"meta": meta, "results": results}, f, indent=1)
@@ -345,28 +380,22 @@ def main(argv=None):
             log(f"V={v} {lv} S={s}: skipped (time budget)")
             continue
         inputs = jax_inputs(jax, jnp, v, LEVEL_SETS[lv], s)
+        kept = [] if (v, lv, s) in QUICK + TINY else None
         for impl in ("pallas", "xla"):
             run_impl = "pallas_interpret" if impl == "pallas" and jax.default_backend() == "cpu" else impl
             try:
-                results[impl][key] = bench_jax(jax, ds, run_impl, inputs, LEVEL_SETS[lv], args.reps)
+                results[impl][key] = bench_jax(jax, ds, run_impl, inputs, LEVEL_SETS[lv], args.reps, keep=kept)
             except Exception as err:
                 results[impl][key] = {"error": repr(err)[:300]}
                 log(traceback.format_exc()[-3000:])
             log(f"{impl} V={v} {lv} S={s}: {results[impl][key]}")
-        del inputs
+        if kept and len(kept) == 2:  # Pallas vs XLA on the benchmark's own inputs
+            leaves = zip(jax.tree.leaves(kept[0]), jax.tree.leaves(kept[1]), strict=True)
+            errs = [float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) for a, b in leaves]
+            results["pallas"][key]["rel_err_vs_xla"] = errs
+            log(f"V={v} {lv} S={s}: Pallas vs XLA rel err (out, d_value, d_ref, d_offsets, d_weights) {errs}")
+        del inputs, kept
         save()
-    if args.sweep:
-        inputs = jax_inputs(jax, jnp, 21, LEVEL_SETS["560px"], 16384)
-        for block_q, warps in ((16, 4), (32, 4), (64, 4), (64, 8)):
-            if time.time() > deadline:
-                break
-            try:
-                e = bench_jax(jax, ds, "pallas", inputs, LEVEL_SETS["560px"], args.reps, block_q=block_q,
-                              num_warps=warps)
-            except Exception as err:  # a variant that does not compile is reported, not fatal
-                e = {"error": repr(err)[:300]}
-            log(f"sweep block_q={block_q} num_warps={warps}: {e}")
-        del inputs
     save()
     text = table(configs, results, bandwidth)
     log(f"\n{meta['device']}, jax {meta['jax']}, torch {meta.get('torch')}, {meta['date']}, "

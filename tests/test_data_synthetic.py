@@ -1,5 +1,7 @@
 """Synthetic objects, GObjaverse file conventions, occupancy and view sampling (no dataset build)."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -164,3 +166,38 @@ def test_view_sampling_training_and_eval():
     e = sampling.sample_views(rng, 40, training=False)
     assert e.input_mask.sum() == 4 and e.target_mask.sum() == 4
     assert not set(e.input_views[:4].tolist()) & set(e.target_views[:4].tolist())
+
+
+def test_bundled_sample_loads_and_matches_zero123pp_cameras():
+    from geolrm_jax.data import sample
+
+    images, c2w, K = sample.load_posed_views()
+    assert images.shape == (6, 128, 128, 3) and images.dtype == np.float32
+    assert images.min() >= 0 and images.max() <= 1
+    coverage = (images < 0.99).any(-1).mean((1, 2))
+    assert np.all(coverage > 0.02) and np.all(coverage < 0.6)  # an object in every view, white around it
+    cams = geometry.zero123pp_cameras()
+    np.testing.assert_allclose(c2w, np.asarray(cams.c2w), atol=1e-5)
+    np.testing.assert_allclose(K, np.asarray(cams.K), atol=1e-5)
+    total = sum(os.path.getsize(os.path.join(sample.SAMPLE_DIR, f)) for f in os.listdir(sample.SAMPLE_DIR))
+    assert total <= 1_000_000
+
+
+def test_posed_view_loader_names_bad_files(tmp_path):
+    import json
+    import shutil
+
+    from geolrm_jax.data import sample
+
+    folder = tmp_path / "s"
+    shutil.copytree(sample.SAMPLE_DIR, folder)
+    with open(folder / "002.png", "wb") as f:
+        f.write(b"\x89PNG broken")
+    with pytest.raises(ValueError, match="002.png"):
+        sample.load_posed_views(str(folder))
+    meta = json.loads((folder / "cameras.json").read_text())
+    meta["frames"] = meta["frames"][:2]
+    meta["frames"][1]["c2w"][0][0] = float("nan")
+    (folder / "cameras.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="frame 1"):
+        sample.load_posed_views(str(folder))

@@ -1,0 +1,218 @@
+"""GeoLRM model: parity with the original on geolrm_small, jit/grad/vmap on the tiny config, view and anchor
+masks, anchor selection, and the pieces whose numerics follow torch (bicubic resize, transposed conv)."""
+
+import importlib.util
+import pathlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import shared_path
+
+from geolrm_jax import geometry
+from geolrm_jax.model import config as model_config
+from geolrm_jax.model.geolrm import GeoLRM
+from geolrm_jax.model.proposal import linspace_like_torch, select_anchors
+from geolrm_jax.model.transformer import SelfAttention, rope3d_tables, rope_grid_index
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _load_tool(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def random_variables(model, inputs, seed=0, scale=0.3):
+    """Random (not initializer-distributed) variables with the model's tree; avoids compiling `init`."""
+    abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *inputs))
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+    rng = np.random.default_rng(seed)
+    out = []
+    for path, leaf in leaves:
+        x = rng.normal(size=leaf.shape).astype(np.float32) * scale
+        if jax.tree_util.keystr(path).endswith("['var']"):
+            x = 1.0 + np.abs(x)
+        out.append(jnp.asarray(x))
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(abstract), out)
+
+
+def tiny_inputs(batch=2, views=3, size=28, seed=0):
+    rng = np.random.default_rng(seed)
+    images = jnp.asarray(rng.uniform(size=(batch, views, size, size, 3)), jnp.float32)
+    c2ws = jnp.broadcast_to(geometry.orbit_c2w(views, 20.0, 1.5), (batch, views, 4, 4))
+    ks = jnp.broadcast_to(geometry.fov_to_intrinsics(39.6), (batch, views, 3, 3))
+    return images, c2ws, ks, jnp.ones((batch, views), bool)
+
+
+def tiny_scene_inputs():
+    """Batch of 2 scenes: scene 1 = the first two views of scene 0 plus a padded third view."""
+    images, c2ws, ks, _ = tiny_inputs(batch=1)
+    images = jnp.concatenate([images, images.at[:, 2].set(0.0)])
+    c2ws = jnp.concatenate([c2ws, c2ws.at[:, 2].set(jnp.eye(4))])
+    view_mask = jnp.asarray([[True, True, True], [True, True, False]])
+    return images, c2ws, jnp.concatenate([ks, ks]), view_mask
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """Tiny model, inputs, random variables, and one jitted value_and_grad through the whole model."""
+    model = GeoLRM(model_config.tiny_model_config())
+    inputs = tiny_scene_inputs()
+    variables = random_variables(model, inputs)
+
+    def loss(params):
+        out = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, *inputs)
+        g = out["gaussians"]
+        return (jnp.mean(jnp.tanh(out["occupancy_logits"])) + jnp.mean(g.means) + jnp.mean(g.opacities)
+                + jnp.mean(g.scales) * 10 + jnp.mean(g.rgbs) + jnp.mean(g.quats)), out
+
+    (value, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+    return model, inputs, variables, (value, out, grads)
+
+
+def test_parity_tool_on_fixture(capsys):
+    fixture = shared_path("geolrm_small", "outputs.npz").parent
+    assert _load_tool("check_parity").main(["--fixture", str(fixture)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "all outputs within tolerance"
+    rows = {ln.split()[0]: float(ln.split()[2]) for ln in lines[1:-1]}
+    assert len(rows) == 14 and "gaussians" in rows and "layer0__cross_attention_out" in rows
+    for name, rel in rows.items():
+        assert rel <= 1e-4, (name, rel)  # NaN fails this too
+
+
+def test_jit_grad_full_model(tiny):
+    model, _, _, (value, out, grads) = tiny
+    assert np.isfinite(value)
+    b, g = 2, 8
+    s = model.config.proposal.capacity
+    k = model.config.reconstruction.gs_per_token
+    assert out["occupancy_logits"].shape == (b, g, g, g)
+    assert out["anchors"].shape == (b, s, 3) and out["anchor_mask"].shape == (b, s)
+    assert out["gaussians"].means.shape == (b, s * k, 3) and out["gaussians"].opacities.shape == (b, s * k)
+    assert 0 < int(out["anchor_mask"].sum())
+    opac = np.asarray(out["gaussians"].opacities).reshape(b, s, k)
+    assert np.all(opac[~np.asarray(out["anchor_mask"])] == 0)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(grads)[0]:
+        leaf = np.asarray(leaf)
+        assert np.all(np.isfinite(leaf)), jax.tree_util.keystr(path)
+        assert np.any(leaf != 0), f"zero gradient for {jax.tree_util.keystr(path)}"
+
+
+def test_vmap_matches_batch_and_padded_views_are_ignored(tiny):
+    """vmap over scenes equals the batched call; a padded view with another image and a singular camera
+    changes nothing."""
+    model, (images, c2ws, ks, mask), variables, (_, out, _) = tiny
+    noise = jnp.asarray(np.random.default_rng(5).uniform(size=(28, 28, 3)), jnp.float32)
+    images = images.at[1, 2].set(noise)
+    c2ws = c2ws.at[1, 2].set(0.0)
+    fwd = lambda im, c, k, m: model.apply(variables, im[None], c[None], k[None], m[None])
+    vout = jax.jit(jax.vmap(fwd))(images, c2ws, ks, mask)
+    for x, y in zip(jax.tree.leaves(vout), jax.tree.leaves(out), strict=True):
+        x, y = np.asarray(x, np.float32)[:, 0], np.asarray(y, np.float32)
+        assert np.all(np.isfinite(x))
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+
+
+def test_key_padding_mask_in_token_attention():
+    """With ordinary attention, padded anchors do not influence valid ones."""
+    layer = SelfAttention(dim=24, heads=2, attention_impl="xla", over_heads=False)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(1, 6, 24)), jnp.float32)
+    xyz = jnp.asarray(rng.uniform(-0.5, 0.5, size=(1, 6, 3)), jnp.float32)
+    mask = jnp.asarray([[True, True, True, True, False, False]])
+    cos, sin = rope3d_tables(rope_grid_index(xyz, 0.5, 8), 12)
+    params = jax.jit(layer.init)(jax.random.PRNGKey(0), x, cos, sin, mask)
+    apply = jax.jit(layer.apply)
+    y1 = apply(params, x, cos, sin, mask)
+    y2 = apply(params, x.at[:, 4:].set(100.0), cos, sin, mask)
+    np.testing.assert_allclose(np.asarray(y1[:, :4]), np.asarray(y2[:, :4]), rtol=1e-5, atol=1e-5)
+    y3 = apply(params, x.at[:, 4:].set(100.0), cos, sin, jnp.ones_like(mask))
+    assert np.abs(np.asarray(y3[:, :4] - y1[:, :4])).max() > 1e-3  # the mask is what made the difference
+
+
+def test_select_anchors_keeps_highest_in_raster_order():
+    g = 4
+    logits = -np.ones((2, g, g, g), np.float32)
+    logits[0, 1, 2, 3], logits[0, 0, 0, 1], logits[0, 3, 3, 3], logits[0, 2, 0, 0] = 5.0, 1.0, 3.0, 0.5
+    select = jax.jit(select_anchors, static_argnums=(1, 2))
+    anchors, mask = select(jnp.asarray(logits), 3, 0.5)
+    lin = linspace_like_torch(g) * 0.5
+    # 4 occupied > capacity 3: the lowest logit (2, 0, 0) is dropped; the rest come in raster order.
+    expected = np.asarray([[lin[0], lin[0], lin[1]], [lin[1], lin[2], lin[3]], [lin[3], lin[3], lin[3]]])
+    np.testing.assert_array_equal(np.asarray(anchors[0]), expected)
+    assert np.asarray(mask[0]).tolist() == [True, True, True]
+    assert np.asarray(mask[1]).tolist() == [False] * 3  # nothing occupied
+    np.testing.assert_array_equal(np.asarray(anchors[1]), 0.0)
+    big, big_mask = select(jnp.asarray(logits), 70, 0.5)  # capacity > G³
+    assert big.shape == (2, 70, 3) and int(big_mask[0].sum()) == 4
+
+
+def test_torch_numerics_bicubic_and_conv_transpose():
+    torch = pytest.importorskip("torch")
+    from geolrm_jax.model.dinov2 import resize_pos_embed
+    from geolrm_jax.model.encoder import ConvTranspose2d
+
+    rng = np.random.default_rng(0)
+    pos = rng.normal(size=(37 * 37, 16)).astype(np.float32)
+    for out in ((8, 8), (32, 32), (16, 12)):
+        ref = torch.nn.functional.interpolate(torch.tensor(pos).reshape(1, 37, 37, 16).permute(0, 3, 1, 2),
+                                              size=out, mode="bicubic", align_corners=False)
+        ours = resize_pos_embed(jnp.asarray(pos), 37, *out).reshape(*out, 16)
+        np.testing.assert_allclose(np.asarray(ours), ref[0].permute(1, 2, 0).numpy(), rtol=1e-5, atol=2e-6)
+    x = rng.normal(size=(2, 5, 6, 8)).astype(np.float32)
+    w = rng.normal(size=(8, 4, 4, 4)).astype(np.float32)  # torch (in, out, k, k)
+    ref = torch.nn.functional.conv_transpose2d(torch.tensor(x).permute(0, 3, 1, 2), torch.tensor(w), stride=2,
+                                               padding=1)
+    ours = jax.jit(ConvTranspose2d(4).apply)({"params": {"kernel": jnp.asarray(w.transpose(2, 3, 0, 1))}},
+                                             jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(ours), ref.permute(0, 2, 3, 1).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_mode_close_to_fp32(tiny):
+    _, inputs, variables, (_, out, _) = tiny
+    config = model_config.tiny_model_config()
+    config.dtype = "bfloat16"
+    bf16 = GeoLRM(config)
+    low = jax.jit(lambda v: bf16.apply(v, *inputs, method=bf16.propose))(variables)
+    assert low.dtype == jnp.float32  # logits are returned in float32; params stay float32
+    ref = np.asarray(out["occupancy_logits"])
+    rel = np.abs(np.asarray(low) - ref).max() / np.abs(ref).max()
+    assert 0 < rel < 5e-2, rel
+
+
+def test_remat_traces_through_grad():
+    config = model_config.tiny_model_config()
+    config.remat = True
+    config.remat_policy = "dots_saveable"
+    model = GeoLRM(config)
+    inputs = tiny_inputs(batch=1)
+    abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *inputs))
+
+    def loss(params, stats):
+        return jnp.mean(model.apply({"params": params, "batch_stats": stats}, *inputs, method=model.propose))
+
+    grads = jax.eval_shape(jax.grad(loss), abstract["params"], abstract["batch_stats"])
+    assert jax.tree.map(lambda g: g.shape, grads) == jax.tree.map(lambda p: p.shape, abstract["params"])
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss))(abstract["params"], abstract["batch_stats"]))
+    assert "remat" in jaxpr or "checkpoint" in jaxpr
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="lrm_generator.transformer_dim"):
+        model_config.config_from_fixture({"serializer": {}, "lrm_generator": {}, "dinov2_config": {
+            "use_swiglu_ffn": False, "image_size": 518, "patch_size": 14, "hidden_size": 8, "num_hidden_layers": 1,
+            "num_attention_heads": 1, "mlp_ratio": 4, "layer_norm_eps": 1e-6}} | {"serializer": {
+                "encoder_feat_dim": 8, "transformer_dim": 8, "transformer_layers": 1, "transformer_heads": 1,
+                "grid_size": 8, "token_res": 2, "num_deform_points": 1, "scale": 0.5, "max_seq_len": 4},
+            "lrm_generator": {"encoder_feat_dim": 8, "use_sh": False}})
+    config = model_config.tiny_model_config()
+    config.dtype = "float16"
+    with pytest.raises(ValueError, match="config.dtype"):
+        jax.eval_shape(lambda: GeoLRM(config).init(jax.random.PRNGKey(0), *tiny_inputs(batch=1)))
+    assert isinstance(nn.Module, type)

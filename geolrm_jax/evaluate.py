@@ -1,0 +1,268 @@
+"""``geolrm-jax eval``: rendering quality (PSNR, SSIM, LPIPS) and geometry (Chamfer, F-score) over a split.
+
+    geolrm-jax eval ROOT [--split validation] [--object-list ROOT/object_list.json] [--num-views 4 8 12 16 20]
+                    [--checkpoint CKPT] [--model-config ...] [--lpips-weights lpips.npz] [--out evals/]
+
+ROOT holds objects in the GObjaverse layout that ``geolrm_jax.data`` builds datasets from (``<root>/<name>/
+<view:05d>/<view:05d>.{png,json}`` and ``_nd.exr``; e.g. GSO renders, or ``tools/make_synthetic.py``'s
+output); the object list JSON (``{split: [names]}`` or a list) picks the split. Views 0..23 are the orbit.
+
+Protocol, per object and per value N of ``--num-views``:
+
+* inputs: N orbit views spread evenly, view ``floor(i * 24 / N)`` for i < N (N <= 24), composited on white
+  and resized to ``--input-size`` (premultiplied-alpha bilinear, as the training pipeline);
+* held-out targets: the non-orbit views (24.. of the 40), or when an object has only orbit views, the orbit
+  views not used as inputs; at most ``--max-targets`` of them, spread evenly; composited on white at
+  ``--render-size``. The Gaussians are rendered there on white: PSNR and SSIM (``train.metrics``, per view,
+  averaged) and LPIPS-VGG (with ``--lpips-weights`` from ``tools/convert_lpips.py``; without it LPIPS is not
+  computed: a random VGG is no perceptual metric);
+* geometry (``geolrm_jax.geometry_metrics``, whose docstring is the full protocol): Chamfer distance and
+  F-score at 0.2 between the opacity-filtered Gaussian means and the ground-truth depth maps of the input and
+  target views, unprojected at full resolution, with both sets scaled by 2 ([-0.5, 0.5]^3 -> [-1, 1]^3).
+
+Writes ``metrics.csv`` (one row per object and N) and ``summary.csv`` (means per N) into ``--out`` (each via
+a temporary file renamed into place) and prints the summary table. Weights are found as in
+``geolrm-jax reconstruct``; with none, random weights run and the output says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from geolrm_jax import geometry_metrics
+
+NUM_ORBIT_VIEWS = 24
+METRICS = ("psnr", "ssim", "lpips", "chamfer", "fscore", "precision", "recall")
+CSV_FIELDS = ("object_id", "num_views", *METRICS, "gaussians", "seconds")
+
+
+def input_view_ids(num_views: int, num_orbit: int = NUM_ORBIT_VIEWS) -> list[int]:
+    """N orbit views spread evenly: floor(i * num_orbit / N)."""
+    if not 1 <= num_views <= num_orbit:
+        raise ValueError(f"--num-views must be in 1..{num_orbit}, got {num_views}")
+    return [int(math.floor(i * num_orbit / num_views)) for i in range(num_views)]
+
+
+def target_view_ids(inputs: list[int], num_object_views: int, max_targets: int,
+                    num_orbit: int = NUM_ORBIT_VIEWS) -> list[int]:
+    """Held-out views: the non-orbit ones, else the unused orbit ones; at most ``max_targets``, spread evenly."""
+    pool = list(range(num_orbit, num_object_views)) or [v for v in range(num_orbit) if v not in inputs]
+    if not pool:
+        raise ValueError("no held-out view left to evaluate on")
+    if len(pool) > max_targets:
+        pool = [pool[int(i * len(pool) / max_targets)] for i in range(max_targets)]
+    return pool
+
+
+def composite_white(rgba: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 RGBA (H, W, 4) -> (RGB on white (size, size, 3), alpha (size, size)) float32, resized with
+    premultiplied-alpha bilinear filtering (rgb = premultiplied colour + 1 - alpha exactly)."""
+    from PIL import Image
+
+    x = rgba.astype(np.float32) / 255.0
+    premult = np.concatenate([x[..., :3] * x[..., 3:], x[..., 3:]], -1)
+    if premult.shape[0] != size or premult.shape[1] != size:
+        premult = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(premult[..., c]), mode="F").resize(
+            (size, size), Image.BILINEAR)) for c in range(4)], -1)
+    alpha = np.clip(premult[..., 3], 0, 1)
+    rgb = np.clip(premult[..., :3] + (1 - alpha[..., None]), 0, 1)
+    return rgb.astype(np.float32), alpha.astype(np.float32)
+
+
+def count_views(object_dir: str) -> int:
+    n = 0
+    while os.path.exists(os.path.join(object_dir, f"{n:05d}", f"{n:05d}.png")):
+        n += 1
+    return n
+
+
+# predict(images (V, S, S, 3), c2w (V, 4, 4), K (V, 3, 3)) -> Gaussians of one scene, fields (1, N, ...)
+Predictor = Callable[[np.ndarray, np.ndarray, np.ndarray], object]
+
+
+def evaluate_object(object_dir: str, predict: Predictor, num_views: int, *, input_size: int, render_size: int,
+                    max_targets: int = 8, lpips_params=None, num_points: int = geometry_metrics.DEFAULT_NUM_POINTS,
+                    min_opacity: float = geometry_metrics.DEFAULT_MIN_OPACITY) -> dict:
+    """All metrics of one object with N = ``num_views`` inputs (see the module doc) -> a dict of floats."""
+    import jax.numpy as jnp
+
+    from geolrm_jax import reconstruct
+    from geolrm_jax.data import gobjaverse_io
+    from geolrm_jax.train import metrics
+
+    t0 = time.perf_counter()
+    inputs = input_view_ids(num_views)
+    targets = target_view_ids(inputs, count_views(object_dir), max_targets)
+    views = {v: gobjaverse_io.read_view(object_dir, v) for v in sorted(set(inputs) | set(targets))}
+    images = np.stack([composite_white(views[v].rgba, input_size)[0] for v in inputs])
+    gaussians = predict(images, np.stack([views[v].c2w for v in inputs]), np.stack([views[v].K for v in inputs]))
+
+    target_rgb = np.stack([composite_white(views[v].rgba, render_size)[0] for v in targets])
+    t_c2w, t_K = np.stack([views[v].c2w for v in targets]), np.stack([views[v].K for v in targets])
+    renders = reconstruct.render_views(gaussians, t_c2w, t_K, render_size)
+    pred, true = jnp.asarray(renders), jnp.asarray(target_rgb)
+    row = {"psnr": float(jnp.mean(metrics.psnr(pred, true))), "ssim": float(jnp.mean(metrics.ssim(pred, true))),
+           "lpips": float(jnp.mean(metrics.lpips(lpips_params, pred, true))) if lpips_params else float("nan")}
+
+    all_views = list(views.values())
+    means = np.asarray(gaussians.means).reshape(-1, 3)
+    opacities = np.asarray(gaussians.opacities).reshape(-1)
+    try:
+        geo = geometry_metrics.gaussians_vs_depth(
+            means, opacities, np.stack([v.depth for v in all_views]), np.stack([v.c2w for v in all_views]),
+            np.stack([v.K for v in all_views]), np.stack([v.rgba[..., 3] / 255.0 for v in all_views]),
+            num_points=num_points, min_opacity=min_opacity)
+        row.update(geo._asdict())
+    except ValueError as err:  # no Gaussian above the opacity threshold: geometry is undefined
+        print(f"warning: {object_dir}: {err}; geometry metrics are NaN", file=sys.stderr)
+        row.update(dict.fromkeys(("chamfer", "fscore", "precision", "recall"), float("nan")))
+    row["gaussians"] = int((opacities >= min_opacity).sum())
+    row["seconds"] = time.perf_counter() - t0
+    return row
+
+
+def model_predictor(args) -> tuple[Predictor, str, bool]:
+    """(predict, weights description, random?) from the reconstruct command's weight search."""
+    import jax
+    import jax.numpy as jnp
+
+    from geolrm_jax import reconstruct
+    from geolrm_jax.model import convert
+
+    checkpoint, how = reconstruct.find_checkpoint(args.checkpoint)
+    config_name = args.model_config or ("official" if checkpoint is not None else "tiny")
+    config = convert.config_from_arg(config_name)
+    if args.dtype:
+        config.dtype = args.dtype
+    if checkpoint is None:
+        variables = reconstruct.random_variables(config, args.seed)
+        weights = f"{reconstruct.RANDOM_WEIGHTS_NOTE}; architecture {config_name}, seed {args.seed}"
+    else:
+        variables = reconstruct.load_variables(checkpoint, config)
+        weights = f"{checkpoint} ({how}); architecture {config_name}"
+    model = reconstruct.Reconstructor(config, variables)
+
+    def predict(images, c2w, K):
+        batch = (jnp.asarray(images)[None], jnp.asarray(c2w)[None], jnp.asarray(K)[None],
+                 jnp.ones((1, len(images)), bool))
+        anchors, mask = model.propose(variables, *batch)
+        return jax.block_until_ready(model.reconstruct(variables, *batch, anchors, mask))
+
+    return predict, weights, checkpoint is None
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Means per ``num_views`` over objects (NaN entries skipped; ``objects`` counts rows)."""
+    out = []
+    for n in sorted({r["num_views"] for r in rows}):
+        group = [r for r in rows if r["num_views"] == n]
+        entry = {"num_views": n, "objects": len(group)}
+        for m in METRICS:
+            values = [r[m] for r in group if not math.isnan(r[m])]
+            entry[m] = float(np.mean(values)) if values else float("nan")
+        out.append(entry)
+    return out
+
+
+def format_summary(summary: list[dict]) -> str:
+    head = f"{'views':>5} {'objects':>7} " + " ".join(f"{m:>9}" for m in METRICS)
+    lines = [head, "-" * len(head)]
+    for s in summary:
+        lines.append(f"{s['num_views']:>5} {s['objects']:>7} " + " ".join(f"{s[m]:>9.4f}" for m in METRICS))
+    return "\n".join(lines)
+
+
+def write_csv(path: pathlib.Path, rows: list[dict], fields) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="geolrm-jax eval", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("root", help="folder of objects in the GObjaverse layout")
+    p.add_argument("--object-list", help="object list JSON (default ROOT/object_list.json)")
+    p.add_argument("--split", default="validation")
+    p.add_argument("--max-objects", type=int, help="evaluate only the first N objects of the split")
+    p.add_argument("--num-views", type=int, nargs="+", default=[4],
+                   help="input view counts; several give the views-vs-quality table (e.g. 4 8 12 16 20)")
+    p.add_argument("--max-targets", type=int, default=8)
+    p.add_argument("--input-size", type=int, help="model input size (default 448, tiny config 56)")
+    p.add_argument("--render-size", type=int, default=448)
+    p.add_argument("--checkpoint")
+    p.add_argument("--model-config", help="official | tiny | config.json")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"])
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights when no checkpoint is found")
+    p.add_argument("--lpips-weights", help=".npz from tools/convert_lpips.py (LPIPS is skipped without it)")
+    p.add_argument("--num-points", type=int, default=geometry_metrics.DEFAULT_NUM_POINTS)
+    p.add_argument("--out", default="evals", help="folder for metrics.csv and summary.csv")
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    from geolrm_jax import reconstruct
+    from geolrm_jax.data import gobjaverse_io
+
+    root = pathlib.Path(args.root)
+    list_path = pathlib.Path(args.object_list or root / "object_list.json")
+    try:
+        splits = gobjaverse_io.read_object_list(list_path)
+        if args.split not in splits:
+            raise ValueError(f"{list_path}: no split {args.split!r} (has {sorted(splits)})")
+        names = splits[args.split][: args.max_objects]
+        for n in args.num_views:
+            input_view_ids(n)
+        predict, weights, random_weights = model_predictor(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"geolrm-jax eval: error: {err}", file=sys.stderr)
+        return 2
+    config_name = args.model_config or ("tiny" if random_weights else "official")
+    input_size = args.input_size or reconstruct.DEFAULT_IMAGE_SIZE.get(config_name, 448)
+    lpips_params = None
+    if args.lpips_weights:
+        from geolrm_jax.train.lpips import load_lpips_params
+
+        lpips_params = load_lpips_params(args.lpips_weights)
+    if random_weights:
+        print(f"WARNING: {reconstruct.RANDOM_WEIGHTS_NOTE}.")
+    print(f"weights: {weights}")
+    rows, bad = [], []
+    for name in names:
+        for n in args.num_views:
+            try:
+                row = evaluate_object(str(root / name), predict, n, input_size=input_size,
+                                      render_size=args.render_size, max_targets=args.max_targets,
+                                      lpips_params=lpips_params, num_points=args.num_points)
+            except gobjaverse_io.BadInputError as err:
+                print(f"skipping {name}: {err}", file=sys.stderr)
+                bad.append(name)
+                break
+            rows.append({"object_id": name, "num_views": n, **row})
+            print(f"{name} N={n}: " + " ".join(f"{m}={row[m]:.4f}" for m in METRICS), flush=True)
+    if not rows:
+        print(f"geolrm-jax eval: error: no object of split {args.split!r} could be evaluated", file=sys.stderr)
+        return 2
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(rows)
+    write_csv(out / "metrics.csv", rows, CSV_FIELDS)
+    write_csv(out / "summary.csv", summary, ("num_views", "objects", *METRICS))
+    print(format_summary(summary))
+    if bad:
+        print(f"{len(bad)} objects skipped as unreadable: {', '.join(bad)}")
+    print(f"wrote {out / 'metrics.csv'} and {out / 'summary.csv'}")
+    return 0

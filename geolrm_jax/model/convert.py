@@ -12,6 +12,7 @@ is an error naming it. OUT is written as an Orbax checkpoint of {"params", "batc
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from geolrm_jax.model import config as model_config
@@ -84,9 +86,13 @@ class _Reader:
 
     def take_stacked(self, fmt: str, n: int) -> np.ndarray:
         arrays = [self.take(fmt.format(i)) for i in range(n)]
-        for i, a in enumerate(arrays):
-            if a.shape != arrays[0].shape:
-                raise ConversionError(f"key {fmt.format(i)!r} has shape {a.shape}, but layer 0 has {arrays[0].shape}")
+        shapes = [tuple(a.shape) for a in arrays]
+        common = max(set(shapes), key=shapes.count)
+        odd = [f"{fmt.format(i)!r} {s}" for i, s in enumerate(shapes) if s != common]
+        if odd:
+            if shapes.count(common) == 1:  # no majority: list every layer
+                odd = [f"{fmt.format(i)!r} {s}" for i, s in enumerate(shapes)]
+            raise ConversionError(f"layers disagree in shape (most have {common}): key {', key '.join(odd)}")
         return jnp.stack(arrays)
 
 
@@ -171,7 +177,14 @@ def _transformer(r, params, path, prefix, layers):
 
 def expected_variables(config):
     """Abstract {"params", "batch_stats"} tree (ShapeDtypeStructs) of GeoLRM(config), from jax.eval_shape."""
+    return _expected_variables(config.to_json())
+
+
+@functools.lru_cache(maxsize=8)
+def _expected_variables(config_json: str):
     from geolrm_jax.model.geolrm import GeoLRM
+
+    config = ml_collections.ConfigDict(json.loads(config_json))
 
     side = int(np.lcm(4, config.encoder.dino_patch))
     images = jnp.zeros((1, 1, side, side, 3))

@@ -29,10 +29,12 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-# Block sizes and warps; tools/bench_deformable.py --sweep measures alternatives.
-FORWARD_BLOCK_Q = 64
+# Block sizes and warps: the fastest of tools/bench_deformable.py --sweep on an H100 (2026-11-25, V=21,
+# 140^2+80^2, S=16384, H=16, C=48): forward block_q 16/32/64/128 -> 11.6/12.9/20.8/23.5 ms, backward
+# 138/245/235/243 ms (block_q 128 with 8 warps, the others 4).
+FORWARD_BLOCK_Q = 16
 FORWARD_NUM_WARPS = 4
-BACKWARD_BLOCK_Q = 32
+BACKWARD_BLOCK_Q = 16
 BACKWARD_NUM_WARPS = 4
 
 

@@ -12,17 +12,19 @@ from geolrm_jax.train import metrics
 LIN = pathlib.Path(__file__).resolve().parent / "fixtures" / "lpips_vgg_lin_v0.1.npz"
 
 
-def _np_ssim(x, y, data_range=1.0):
+def _np_ssim(x, y, data_range=1.0, crop=True):
     """skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-    channel_axis=-1) re-stated with scipy: reflect-padded Gaussian filter (truncate 3.5 -> 11 taps), then the
-    5-pixel border cropped; mean over pixels and channels."""
+    channel_axis=-1) re-stated with scipy: padded Gaussian filter (truncate 3.5 -> 11 taps), then the
+    5-pixel border cropped; mean over pixels and channels. crop=False: torchmetrics >= 1.5 (torch 'reflect'
+    padding, which is scipy's 'mirror', and no crop)."""
     x, y = x.astype(np.float64), y.astype(np.float64)
-    f = lambda a: ndimage.gaussian_filter(a, sigma=(1.5, 1.5, 0), truncate=3.5, mode="reflect")
+    mode = "reflect" if crop else "mirror"
+    f = lambda a: ndimage.gaussian_filter(a, sigma=(1.5, 1.5, 0), truncate=3.5, mode=mode)
     mx, my = f(x), f(y)
     vx, vy, cxy = f(x * x) - mx * mx, f(y * y) - my * my, f(x * y) - mx * my
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
-    return s[5:-5, 5:-5].mean()
+    return s[5:-5, 5:-5].mean() if crop else s.mean()
 
 
 def _images(rng, shape):
@@ -43,6 +45,10 @@ def test_ssim_matches_scipy_reference():
     ref = np.array([[_np_ssim(x[i, j], y[i, j]) for j in range(2)] for i in range(2)])
     assert 0.2 < ref.min() < ref.max() < 0.99  # a meaningful range, not the trivial 0 or 1
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    padded = np.asarray(metrics.ssim(x, y, pad_reflect=True))
+    ref_padded = np.array([[_np_ssim(x[i, j], y[i, j], crop=False) for j in range(2)] for i in range(2)])
+    assert np.abs(ref_padded - ref).max() > 1e-3  # the two conventions do differ
+    np.testing.assert_allclose(padded, ref_padded, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(metrics.ssim(x, x)), 1.0, atol=1e-6)
     np.testing.assert_allclose(np.asarray(metrics.ssim(y, x)), got, rtol=1e-5)
     np.testing.assert_allclose(metrics.gaussian_window().sum(), 1.0, rtol=1e-6)
@@ -94,3 +100,33 @@ def test_image_metrics_average_valid_views_only():
         assert np.isfinite(expected)
         np.testing.assert_allclose(float(out[key]), expected, rtol=1e-5, err_msg=key)
     assert float(out["lpips"]) > 0
+
+
+def test_ssim_matches_skimage_and_torchmetrics_if_installed():
+    """Runs only where scikit-image / torchmetrics are installed (not in CI); see docs/losses.md."""
+    rng = np.random.default_rng(4)
+    x, y = _images(rng, (2, 20, 28, 3))
+    got = np.asarray(metrics.ssim(x, y))
+    checked = 0
+    try:
+        from skimage.metrics import structural_similarity
+    except ImportError:
+        pass
+    else:
+        ref = [structural_similarity(x[i], y[i], gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                     data_range=1.0, channel_axis=-1) for i in range(2)]
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+        checked += 1
+    try:
+        import torch
+        from torchmetrics.functional.image import structural_similarity_index_measure as tm_ssim
+    except ImportError:
+        pass
+    else:
+        to_t = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).double()
+        ref = tm_ssim(to_t(x), to_t(y), data_range=1.0, reduction="none").numpy()
+        # torchmetrics >= 1.5 averages the reflect-padded map (no border crop).
+        np.testing.assert_allclose(np.asarray(metrics.ssim(x, y, pad_reflect=True)), ref, rtol=1e-5, atol=1e-5)
+        checked += 1
+    if not checked:
+        pytest.skip("neither scikit-image nor torchmetrics is installed")

@@ -66,14 +66,18 @@ def _filter_valid(x, taps):
     return sum(float(t) * x[..., :, i: w - k + 1 + i, :] for i, t in enumerate(taps))
 
 
-def ssim(pred, target, *, data_range=1.0, window_size=11, sigma=1.5, k1=0.01, k2=0.03):
+def ssim(pred, target, *, data_range=1.0, window_size=11, sigma=1.5, k1=0.01, k2=0.03, pad_reflect=False):
     """Per-image mean SSIM (Wang et al. 2004) with an 11×11 Gaussian window, σ = 1.5.
 
     pred, target (..., H, W, C) with H, W >= window_size -> (...). Local statistics use the Gaussian-weighted
-    (population) moments; the SSIM map is averaged over the 'valid' positions (the window fully inside the
-    image) and over channels. This equals ``skimage.metrics.structural_similarity(gaussian_weights=True,
-    sigma=1.5, use_sample_covariance=False, data_range=...)`` and torchmetrics'
-    ``StructuralSimilarityIndexMeasure`` with ``data_range`` given (both crop the border of a padded filter).
+    (population) moments; the SSIM map is averaged over channels and over
+
+    * ``pad_reflect=False`` (default): the 'valid' positions only (window fully inside the image) — equal to
+      ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``
+      and to torchmetrics < 1.5 (what GeoLRM's mid-2024 code ran), which crop the border;
+    * ``pad_reflect=True``: all H×W positions of the map computed on the reflect-padded image (torch/numpy
+      'reflect', no edge repeat) — equal to torchmetrics >= 1.5 (its PR #2721 dropped the crop).
+
     ``data_range`` defaults to 1 (images in [0, 1]); torchmetrics' default infers it from the data.
     """
     if pred.shape != target.shape:
@@ -83,6 +87,10 @@ def ssim(pred, target, *, data_range=1.0, window_size=11, sigma=1.5, k1=0.01, k2
     taps = gaussian_window(window_size, sigma)
     x = pred.astype(jnp.float32)
     y = target.astype(jnp.float32)
+    if pad_reflect:
+        r = window_size // 2
+        pad = [(0, 0)] * (x.ndim - 3) + [(r, r), (r, r), (0, 0)]
+        x, y = jnp.pad(x, pad, mode="reflect"), jnp.pad(y, pad, mode="reflect")
     mu_x, mu_y = _filter_valid(x, taps), _filter_valid(y, taps)
     var_x = _filter_valid(x * x, taps) - mu_x * mu_x
     var_y = _filter_valid(y * y, taps) - mu_y * mu_y

@@ -1,9 +1,10 @@
 """``geolrm-jax reconstruct``: posed images -> Gaussians (.ply, .splat), a turntable video, per-view renders.
 
-    geolrm-jax reconstruct INPUT [-o OUT] [--checkpoint CKPT] [--model-config official|tiny|CONFIG.json]
+    geolrm-jax reconstruct [INPUT] [-o OUT] [--checkpoint CKPT] [--model-config official|tiny|CONFIG.json]
 
-INPUT is any input of ``geolrm_jax.inputs`` (a folder with ``cameras.json`` / ``transforms.json``, an SV3D
-orbit video or frame folder, a Zero123++ grid image). Outputs, all inside OUT (default ``outputs/<name>``):
+INPUT (default: the bundled sample ``geolrm_jax/assets/sample``, 6 views of a procedural object) is any input
+of ``geolrm_jax.inputs`` (a folder with ``cameras.json`` / ``transforms.json``, an SV3D orbit video or frame
+folder, a Zero123++ grid image). Outputs, all inside OUT (default ``outputs/<name>``):
 ``gaussians.ply`` (standard 3DGS layout, or the original's with ``--ply-format original``),
 ``gaussians.splat``, ``turntable.mp4`` (or ``.gif``), optionally ``views/NNN.png`` (renders at the input
 cameras) and ``summary.json`` (timings, peak device memory, weights used, counts). Everything is written to a
@@ -40,6 +41,7 @@ from geolrm_jax import export, inputs
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt")
 BUNDLED_CHECKPOINTS = pathlib.Path(__file__).parent / "assets" / "checkpoints"
+SAMPLE_DIR = pathlib.Path(__file__).parent / "assets" / "sample"
 DEFAULT_IMAGE_SIZE = {"official": 448, "tiny": 56}
 SV3D_IMAGE_SIZE = 560  # run_geolrm.py resizes SV3D frames to 560, run_geolrm_zero123.py to 448
 MAX_VIEWS = 21
@@ -199,7 +201,9 @@ class Reconstructor:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="geolrm-jax reconstruct", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("input", help="folder with cameras.json/transforms.json, SV3D video or frames, Zero123++ grid")
+    p.add_argument("input", nargs="?", default=str(SAMPLE_DIR),
+                   help="folder with cameras.json/transforms.json, SV3D video or frames, Zero123++ grid "
+                   "(default: the bundled sample, geolrm_jax/assets/sample)")
     p.add_argument("-o", "--output", help="output folder (default outputs/<input name>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--input-kind", choices=inputs.INPUT_KINDS, default="auto")

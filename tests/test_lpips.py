@@ -45,6 +45,14 @@ def test_matches_lpips_package(fixture, params, apply, group):
     np.testing.assert_allclose(np.asarray(dist), fixture[f"{group}_dist"], rtol=1e-5, atol=0)
 
 
+def test_bfloat16_trunk_close_to_lpips_package(fixture, params):
+    x0 = fixture["a_x0"].astype(np.float32)
+    x1 = fixture["a_x1"].astype(np.float32)
+    dist = jax.jit(lambda p, a, b: lp.lpips_distance(p, a, b, dtype=jnp.bfloat16))(params, x0, x1)
+    assert dist.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(dist), fixture["a_dist"], rtol=2e-2)
+
+
 def test_gradient_leading_dims_identity_and_symmetry(fixture, params):
     x0 = jnp.asarray(fixture["g_x0"], jnp.float32)  # (1, 32, 32, 3): small, one compile for all checks
     x1 = jnp.asarray(fixture["g_x1"], jnp.float32)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from geolrm_kernels.deformable_sample import deformable_sample_reference
+from geolrm_kernels.deformable_sample import deformable_sample, deformable_sample_reference
 from jax.test_util import check_grads
 
 SHAPES = ((5, 7), (3, 4))
@@ -94,7 +94,7 @@ def test_reference_matches_torch_grid_sample():
         loc = np.asarray(ref)[:, :, :, None, None, :] + np.asarray(offsets)[:, None, :, :, level]
         grid = torch.from_numpy(loc * 2 - 1).permute(0, 1, 3, 2, 4, 5).reshape(b * v * heads, q, -1, 2)
         sampled = f.grid_sample(vmap, grid.float(), mode="bilinear", padding_mode="zeros", align_corners=False)
-        wt = torch.from_numpy(np.asarray(weights)[:, :, :, level]).permute(0, 2, 1, 3)  # (B, H, Q, P)
+        wt = torch.from_numpy(np.array(weights[:, :, :, level])).permute(0, 2, 1, 3)  # (B, H, Q, P)
         wt = wt[:, None].expand(b, v, heads, q, wt.shape[-1]).reshape(b * v * heads, 1, q, -1)
         out += (sampled * wt).sum(-1)
     expected = out.reshape(b, v, heads, c, q).permute(0, 1, 4, 2, 3).numpy()
@@ -146,19 +146,35 @@ def test_reference_gradients_match_autodiff_of_naive_jnp():
         return jnp.where(mask[:, None, :, None, None], out, 0.0)
 
     cot = jax.random.normal(jax.random.key(0), (1, 2, 5, 2, 6))
-    _, vjp_ref = jax.vjp(lambda *a: deformable_sample_reference(*a, SHAPES, query_mask=mask),
-                         value, ref, offsets, weights)
-    _, vjp_direct = jax.vjp(direct, value, ref, offsets, weights)
-    for name, got, want in zip(("value", "ref", "offsets", "weights"), vjp_ref(cot), vjp_direct(cot), strict=True):
-        assert rel_err(got, want) < 1e-4, name
-    grads = vjp_ref(cot)
+    vjp_of = lambda f: jax.jit(lambda *a: jax.vjp(f, *a)[1](cot))
+    grads = vjp_of(lambda *a: deformable_sample_reference(*a, SHAPES, query_mask=mask))(value, ref, offsets, weights)
+    want = vjp_of(direct)(value, ref, offsets, weights)
+    for name, got, w in zip(("value", "ref", "offsets", "weights"), grads, want, strict=True):
+        assert rel_err(got, w) < 1e-4, name
     assert np.all(np.asarray(grads[1])[:, :, 2] == 0) and np.all(np.asarray(grads[3])[:, 2] == 0)
 
 
+LATTICE_SHAPES = ((8, 8), (4, 4))
+
+
+def lattice_inputs(seed, v=2, q=5, heads=2, c=24, points=2):
+    """Inputs whose sample points all sit >= 0.07 px away from pixel-centre lines at both levels (some off
+    the image), so the finite differences of check_grads never straddle a kink of bilinear interpolation.
+    """
+    rng = np.random.default_rng(seed)
+    value, _, _, weights = make_inputs(seed, v=v, q=q, heads=heads, c=c, shapes=LATTICE_SHAPES, points=points)
+    cells = rng.integers(-2, 10, (1, v, q, 2))
+    ref = ((cells + np.array([0.3, 0.6])) / 8.0).astype(np.float32)  # x8 frac 0.8/0.1, x4 frac 0.65/0.15 ...
+    shifts = rng.integers(-2, 3, (1, q, heads, 2, points, 2)) + rng.uniform(-0.03, 0.03, (1, q, heads, 2, points, 2))
+    sizes = np.array([[8.0, 8.0], [4.0, 4.0]])[None, None, None, :, None, :]
+    offsets = (shifts / sizes).astype(np.float32)  # whole pixels of their own level plus < 0.03 px
+    return value, jnp.asarray(ref), jnp.asarray(offsets), weights
+
+
 def test_reference_check_grads():
-    value, ref, offsets, weights = make_inputs(4, q=3, heads=1, c=3, points=2, spread=0.5)
-    f = lambda *a: deformable_sample_reference(*a, SHAPES)
-    check_grads(f, (value, ref, offsets, weights), order=1, modes=("rev",), atol=2e-2, rtol=2e-2, eps=1e-3)
+    args = lattice_inputs(4, q=3, heads=1, c=3)
+    f = jax.jit(lambda *a: deformable_sample_reference(*a, LATTICE_SHAPES))
+    check_grads(f, args, order=1, modes=("rev",), atol=1e-2, rtol=1e-2, eps=1e-3)
 
 
 def test_reference_nan_locations_of_masked_views_stay_out():
@@ -201,3 +217,89 @@ def test_reference_memory_footprint():
 
     stats_b = jax.jit(fwd_bwd).lower(*args).compile().memory_analysis()
     assert stats_b.temp_size_in_bytes < big, (stats_b.temp_size_in_bytes, big)
+
+
+# ---------------------------------------------------------------------------------------- Pallas (interpret)
+def _with_borders(ref):
+    """Puts some reference points exactly on image borders / pixel centres / outside."""
+    h, w = SHAPES[0]
+    special = jnp.array([[0.0, 0.0], [1.0, 1.0], [0.5 / w, 1.0], [-0.3, 0.5], [1.0, 0.5 / h]])
+    return ref.at[:, :, :5].set(special)
+
+
+def _vjp_all(implementation, value, ref, offsets, weights, cot, **masks):
+    f = lambda *a: deformable_sample(*a, SHAPES, implementation=implementation, **masks)
+    out, vjp = jax.vjp(f, value, ref, offsets, weights)
+    return (out, *vjp(cot))
+
+
+def test_pallas_interpret_matches_reference_fp32_masked_borders():
+    value, ref, offsets, weights = make_inputs(10, v=2, q=6, heads=2, c=24)
+    ref = _with_borders(ref)
+    masks = dict(view_mask=jnp.array([[True, False]]),
+                 query_mask=jnp.array([[True, True, False, True, True, True]]))
+    cot = jax.random.normal(jax.random.key(1), (1, 2, 6, 2, 24))
+    got = _vjp_all("pallas_interpret", value, ref, offsets, weights, cot, **masks)
+    want = _vjp_all("xla", value, ref, offsets, weights, cot, **masks)
+    names = ("out", "d_value", "d_reference_points", "d_offsets", "d_attention_weights")
+    for name, g, w, tol in zip(names, got, want, (1e-5, 1e-4, 1e-4, 1e-4, 1e-4), strict=True):
+        assert g.shape == w.shape and g.dtype == w.dtype, name
+        assert rel_err(g, w) <= tol, (name, rel_err(g, w))
+    assert np.all(np.asarray(got[0])[:, 1] == 0) and np.all(np.asarray(got[1])[:, 1] == 0)
+    assert np.all(np.asarray(got[3])[:, 2] == 0) and np.abs(np.asarray(got[1])).max() > 0
+
+
+def test_pallas_interpret_bf16_values_accumulate_in_fp32():
+    value, ref, offsets, weights = make_inputs(11, v=2, q=6, heads=2, c=24, dtype=jnp.bfloat16)
+    cot = jax.random.normal(jax.random.key(2), (1, 2, 6, 2, 24)).astype(jnp.bfloat16)
+    got = _vjp_all("pallas_interpret", value, ref, offsets, weights, cot)
+    assert got[0].dtype == jnp.bfloat16 and got[1].dtype == jnp.bfloat16
+    want = naive_numpy(value.astype(jnp.float32), ref, offsets, weights, SHAPES)
+    assert rel_err(got[0].astype(jnp.float32), want) <= 1e-2
+    want_grads = _vjp_all("xla", value.astype(jnp.float32), ref, offsets, weights, cot.astype(jnp.float32))
+    for g, w in zip(got[1:], want_grads[1:], strict=True):
+        assert rel_err(jnp.asarray(g, jnp.float32), w) <= 1e-2
+
+
+def test_pallas_interpret_check_grads():
+    args = lattice_inputs(12, q=3, heads=1, c=3)
+    f = jax.jit(lambda *a: deformable_sample(*a, LATTICE_SHAPES, implementation="pallas_interpret"))
+    check_grads(f, args, order=1, modes=("rev",), atol=1e-2, rtol=1e-2, eps=1e-3)
+
+
+def test_pallas_interpret_under_vmap_jit_scan_remat():
+    value, ref, offsets, weights = make_inputs(13, v=2, q=4, heads=1, c=8)
+    stacked = [jnp.stack([a, a * 0.5]) for a in (value, ref, offsets, weights)]
+    f = lambda impl: lambda *a: deformable_sample(*a, SHAPES, implementation=impl)
+    got = jax.jit(jax.vmap(f("pallas_interpret")))(*stacked)
+    want = jax.vmap(f("xla"))(*stacked)
+    assert got.shape == (2, 1, 2, 4, 1, 8) and rel_err(got, want) <= 1e-5
+
+    def loss(impl, value):
+        def step(carry, scale):
+            out = jax.checkpoint(f(impl))(value * scale, ref, offsets, weights)
+            return carry + jnp.sum(out * out), None
+
+        total, _ = jax.lax.scan(step, 0.0, jnp.array([1.0, 0.7]))
+        return total
+
+    got_grad = jax.jit(jax.grad(lambda v: loss("pallas_interpret", v)))(value)
+    want_grad = jax.jit(jax.grad(lambda v: loss("xla", v)))(value)
+    assert rel_err(got_grad, want_grad) <= 1e-4
+
+
+def test_dispatch_and_input_errors():
+    from geolrm_kernels.deformable_sample import default_implementation
+
+    assert default_implementation() == ("pallas" if jax.default_backend() == "gpu" else "xla")
+    value, ref, offsets, weights = make_inputs(14, q=3, heads=1, c=4)
+    auto = deformable_sample(value, ref, offsets, weights, SHAPES)
+    assert rel_err(auto, deformable_sample_reference(value, ref, offsets, weights, SHAPES)) == 0
+    with pytest.raises(ValueError, match="implementation"):
+        deformable_sample(value, ref, offsets, weights, SHAPES, implementation="cuda")
+    with pytest.raises(ValueError, match="offsets"):
+        deformable_sample(value, ref, offsets[:, :2], weights, SHAPES)
+    with pytest.raises(ValueError, match="spatial_shapes"):
+        deformable_sample(value, ref, offsets, weights, ((5, 7), (3, 3)))
+    with pytest.raises(ValueError, match="view_mask"):
+        deformable_sample(value, ref, offsets, weights, SHAPES, view_mask=jnp.ones((1, 3), bool))

@@ -7,9 +7,9 @@ when T (1 - alpha) < 1e-4) is evaluated in closed form over a (256, CHUNK) block
 log(1 - alpha) (Triton has a cumsum scan but no cumprod). A tile stops as soon as all its pixels are done.
 
 The backward walks the same chunks back to front, rebuilding T before each entry from the saved final T and
-carrying the suffix sum of weight x cotangent (no per-pixel list is stored). It writes one gradient row per
-list entry (10, capacity); entries of one Gaussian are summed with a segment sum in XLA, so the result is
-deterministic (no atomics).
+carrying the suffix sum of weight x cotangent (no per-pixel list is stored). Per-Gaussian gradients are summed
+over tiles with atomic adds into (10, N) (default), or, with ACCUMULATE = "segment", written as one row per list
+entry (10, capacity) and summed deterministically with a segment sum in XLA.
 
 Contracts are those of `geolrm_jax.render.rasterize` (`forward_xla` / `backward_xla`); `rasterize` below is the
 custom_vjp entry point with implementation "pallas" (GPU) or "pallas_interpret" (any backend, for tests), and
@@ -38,6 +38,10 @@ from geolrm_jax.render.rasterize import (
 
 CHUNK = 32
 NUM_WARPS = 8
+# How the backward sums the per-(tile, Gaussian) gradient rows: "atomic" adds them into (10, N) with atomics
+# (memory O(N), order-nondeterministic in the last bits, like the CUDA rasterizer); "segment" writes one row
+# per list entry (10, capacity) and sums with a segment sum in XLA (deterministic, memory O(capacity)).
+ACCUMULATE = "atomic"
 
 
 def _pixel_coords(t, grid_x: int, height: int, width: int):
@@ -48,13 +52,13 @@ def _pixel_coords(t, grid_x: int, height: int, width: int):
     return px.astype(jnp.float32), py.astype(jnp.float32), inside
 
 
-def _load_chunk(ids_ref, feats_ref, start, end, k, chunk: int):
+def _load_chunk(ids_ref, feats_ref, start, end, k, chunk: int, with_ids: bool = False):
     """Positions (chunk,), in-list mask, and the 10 feature vectors (chunk,) of list entries start + k*chunk..."""
     pos = start + k * chunk + jax.lax.broadcasted_iota(jnp.int32, (chunk,), 0)
     in_list = pos < end
     gid = plgpu.load(ids_ref.at[pos], mask=in_list, other=0)
     feats = [plgpu.load(feats_ref.at[j, gid], mask=in_list, other=0.0) for j in range(NUM_FEATURES)]
-    return pos, in_list, feats
+    return (pos, in_list, feats, gid) if with_ids else (pos, in_list, feats)
 
 
 def _alpha(feats, px, py):
@@ -134,7 +138,7 @@ def forward_pallas(feats, ids, tile_start, tile_end, height: int, width: int, *,
 
 def _backward_kernel(start_ref, end_ref, ids_ref, feats_ref, trans_ref, last_ref, gc0_ref, gc1_ref, gc2_ref,
                      gw_ref, gd_ref, gt_ref, zeros_ref, out_ref, *, grid_x: int, height: int, width: int, chunk: int,
-                     cuda_gradient: bool):
+                     cuda_gradient: bool, atomic: bool):
     t = pl.program_id(0)
     start, end = start_ref[t], end_ref[t]
     px, py, _ = _pixel_coords(t, grid_x, height, width)
@@ -146,7 +150,7 @@ def _backward_kernel(start_ref, end_ref, ids_ref, feats_ref, trans_ref, last_ref
     def body(i, s):
         t_after, suffix = s
         k = num_chunks - 1 - i
-        pos, in_list, f = _load_chunk(ids_ref, feats_ref, start, end, k, chunk)
+        pos, in_list, f, gid = _load_chunk(ids_ref, feats_ref, start, end, k, chunk, with_ids=True)
         dx, dy, power, raw, alpha = _alpha(f, px, py)
         keep = in_list[None, :] & (pos[None, :] < last[:, None]) & (power <= 0) & (alpha >= ALPHA_MIN)
         one_minus = jnp.where(keep, 1.0 - alpha, 1.0)
@@ -176,7 +180,11 @@ def _backward_kernel(start_ref, end_ref, ids_ref, feats_ref, trans_ref, last_ref
             jnp.sum(w * g_d[:, None], axis=0),
         )
         for j, g in enumerate(grads):
-            plgpu.store(out_ref.at[j, pos], g, mask=in_list)
+            if atomic:
+                # No mask needed: entries outside the list have gid 0 and an exactly-zero gradient row.
+                plgpu.atomic_add(out_ref, (j, gid), g)
+            else:
+                plgpu.store(out_ref.at[j, pos], g, mask=in_list)
         return t_after * jnp.exp(-total), suffix + jnp.sum(wf, axis=1)
 
     del zeros_ref  # aliased to out_ref: entries past a tile's last blended one keep their 0
@@ -184,29 +192,41 @@ def _backward_kernel(start_ref, end_ref, ids_ref, feats_ref, trans_ref, last_ref
 
 
 def backward_pallas(feats, ids, tile_start, tile_end, out: TileImage, cot: TileImage, height: int, width: int,
-                    cuda_gradient: bool, *, interpret: bool = False, chunk: int = CHUNK):
-    """Pallas back-to-front backward; same contract as `backward_xla`: d loss / d feats (N, 10)."""
+                    cuda_gradient: bool, *, interpret: bool = False, chunk: int = CHUNK,
+                    accumulate: str | None = None):
+    """Pallas back-to-front backward; same contract as `backward_xla`: d loss / d feats (N, 10).
+
+    accumulate: "atomic" or "segment" (see `ACCUMULATE`, the default).
+    """
+    accumulate = accumulate or ACCUMULATE
+    if accumulate not in ("atomic", "segment"):
+        raise ValueError(f"accumulate must be 'atomic' or 'segment', got {accumulate!r}")
+    atomic = accumulate == "atomic"
     grid_x, grid_y = tiles_grid(height, width)
     num_tiles = grid_x * grid_y
-    capacity = ids.shape[0]
+    capacity, num = ids.shape[0], feats.shape[0]
+    rows = num if atomic else capacity
     kernel = functools.partial(_backward_kernel, grid_x=grid_x, height=height, width=width, chunk=chunk,
-                               cuda_gradient=cuda_gradient)
+                               cuda_gradient=cuda_gradient, atomic=atomic)
     f32 = lambda x: x.astype(jnp.float32)
-    per_entry = pl.pallas_call(
+    result = pl.pallas_call(
         kernel,
         grid=(num_tiles,),
         in_specs=[pl.no_block_spec] * 4 + [_tile_spec()] * 8 + [pl.no_block_spec],
-        out_shape=jax.ShapeDtypeStruct((NUM_FEATURES, capacity), jnp.float32),
+        out_shape=jax.ShapeDtypeStruct((NUM_FEATURES, rows), jnp.float32),
         compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=1),
         interpret=interpret,
+        # Zero-initialized output: entries past a tile's last blended one are never written.
         input_output_aliases={12: 0},
         name="splat_rasterize_backward",
     )(tile_start, tile_end, ids, f32(feats).T, f32(out.transmittance), out.last,
       *(f32(cot.color[..., j]) for j in range(3)), f32(cot.weight), f32(cot.depth), f32(cot.transmittance),
-      jnp.zeros((NUM_FEATURES, capacity), jnp.float32))
+      jnp.zeros((NUM_FEATURES, rows), jnp.float32))
+    if atomic:
+        return result.T.astype(feats.dtype)
     used = jnp.arange(capacity) < jnp.max(tile_end)
-    per_entry = jnp.where(used[None, :], per_entry, 0.0).T
-    grads = jax.ops.segment_sum(per_entry, jnp.where(used, ids, 0), num_segments=feats.shape[0])
+    per_entry = jnp.where(used[None, :], result, 0.0).T
+    grads = jax.ops.segment_sum(per_entry, jnp.where(used, ids, 0), num_segments=num)
     return grads.astype(feats.dtype)
 
 

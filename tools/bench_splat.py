@@ -20,6 +20,7 @@ import json
 import statistics
 import time
 
+import geolrm_kernels.rasterize as kernels
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -77,7 +78,11 @@ def bench_setting(num: int, num_views: int, size: int, implementations, repeats:
             jax.random.normal(jax.random.fold_in(key, 1), (1, num_views, size, size)),
             jax.random.normal(jax.random.fold_in(key, 2), (1, num_views, size, size)))
     rows = []
-    for impl in implementations:
+    for name in implementations:
+        # "pallas_segment": the Pallas path with the deterministic segment-sum backward instead of atomics.
+        impl = "pallas" if name == "pallas_segment" else name
+        kernels.ACCUMULATE = "segment" if name == "pallas_segment" else "atomic"
+
         def forward(g, c2w, K, impl=impl):
             o = render(g, c2w, K, size, size, bg, capacity=capacity, implementation=impl)
             return o.rgb, o.alpha, o.depth, o.overflow
@@ -86,7 +91,7 @@ def bench_setting(num: int, num_views: int, size: int, implementations, repeats:
             o = render(g, c2w, K, size, size, bg, capacity=capacity, implementation=impl)
             return jnp.sum(o.rgb * cots[0]) + jnp.sum(o.alpha * cots[1]) + jnp.sum(o.depth * cots[2])
 
-        row = {"gaussians": num, "views": num_views, "size": size, "implementation": impl,
+        row = {"gaussians": num, "views": num_views, "size": size, "implementation": name,
                "capacity": capacity}
         try:
             args = (g, c2w, K)
@@ -124,28 +129,25 @@ def _capacity_for(g, c2w, K, size: int) -> int:
 
 
 def print_table(rows: list[dict]) -> None:
-    by_key = {(r["gaussians"], r["views"], r["size"], r["implementation"]): r for r in rows}
-    print("\n| Gaussians | views x size | capacity | Pallas fwd ms | XLA fwd ms | XLA/Pallas | Pallas fwd+bwd ms "
-          "| XLA fwd+bwd ms | XLA/Pallas | Pallas fwd+bwd GiB | XLA fwd+bwd GiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for (num, views, size, impl), p in by_key.items():
-        if impl != "pallas":
-            continue
-        x = by_key.get((num, views, size, "xla"), {})
-        ratio = lambda a, b: f"{b / a:.2f}" if a and b else "-"
-        fmt = lambda r, k: f"{r[k]:.1f}" if k in r else "err"
-        gib = lambda r, k: f"{r[k] / 2**30:.2f}" if r.get(k, -1) > 0 else "-"
-        print(f"| {num} | {views} x {size}² | {p['capacity']} | {fmt(p, 'forward_ms')} | {fmt(x, 'forward_ms')} | "
-              f"{ratio(p.get('forward_ms'), x.get('forward_ms'))} | {fmt(p, 'fwd_bwd_ms')} | {fmt(x, 'fwd_bwd_ms')} | "
-              f"{ratio(p.get('fwd_bwd_ms'), x.get('fwd_bwd_ms'))} | {gib(p, 'fwd_bwd_bytes')} | "
-              f"{gib(x, 'fwd_bwd_bytes')} |")
+    """Markdown table: one line per (setting, implementation), ratios relative to the "pallas" row."""
+    base = {(r["gaussians"], r["views"], r["size"]): r for r in rows if r["implementation"] == "pallas"}
+    print("\n| Gaussians | views x size | implementation | fwd ms | fwd+bwd ms | fwd+bwd / pallas "
+          "| fwd GiB | fwd+bwd GiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        b = base.get((r["gaussians"], r["views"], r["size"]), {})
+        ms = lambda k, r=r: f"{r[k]:.1f}" if k in r else "error"
+        gib = lambda k, r=r: f"{r[k] / 2**30:.2f}" if r.get(k, -1) > 0 else "-"
+        ratio = f"{r['fwd_bwd_ms'] / b['fwd_bwd_ms']:.2f}" if "fwd_bwd_ms" in r and "fwd_bwd_ms" in b else "-"
+        print(f"| {r['gaussians']} | {r['views']} x {r['size']}² | {r['implementation']} | {ms('forward_ms')} | "
+              f"{ms('fwd_bwd_ms')} | {ratio} | {gib('forward_bytes')} | {gib('fwd_bwd_bytes')} |")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="131072,524288", help="comma-separated Gaussian counts")
     parser.add_argument("--settings", default="8x448,1x1024", help="VIEWSxSIZE, comma-separated")
-    parser.add_argument("--implementations", default="pallas,xla")
+    parser.add_argument("--implementations", default="pallas,pallas_segment,xla")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--budget-s", type=float, default=1e9, help="start no new setting after this")
     parser.add_argument("--json", default=None, help="write all rows to this file")

@@ -26,6 +26,9 @@ JACOBIAN_CLAMP = 1.3
 COV2D_DILATION = 0.3
 EIGEN_FLOOR = 0.1
 TILE_SIZE = 16
+# Explicit float32 matmuls: XLA on Ampere/Hopper GPUs otherwise runs float32 dots in TF32 (10-bit mantissa),
+# which moves means2d by ~1e-3 px and flips blending decisions.
+HIGHEST = jax.lax.Precision.HIGHEST
 
 
 class Camera(NamedTuple):
@@ -51,13 +54,42 @@ class Projected(NamedTuple):
 def camera_from_c2w(c2w, K) -> Camera:
     """GeoLRM's camera conversion: c2w (4, 4) OpenGL + normalized K (3, 3) -> `Camera`.
 
-    w2c = inverse(c2w @ diag(1, -1, -1, 1)), computed with a general inverse so that the c2w gradient is the
-    exact derivative of the original (which inverts with torch.inverse).
+    w2c = inverse(c2w @ diag(1, -1, -1, 1)), computed with a general (cofactor) inverse so that the c2w gradient
+    is the exact derivative of the original (which inverts with torch.inverse).
     """
     flip = jnp.asarray([1.0, -1.0, -1.0, 1.0], c2w.dtype)
-    w2c = jnp.linalg.inv(c2w * flip[None, :])
+    w2c = inverse_4x4(c2w * flip[None, :])
     tan = 1.0 / (2.0 * K[1, 1])
     return Camera(w2c=w2c, tan_x=tan, tan_y=tan)
+
+
+def inverse_4x4(m) -> jnp.ndarray:
+    """General inverse of a (4, 4) matrix by cofactors (elementwise float32; no LU/TF32 on GPU)."""
+    a = [[m[i, j] for j in range(4)] for i in range(4)]
+    s0 = a[0][0] * a[1][1] - a[1][0] * a[0][1]
+    s1 = a[0][0] * a[1][2] - a[1][0] * a[0][2]
+    s2 = a[0][0] * a[1][3] - a[1][0] * a[0][3]
+    s3 = a[0][1] * a[1][2] - a[1][1] * a[0][2]
+    s4 = a[0][1] * a[1][3] - a[1][1] * a[0][3]
+    s5 = a[0][2] * a[1][3] - a[1][2] * a[0][3]
+    c5 = a[2][2] * a[3][3] - a[3][2] * a[2][3]
+    c4 = a[2][1] * a[3][3] - a[3][1] * a[2][3]
+    c3 = a[2][1] * a[3][2] - a[3][1] * a[2][2]
+    c2 = a[2][0] * a[3][3] - a[3][0] * a[2][3]
+    c1 = a[2][0] * a[3][2] - a[3][0] * a[2][2]
+    c0 = a[2][0] * a[3][1] - a[3][0] * a[2][1]
+    det = s0 * c5 - s1 * c4 + s2 * c3 + s3 * c2 - s4 * c1 + s5 * c0
+    adj = [
+        [a[1][1] * c5 - a[1][2] * c4 + a[1][3] * c3, -a[0][1] * c5 + a[0][2] * c4 - a[0][3] * c3,
+         a[3][1] * s5 - a[3][2] * s4 + a[3][3] * s3, -a[2][1] * s5 + a[2][2] * s4 - a[2][3] * s3],
+        [-a[1][0] * c5 + a[1][2] * c2 - a[1][3] * c1, a[0][0] * c5 - a[0][2] * c2 + a[0][3] * c1,
+         -a[3][0] * s5 + a[3][2] * s2 - a[3][3] * s1, a[2][0] * s5 - a[2][2] * s2 + a[2][3] * s1],
+        [a[1][0] * c4 - a[1][1] * c2 + a[1][3] * c0, -a[0][0] * c4 + a[0][1] * c2 - a[0][3] * c0,
+         a[3][0] * s4 - a[3][1] * s2 + a[3][3] * s0, -a[2][0] * s4 + a[2][1] * s2 - a[2][3] * s0],
+        [-a[1][0] * c3 + a[1][1] * c1 - a[1][2] * c0, a[0][0] * c3 - a[0][1] * c1 + a[0][2] * c0,
+         -a[3][0] * s3 + a[3][1] * s1 - a[3][2] * s0, a[2][0] * s3 - a[2][1] * s1 + a[2][2] * s0],
+    ]
+    return jnp.stack([jnp.stack(row) for row in adj]) / det
 
 
 def quat_to_rotmat(quats) -> jnp.ndarray:
@@ -74,7 +106,7 @@ def quat_to_rotmat(quats) -> jnp.ndarray:
 def covariance_3d(scales, quats) -> jnp.ndarray:
     """Sigma = R diag(s^2) R^T, (..., 3, 3), from activated scales (..., 3) and raw quaternions (..., 4)."""
     m = quat_to_rotmat(quats) * scales[..., None, :]
-    return m @ jnp.swapaxes(m, -1, -2)
+    return jnp.matmul(m, jnp.swapaxes(m, -1, -2), precision=HIGHEST)
 
 
 def _clamp(x, lo, hi):
@@ -93,7 +125,7 @@ def project_gaussians(means, scales, quats, camera: Camera, height: int, width: 
     """
     dtype = means.dtype
     rot_w, trans_w = camera.w2c[:3, :3], camera.w2c[:3, 3]
-    p_view = means @ rot_w.T + trans_w
+    p_view = jnp.matmul(means, rot_w.T, precision=HIGHEST) + trans_w
     z = p_view[:, 2]
     in_frustum = z > NEAR_PLANE
     # Double-where: culled Gaussians get a harmless depth so no inf/NaN enters the graph.
@@ -126,9 +158,10 @@ def project_gaussians(means, scales, quats, camera: Camera, height: int, width: 
         jnp.stack([focal_x / tz, zero, -focal_x * jx / (tz * tz)], -1),
         jnp.stack([zero, focal_y / tz, -focal_y * jy / (tz * tz)], -1),
     ], -2)  # (N, 2, 3)
-    t_mat = jac @ rot_w  # (N, 2, 3)
+    t_mat = jnp.matmul(jac, rot_w, precision=HIGHEST)  # (N, 2, 3)
     sigma = covariance_3d(scales, quats)
-    cov = t_mat @ sigma @ jnp.swapaxes(t_mat, -1, -2)
+    cov = jnp.matmul(jnp.matmul(t_mat, sigma, precision=HIGHEST), jnp.swapaxes(t_mat, -1, -2),
+                     precision=HIGHEST)
     a = cov[:, 0, 0] + COV2D_DILATION
     b = cov[:, 0, 1]
     c = cov[:, 1, 1] + COV2D_DILATION

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from geolrm_jax.render.projection import TILE_SIZE, tile_rect, tiles_grid
+from geolrm_jax.render.projection import HIGHEST, TILE_SIZE, tile_rect, tiles_grid
 
 ALPHA_MAX = 0.99
 ALPHA_MIN = 1.0 / 255.0
@@ -129,9 +129,9 @@ def forward_xla(feats, ids, tile_start, tile_end, height: int, width: int) -> Ti
         w = ka * t_excl
         stop = jnp.any(fail, -1)
         new = TileImage(
-            color=acc.color + jnp.einsum("tpb,tbc->tpc", w, f[..., 6:9]),
+            color=acc.color + jnp.einsum("tpb,tbc->tpc", w, f[..., 6:9], precision=HIGHEST),
             weight=acc.weight + w.sum(-1),
-            depth=acc.depth + jnp.einsum("tpb,tb->tp", w, f[..., 9]),
+            depth=acc.depth + jnp.einsum("tpb,tb->tp", w, f[..., 9], precision=HIGHEST),
             transmittance=acc.transmittance * prod_incl[..., -1],
             last=jnp.maximum(acc.last, jnp.max(jnp.where(keep, pos[:, None, :] + 1, 0), -1)),
             count=acc.count + keep.sum(-1, dtype=jnp.int32),
@@ -169,7 +169,7 @@ def backward_xla(feats, ids, tile_start, tile_end, out: TileImage, cot: TileImag
         suffix_prod = jnp.flip(jnp.cumprod(jnp.flip(one_minus, -1), -1), -1)
         t_before = t_after[:, :, None] / suffix_prod
         w = jnp.where(keep, alpha, 0) * t_before
-        fval = (jnp.einsum("tpc,tbc->tpb", g_color, f[..., 6:9]) + g_weight[:, :, None]
+        fval = (jnp.einsum("tpc,tbc->tpb", g_color, f[..., 6:9], precision=HIGHEST) + g_weight[:, :, None]
                 + g_depth[:, :, None] * f[:, None, :, 9])
         wf = w * fval
         later = suffix[:, :, None] + (jnp.flip(jnp.cumsum(jnp.flip(wf, -1), -1), -1) - wf)
@@ -186,8 +186,8 @@ def backward_xla(feats, ids, tile_start, tile_end, out: TileImage, cot: TileImag
             jnp.sum(-0.5 * d_power * dy * dy, 1),
             jnp.sum(d_raw * gauss, 1),
         ], -1)
-        g_rgb = jnp.einsum("tpb,tpc->tbc", w, g_color)
-        g_z = jnp.einsum("tpb,tp->tb", w, g_depth)
+        g_rgb = jnp.einsum("tpb,tpc->tbc", w, g_color, precision=HIGHEST)
+        g_z = jnp.einsum("tpb,tp->tb", w, g_depth, precision=HIGHEST)
         g = jnp.concatenate([g, g_rgb, g_z[..., None]], -1)
         grads = grads.at[gid.reshape(-1)].add(g.reshape(-1, NUM_FEATURES))
         return k - 1, t_before[:, :, 0], suffix + wf.sum(-1), grads
@@ -277,5 +277,6 @@ def rasterize_dense_reference(feats, radii, height: int, width: int, *, cuda_gra
     prod = jnp.cumprod(1 - ka, -1)
     t_excl = jnp.concatenate([jnp.ones_like(prod[..., :1]), prod[..., :-1]], -1)
     w = ka * t_excl
-    return (w @ feats[:, 6:9], w.sum(-1), w @ feats[:, 9], prod[..., -1], keep.sum(-1),
+    return (jnp.matmul(w, feats[:, 6:9], precision=HIGHEST), w.sum(-1), jnp.matmul(w, feats[:, 9], precision=HIGHEST),
+            prod[..., -1], keep.sum(-1),
             jnp.any(m & (t_incl < T_MIN), -1))

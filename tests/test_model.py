@@ -125,15 +125,27 @@ def test_key_padding_mask_in_token_attention():
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(1, 6, 24)), jnp.float32)
     xyz = jnp.asarray(rng.uniform(-0.5, 0.5, size=(1, 6, 3)), jnp.float32)
-    mask = jnp.asarray([[True, True, True, True, False, False]])
+    mask = jnp.asarray([[True, False, True, True, False, True]])
+    valid = np.asarray(mask[0])
     cos, sin = rope3d_tables(rope_grid_index(xyz, 0.5, 8), 12)
     params = jax.jit(layer.init)(jax.random.PRNGKey(0), x, cos, sin, mask)
     apply = jax.jit(layer.apply)
-    y1 = apply(params, x, cos, sin, mask)
-    y2 = apply(params, x.at[:, 4:].set(100.0), cos, sin, mask)
-    np.testing.assert_allclose(np.asarray(y1[:, :4]), np.asarray(y2[:, :4]), rtol=1e-5, atol=1e-5)
-    y3 = apply(params, x.at[:, 4:].set(100.0), cos, sin, jnp.ones_like(mask))
-    assert np.abs(np.asarray(y3[:, :4] - y1[:, :4])).max() > 1e-3  # the mask is what made the difference
+    y1 = np.asarray(apply(params, x, cos, sin, mask))
+    x_pad = x.at[:, ~valid].set(100.0)
+    y2 = np.asarray(apply(params, x_pad, cos, sin, mask))
+    np.testing.assert_allclose(y1[:, valid], y2[:, valid], rtol=1e-5, atol=1e-5)
+    y3 = np.asarray(apply(params, x_pad, cos, sin, jnp.ones_like(mask)))
+    assert np.abs(y3[:, valid] - y1[:, valid]).max() > 1e-3  # the mask is what made the difference
+    # against a dense reference: softmax over the valid keys only
+    p = params["params"]
+    q, k, v = (np.asarray(x @ p[n]["kernel"]).reshape(1, 6, 2, 12) for n in ("wq", "wk", "wv"))
+    from geolrm_jax.model.transformer import apply_rope3d
+    q, k = np.asarray(apply_rope3d(jnp.asarray(q), cos, sin)), np.asarray(apply_rope3d(jnp.asarray(k), cos, sin))
+    logits = np.einsum("bshd,bthd->bhst", q, k) / np.sqrt(12.0) + np.where(valid, 0.0, -np.inf)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    ref = np.einsum("bhst,bthd->bshd", probs, v).reshape(1, 6, 24) @ np.asarray(p["wo"]["kernel"])
+    np.testing.assert_allclose(y1, ref, rtol=1e-4, atol=1e-5)
 
 
 def test_select_anchors_keeps_highest_in_raster_order():

@@ -30,8 +30,11 @@ def _load_inputs(fixture: str):
     return data
 
 
-def compute_outputs(fixture: str, dtype: str = "float32") -> dict[str, np.ndarray]:
-    """Run the JAX model on the fixture inputs; returns arrays named and laid out like outputs.npz."""
+def compute_outputs(fixture: str, dtype: str = "float32", attention_over_heads: bool = True) -> dict[str, np.ndarray]:
+    """Run the JAX model on the fixture inputs; returns arrays named and laid out like outputs.npz.
+
+    attention_over_heads False swaps in ordinary attention over anchors (for comparison only: the fixture
+    records the original's float32 path, which attends over heads)."""
     from geolrm_jax import geometry
     from geolrm_jax.model.config import config_from_fixture
     from geolrm_jax.model.convert import convert_state_dict, load_state_dict
@@ -42,6 +45,7 @@ def compute_outputs(fixture: str, dtype: str = "float32") -> dict[str, np.ndarra
     with open(cfg_path) as f:
         config = config_from_fixture(json.load(f), source=cfg_path)
     config.dtype = dtype
+    config.attention_over_heads = attention_over_heads
     sd_path = os.path.join(fixture, "state_dict.safetensors")
     if not os.path.exists(sd_path):
         sd_path = os.path.join(fixture, "state_dict.pt")
@@ -108,6 +112,9 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--tolerance", type=float, default=None,
                         help="max relative error (default 1e-4 for float32, 5e-2 for bfloat16)")
+    parser.add_argument("--token-attention", action="store_true",
+                        help="use ordinary attention over anchors instead of the original's float32 path "
+                             "(expected to FAIL: shows which path the reference took)")
     parser.add_argument("--precision", default="highest", choices=("default", "high", "highest"),
                         help="jax default matmul precision (highest keeps GPUs off TF32)")
     args = parser.parse_args(argv)
@@ -116,7 +123,7 @@ def main(argv=None) -> int:
     try:
         reference = dict(np.load(out_path))
         with jax.default_matmul_precision(args.precision):
-            ours = compute_outputs(args.fixture, args.dtype)
+            ours = compute_outputs(args.fixture, args.dtype, attention_over_heads=not args.token_attention)
         errors = compare(ours, reference)
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -50,17 +50,19 @@ def resize_pos_embed(pos: jax.Array, grid: int, out_h: int, out_w: int) -> jax.A
     return out.reshape(out_h * out_w, dim)
 
 
-def attention(q, k, v, *, implementation=None, mask=None):
+def attention(q, k, v, *, implementation=None, key_value_seq_lengths=None):
     """Softmax attention on (B, T, H, D) tensors via `jax.nn.dot_product_attention`.
 
-    implementation None picks cuDNN on GPU for bf16/fp16 with head_dim % 8 == 0 and ≤ 128, else XLA.
-    The XLA path computes the softmax in float32.
+    implementation None picks cuDNN (flash attention) on GPU for bf16/fp16 with head_dim % 8 == 0 and
+    ≤ 128, else XLA. The XLA path computes the softmax in float32. key_value_seq_lengths (B,) int32: only
+    the first n keys of each batch element are attended (a padding mask both implementations support).
     """
     if implementation is None:
         ok = (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
               and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128)
         implementation = "cudnn" if ok else "xla"
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+    return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=key_value_seq_lengths,
+                                        implementation=implementation)
 
 
 class Dinov2Layer(nn.Module):

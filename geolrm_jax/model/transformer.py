@@ -82,6 +82,20 @@ def attention_over_heads(q, k, v):
     return out.transpose(0, 2, 1, 3).reshape(b, s, h * d)
 
 
+def masked_token_attention(q, k, v, key_mask, implementation=None):
+    """Attention over tokens in which keys with key_mask False are ignored.
+
+    Tokens are stably reordered valid-first so that the mask becomes a sequence length, which both the XLA
+    and the cuDNN flash-attention implementations take; the output is put back in the original order.
+    """
+    perm = jnp.argsort(~key_mask, axis=1, stable=True)
+    gather = lambda t, idx: jnp.take_along_axis(t, idx[:, :, None, None], axis=1)
+    lengths = jnp.maximum(jnp.sum(key_mask, axis=1), 1).astype(jnp.int32)
+    out = attention(gather(q, perm), gather(k, perm), gather(v, perm), implementation=implementation,
+                    key_value_seq_lengths=lengths)
+    return gather(out, jnp.argsort(perm, axis=1))
+
+
 class SelfAttention(nn.Module):
     """wq, wk, wv, wo (no bias) with 3D RoPE on q and k. Attention over tokens with a key-padding mask
     (`jax.nn.dot_product_attention`), or, with `over_heads`, the original's float32 path (see
@@ -103,7 +117,7 @@ class SelfAttention(nn.Module):
         if self.over_heads:
             out = attention_over_heads(q, k, v)
         else:
-            out = attention(q, k, v, implementation=self.attention_impl, mask=key_mask[:, None, None, :])
+            out = masked_token_attention(q, k, v, key_mask, self.attention_impl)
         return dense(name="wo")(out.reshape(b, s, self.dim))
 
 

@@ -67,7 +67,7 @@ def main(argv=None) -> int:
             vgg_sd = lp.random_vgg16_state_dict(args.random_vgg_seed)
             vgg_source = f"RANDOM numpy seed {args.random_vgg_seed} (not a perceptual metric)"
         variables = lp.lpips_params(vgg_sd, lin_sd)
-    except (KeyError, ValueError) as err:
+    except (FileNotFoundError, KeyError, ValueError) as err:
         print(f"convert_lpips: {err}", file=sys.stderr)
         return 1
     lp.save_lpips_params(args.out, variables, vgg_source=vgg_source, lin_source=os.path.basename(lin_path))

@@ -16,6 +16,7 @@ Environment (the main environment's torch cannot take torchvision; CI never runs
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import inspect
 import os
 import pathlib
@@ -98,7 +99,7 @@ def main(argv=None) -> int:
     lin_out = out_dir / "lpips_vgg_lin_v0.1.npz"
     np.savez(lin_out, **{k: v.numpy().astype(np.float32) for k, v in lin_sd.items()})
     print(f"wrote {fixture} ({fixture.stat().st_size} bytes), {lin_out} ({lin_out.stat().st_size} bytes); "
-          f"lpips {lpips.__version__ if hasattr(lpips, '__version__') else '?'}, torch {torch.__version__}; "
+          f"lpips {importlib.metadata.version('lpips')}, torch {torch.__version__}; "
           f"distances a={out['a_dist']}, b={out['b_dist']}, g={out['g_dist']}")
     return 0
 

@@ -14,7 +14,8 @@ from ml_collections import config_flags
 def _parse(argv):
     flag_values = flags.FlagValues()
     config = config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).",
-                                             flag_values=flag_values, lock_config=True)
+                                             flag_values=flag_values, lock_config=True,
+                                             sys_argv=["geolrm-jax train", *argv])
     workdir = flags.DEFINE_string("workdir", None, "Directory for checkpoints and TensorBoard events.",
                                   flag_values=flag_values)
     flag_values(["geolrm-jax train", *argv])

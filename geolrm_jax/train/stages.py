@@ -10,7 +10,8 @@ Stage 1 (proposal network): occupancy logits from the input views; loss = bce_we
 Stage 2 (reconstruction network, proposal frozen): anchors are the occupied voxels of the ground-truth
   occupancy (a random subset of `num_anchors` when more are occupied, like the original's random choice), or
   with stage2.anchors = "proposal" those of the frozen proposal network; the Gaussians are rendered into the
-  target views and scored with losses.render_losses; metrics PSNR/SSIM/LPIPS.
+  target views and scored with losses.render_losses (its `lpips` term is the LPIPS metric; 0 when the
+  LPIPS weight is 0); metrics PSNR/SSIM/LPIPS and the renderer's tile-capacity overflow count.
 """
 import jax
 import jax.numpy as jnp
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 from geolrm_jax.model.geolrm import GeoLRM
 from geolrm_jax.model.proposal import select_anchors
 from geolrm_jax.render.splat import render
-from geolrm_jax.train import losses
+from geolrm_jax.train import losses, metrics
 
 
 def _inputs(batch):
@@ -56,8 +57,10 @@ class Stage1Task(_Task):
         bce = losses.bce_occupancy(logits, target)
         affinity = losses.scene_class_affinity_loss(logits, target)
         loss = weights.bce * bce + weights.affinity * affinity
-        metrics = {"bce": bce, "affinity": affinity, **losses.occupancy_metrics(logits, target)}
-        return loss, (metrics, batch_stats, None)
+        occupancy = metrics.occupancy_metrics(logits, target)
+        values = {"bce": bce, "affinity": affinity,
+                  **{k: occupancy[k] for k in ("iou", "precision", "recall")}}
+        return loss, (values, batch_stats, None)
 
     def summary_images(self, params, batch_stats, batch, rng):
         """Input views and max-projections (along z) of predicted vs target occupancy, first example."""
@@ -98,14 +101,18 @@ class Stage2Task(_Task):
 
     def loss_fn(self, params, batch_stats, batch, rng):
         out = self.render(params, batch_stats, batch, rng)
-        loss, terms = losses.render_losses(
+        w = self.config.loss
+        weights = losses.RenderLossWeights(mse=w.mse, lpips=w.lpips, mask=w.mask, depth=w.depth,
+                                           depth_tv=w.depth_tv)
+        terms = losses.render_losses(
             out.rgb, out.alpha, out.depth, batch["target_images"], batch["target_alpha"], batch["target_depth"],
-            view_mask=batch["target_mask"], lpips_params=self.lpips_params, weights=self.config.loss)
-        mask = batch["target_mask"]
-        metrics = dict(terms, psnr=losses.psnr(out.rgb, batch["target_images"], mask),
-                       ssim=losses.ssim(out.rgb, batch["target_images"], mask),
-                       render_overflow=out.overflow.astype(jnp.float32))
-        return loss, (metrics, batch_stats, None)
+            batch["target_mask"], self.lpips_params, weights=weights)
+        loss = terms.pop("total")
+        image = metrics.image_metrics(jax.lax.stop_gradient(out.rgb), batch["target_images"],
+                                      batch["target_mask"])
+        values = dict(terms, psnr=image["psnr"], ssim=image["ssim"],
+                      render_overflow=out.overflow.astype(jnp.float32))
+        return loss, (values, batch_stats, None)
 
     def summary_images(self, params, batch_stats, batch, rng):
         out = self.render(params, batch_stats, batch, rng)

@@ -184,7 +184,10 @@ class Trainer:
 
     # ---- loop --------------------------------------------------------------------------------------------
     def train(self):
-        """Train to config.num_train_steps (resuming if possible); returns the last logged metrics."""
+        """Train to config.num_train_steps (resuming if possible).
+
+        Returns the last logged metrics plus step, preempted, nonfinite_total and history (every logged
+        metrics dict of this call, as (step, dict) pairs)."""
         config = self.config
         is_main = jax.process_index() == 0
         writer = writers.create_writer(self.workdir, write=is_main)
@@ -201,6 +204,7 @@ class Trainer:
                 hooks.append(periodic_actions.Profile(logdir=self.workdir, num_profile_steps=5,
                                                       every_steps=config.profile_every_steps, every_secs=None))
         collection, accumulated, last_logged = None, None, {}
+        self.history = []  # [(step, logged metrics)] of this call
         previous_streak = None
         stopped_early = False
         with checkpointing.PreemptionWatcher() as watcher:
@@ -221,6 +225,7 @@ class Trainer:
                 if step % config.log_every_steps == 0 or step == config.num_train_steps:
                     last_logged = {k: float(v) for k, v in accumulated.compute().items()}
                     writer.write_scalars(step, last_logged)
+                    self.history.append((step, last_logged))
                     accumulated = None
                 if config.image_every_steps and step % config.image_every_steps == 0:
                     writer.write_images(step, self.summary_images(state, batch))
@@ -237,7 +242,7 @@ class Trainer:
         writer.flush()
         self.final_state = state
         return dict(last_logged, step=int(state.step), preempted=stopped_early,
-                    nonfinite_total=int(state.nonfinite_total))
+                    nonfinite_total=int(state.nonfinite_total), history=self.history)
 
     def _check_nonfinite(self, streak: int, step: int):
         limit = self.config.max_consecutive_nonfinite

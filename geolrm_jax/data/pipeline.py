@@ -16,7 +16,7 @@ Yielded batches (numpy), with B the per-host batch size, Vi = 4 + 3 input slots,
   ``torch.rand(3)``), white in evaluation;
 * ``occupancy`` (B, G, G, G) uint8.
 
-Images and alpha are resized with premultiplied-alpha bilinear filtering (antialiased when shrinking) and
+Images and alpha are resized with 8-bit premultiplied-alpha bilinear filtering (antialiased when shrinking) and
 composited on the background, so ``target_images = colour + (1 - target_alpha) * background`` holds exactly
 (the original resizes alpha with nearest neighbour); depth is resized with nearest neighbour, as the
 original, to keep depth edges free of interpolated points. Input images are composited on white by
@@ -88,14 +88,18 @@ def _resize_channels(channels: np.ndarray, size: int, resample) -> np.ndarray:
 
 
 def composite(rgba: np.ndarray, size: int, background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 RGBA (H, W, 4) -> (RGB (size, size, 3) on ``background``, alpha (size, size)), float32, with a
-    premultiplied bilinear resize, so that rgb = premultiplied colour + (1 - alpha) * background exactly."""
-    x = rgba.astype(np.float32) / 255.0
-    premult = np.concatenate([x[..., :3] * x[..., 3:], x[..., 3:]], -1)
-    premult = _resize_channels(premult, size, Image.BILINEAR)
-    alpha = np.clip(premult[..., 3:], 0, 1)
-    rgb = np.clip(premult[..., :3] + (1 - alpha) * background, 0, 1)
-    return rgb.astype(np.float32), alpha[..., 0].astype(np.float32)
+    """uint8 RGBA (H, W, 4) -> (RGB (size, size, 3) on ``background``, alpha (size, size)), float32.
+
+    The resize works on 8-bit premultiplied colour (PIL "RGBa"), so rgb = premultiplied colour
+    + (1 - alpha) * background holds exactly and empty pixels are exactly the background.
+    """
+    im = Image.fromarray(rgba, "RGBA").convert("RGBa")
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.BILINEAR)
+    premult = np.asarray(im, np.float32) * np.float32(1 / 255)
+    alpha = premult[..., 3]
+    rgb = premult[..., :3] + (1 - alpha)[..., None] * np.asarray(background, np.float32)
+    return rgb, alpha
 
 
 def _nearest(channel: np.ndarray, size: int) -> np.ndarray:
@@ -149,18 +153,21 @@ class ExampleTransform:
 
         iv, tv = views.input_views, views.target_views
         imask = views.input_mask
-        inputs = np.stack([composite(rgba[v], c.input_size, input_bg)[0] for v in iv])
-        inputs = inputs * imask[:, None, None, None]
-        targets, alpha = zip(*[composite(rgba[v], c.render_size, background) for v in tv], strict=True)
-        targets, alpha = np.stack(targets), np.stack(alpha)
+        inputs = np.zeros((len(iv), c.input_size, c.input_size, 3), np.float32)  # padded slots stay 0
+        for i in np.flatnonzero(imask):
+            inputs[i] = composite(rgba[iv[i]], c.input_size, input_bg)[0]
+        targets = np.empty((len(tv), c.render_size, c.render_size, 3), np.float32)
+        alpha = np.empty((len(tv), c.render_size, c.render_size), np.float32)
+        for i, v in enumerate(tv):
+            targets[i], alpha[i] = composite(rgba[v], c.render_size, background)
         tdepth = np.stack([_nearest(depth[v], c.render_size) for v in tv])
         return {
-            "input_images": inputs.astype(np.float32),
+            "input_images": inputs,
             "input_c2w": c2w[iv],
             "input_K": K[iv],
             "input_mask": imask,
             "target_images": targets,
-            "target_alpha": alpha.astype(np.float32),
+            "target_alpha": alpha,
             "target_depth": tdepth.astype(np.float32),
             "target_c2w": c2w[tv],
             "target_K": K[tv],

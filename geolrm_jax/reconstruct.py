@@ -173,8 +173,15 @@ def render_views(gaussians, c2w, K, size: int, chunk: int = 8, background=(1.0, 
     return np.concatenate(frames)
 
 
+_COMPILED_STAGES: dict[str, tuple] = {}
+
+
 class Reconstructor:
-    """Jitted stages of one model: ``propose`` -> anchors, ``reconstruct`` -> Gaussians (host-synchronized)."""
+    """Jitted stages of one model: ``propose`` -> anchors, ``reconstruct`` -> Gaussians.
+
+    The jitted functions are shared by every Reconstructor of the same config (so repeated runs in one process,
+    e.g. ``eval`` over objects, reuse compilations).
+    """
 
     def __init__(self, config, variables):
         import jax
@@ -182,20 +189,22 @@ class Reconstructor:
         from geolrm_jax.model.geolrm import GeoLRM
         from geolrm_jax.model.proposal import select_anchors
 
-        model = GeoLRM(config)
-        pc = config.proposal
-
-        def propose(variables, images, c2ws, Ks, view_mask):
-            logits = model.apply(variables, images, c2ws, Ks, view_mask, method=GeoLRM.propose)
-            return select_anchors(logits, pc.capacity, pc.xyz_scale)
-
-        def reconstruct(variables, images, c2ws, Ks, view_mask, anchors, anchor_mask):
-            return model.apply(variables, images, c2ws, Ks, view_mask, anchors, anchor_mask,
-                               method=GeoLRM.reconstruct)
-
         self.variables = variables
-        self.propose = jax.jit(propose)
-        self.reconstruct = jax.jit(reconstruct)
+        key = config.to_json_best_effort(sort_keys=True)
+        if key not in _COMPILED_STAGES:
+            model = GeoLRM(config)
+            pc = config.proposal
+
+            def propose(variables, images, c2ws, Ks, view_mask):
+                logits = model.apply(variables, images, c2ws, Ks, view_mask, method=GeoLRM.propose)
+                return select_anchors(logits, pc.capacity, pc.xyz_scale)
+
+            def reconstruct(variables, images, c2ws, Ks, view_mask, anchors, anchor_mask):
+                return model.apply(variables, images, c2ws, Ks, view_mask, anchors, anchor_mask,
+                                   method=GeoLRM.reconstruct)
+
+            _COMPILED_STAGES[key] = (jax.jit(propose), jax.jit(reconstruct))
+        self.propose, self.reconstruct = _COMPILED_STAGES[key]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -283,6 +292,10 @@ def run(args) -> dict:
     checkpoint, how, config_name, config = _resolve_model(args)
     kind = inputs.detect_kind(source) if args.input_kind == "auto" else args.input_kind
     image_size = _default_image_size(args, config_name, kind)
+    patch = config.encoder.dino_patch
+    if image_size % int(np.lcm(4, patch)):
+        raise ValueError(f"--image-size {image_size} must be a multiple of {int(np.lcm(4, patch))} "
+                         f"(4 for the low-level features and the DINO patch {patch})")
     views = inputs.load_views(source, image_size, kind, args.num_views, args.max_views, args.radius)
     num_views = len(views.images)
     done(stages[0], t0)

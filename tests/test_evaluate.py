@@ -73,14 +73,15 @@ def test_eval_cli(dataset, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("GEOLRM_CHECKPOINT", raising=False)
     monkeypatch.setenv("GEOLRM_CACHE", str(tmp_path / "no-cache"))
     out = tmp_path / "evals"
-    rc = evaluate.main([str(dataset), "--num-views", "2", "--max-targets", "2", "--render-size", "32",
-                        "--input-size", "28", "--num-points", "512", "--out", str(out)])
+    # 6 views at 56 px and 32 px renders, as test_reconstruct's run of the sample: compilations are shared.
+    rc = evaluate.main([str(dataset), "--num-views", "6", "--max-targets", "2", "--render-size", "32",
+                        "--input-size", "56", "--num-points", "512", "--out", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "RANDOM WEIGHTS" in printed and "fscore" in printed
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 1 and rows[0]["num_views"] == "2" and rows[0]["object_id"] == synthetic.object_name(0)
+    assert len(rows) == 1 and rows[0]["num_views"] == "6" and rows[0]["object_id"] == synthetic.object_name(0)
     assert np.isfinite(float(rows[0]["psnr"])) and 0 <= float(rows[0]["ssim"]) <= 1
     with open(out / "summary.csv") as f:
         assert [r["objects"] for r in csv.DictReader(f)] == ["1"]

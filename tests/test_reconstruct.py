@@ -61,6 +61,10 @@ def test_bad_input_leaves_nothing(tmp_path, capsys, no_checkpoints):
     assert rc == 2
     assert "001.png: cannot read image" in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.glob(".*"))
+    (source / "001.png").unlink()
+    (source / "cameras.json").write_text((source / "cameras.json").read_text().replace("001.png", "000.png"))
+    assert reconstruct.main([str(source), "-o", str(out), "--image-size", "50", "--no-progress"]) == 2
+    assert "--image-size 50 must be a multiple of 28" in capsys.readouterr().err and not out.exists()
 
 
 def test_checkpoint_search_order(tmp_path, monkeypatch):

@@ -61,6 +61,21 @@ def test_transforms_json(tmp_path):
     np.testing.assert_allclose(views.c2w, c2w, atol=1e-6)
 
 
+def test_transforms_json_pixel_intrinsics(tmp_path):
+    folder = tmp_path / "ngp"
+    folder.mkdir()
+    c2w = np.asarray(geometry.orbit_c2w(1, elevation_deg=0.0, radius=2.0))
+    write_rgba(folder / "a.png", 40)
+    meta = {"fl_x": 50.0, "fl_y": 60.0, "cx": 21.0, "cy": 19.0, "w": 40, "h": 40,
+            "frames": [{"file_path": "a.png", "transform_matrix": c2w[0].tolist()}]}
+    (folder / "transforms.json").write_text(json.dumps(meta))
+    views = inputs.load_views(folder, image_size=20)
+    np.testing.assert_allclose(views.K[0], [[50 / 40, 0, 21 / 40], [0, 60 / 40, 19 / 40], [0, 0, 1]], rtol=1e-6)
+    (folder / "b.png").write_bytes((folder / "a.png").read_bytes())
+    with pytest.raises(inputs.InputError, match="b.png: image has no camera in .*transforms.json"):
+        inputs.load_views(folder, image_size=20)
+
+
 def test_posed_errors_name_the_file(tmp_path):
     make_posed_folder(tmp_path / "extra", n=2)
     write_rgba(tmp_path / "extra" / "stray.png")

@@ -87,7 +87,7 @@ def test_checkpoint_search_order(tmp_path, monkeypatch):
         reconstruct.find_checkpoint(str(tmp_path / "missing.ckpt"))
 
 
-def test_state_dict_checkpoint_loads_into_the_model_tree():
+def test_state_dict_checkpoint_loads_into_the_model_tree(tmp_path):
     from geolrm_jax.model import convert
 
     weights = shared_path("geolrm_small", "state_dict.safetensors")
@@ -98,3 +98,8 @@ def test_state_dict_checkpoint_loads_into_the_model_tree():
     for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(random), strict=True):
         assert a.shape == b.shape
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(random))
+    # An Orbax folder as `geolrm-jax convert` writes it reads back identically.
+    convert.save_variables(tmp_path / "converted", loaded)
+    restored = reconstruct.load_variables(tmp_path / "converted", config)
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(loaded), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -208,7 +208,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--isolate", action="store_true", help="run each configuration in its own process")
-    p.add_argument("--out", help="write the rows as JSON here")
+    p.add_argument("--budget-s", type=float, help="start no new configuration after this many seconds")
+    p.add_argument("--out", help="write the rows as JSON here (rewritten after every configuration)")
     return p
 
 
@@ -221,21 +222,33 @@ def _variables(model_config: str, seed: int):
 
 
 def run(args) -> list[dict]:
+    """All configurations (dtype-major, then size, then views); stops starting new ones past ``--budget-s``
+    and rewrites ``--out`` after each, so a run cut short keeps what it measured."""
     from geolrm_jax.model import convert
 
-    rows = []
+    rows, skipped, start = [], [], time.perf_counter()
     for dtype in args.dtypes:
         for size in args.sizes:
             for views in args.views:
+                if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
+                    skipped.append((views, size, dtype))
+                    continue
                 if args.isolate:
                     rows.append(_run_isolated(args, dtype, size, views))
-                    continue
-                config = convert.config_from_arg(args.model_config)
-                config.dtype = dtype
-                rows.append(bench_one(config, _variables(args.model_config, args.seed), views, size,
-                                      args.repeats))
-                print(f"done: {views} views, {size} px, {dtype}: {1e3 * rows[-1]['total_s']:.1f} ms",
-                      file=sys.stderr, flush=True)
+                else:
+                    config = convert.config_from_arg(args.model_config)
+                    config.dtype = dtype
+                    rows.append(bench_one(config, _variables(args.model_config, args.seed), views, size,
+                                          args.repeats))
+                print(f"done: {views} views, {size} px, {dtype}: {1e3 * rows[-1]['total_s']:.1f} ms "
+                      f"({time.perf_counter() - start:.0f} s elapsed)", file=sys.stderr, flush=True)
+                if args.out:
+                    with open(args.out, "w") as f:
+                        json.dump(rows, f, indent=1)
+    if skipped:
+        print(f"--budget-s {args.budget_s} reached; not run: " + ", ".join(f"{v} views {s} px {d}"
+                                                                         for v, s, d in skipped),
+              file=sys.stderr)
     return rows
 
 
@@ -265,9 +278,6 @@ def main(argv=None) -> int:
     print(f"device: {jax.local_devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}, "
           f"model {args.model_config}, median of {args.repeats}")
     print(format_table(rows))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=1)
     return 0
 
 

@@ -53,3 +53,12 @@ def test_bench_rejects_bad_sizes():
     done = subprocess.run([sys.executable, "-m", "geolrm_jax.benchmark", "--sizes", "100"], capture_output=True,
                           text=True, check=False)
     assert done.returncode == 2 and "multiples of 28" in done.stderr
+
+
+def test_budget_stops_before_new_configurations(capsys, tmp_path):
+    out = tmp_path / "rows.json"
+    assert benchmark.main(["--model-config", "tiny", "--sizes", "28", "--views", "1", "2", "--budget-s", "0",
+                           "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "not run: 1 views 28 px bfloat16, 2 views 28 px bfloat16" in captured.err
+    assert not out.exists()  # nothing measured, nothing written

@@ -214,10 +214,11 @@ def build_synthetic(data_dir: str, *, num_workers: int = 1, render_dir: str | No
 
 
 def build_gobjaverse(data_dir: str, root: str, *, object_list: str | None = None, image_size: int | None = None,
-                     grid_size: int = 128, max_bad_fraction: float = 0.05, num_workers: int = 1):
+                     grid_size: int = 128, num_views: int = gobjaverse_io.NUM_VIEWS,
+                     max_bad_fraction: float = 0.05, num_workers: int = 1):
     """Build ``gobjaverse`` from a layout root; returns the built dataset directory."""
-    config = GObjaverseConfig(name=f"{image_size or 'any'}px_grid{grid_size}", image_size=image_size,
-                              grid_size=grid_size)
+    config = GObjaverseConfig(name=f"{image_size or 'any'}px_grid{grid_size}_{num_views}views",
+                              image_size=image_size, grid_size=grid_size, num_views=num_views)
     builder = Gobjaverse(data_dir=data_dir, config=config, root=root, object_list=object_list,
                          max_bad_fraction=max_bad_fraction, num_workers=num_workers, file_format="array_record")
     builder.download_and_prepare()
@@ -234,12 +235,14 @@ def main(argv=None) -> int:
     parser.add_argument("--object-list", help="object-list JSON (default <root>/object_list.json)")
     parser.add_argument("--image-size", type=int, help="expected square view size (default: any, consistent)")
     parser.add_argument("--grid-size", type=int, default=128)
+    parser.add_argument("--num-views", type=int, default=gobjaverse_io.NUM_VIEWS, help="views per object")
     parser.add_argument("--max-bad-fraction", type=float, default=0.05)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     out = build_gobjaverse(args.data_dir, args.root, object_list=args.object_list, image_size=args.image_size,
-                           grid_size=args.grid_size, max_bad_fraction=args.max_bad_fraction,
+                           grid_size=args.grid_size, num_views=args.num_views,
+                           max_bad_fraction=args.max_bad_fraction,
                            num_workers=args.workers)
     print(f"built {out}")
     return 0

@@ -272,6 +272,8 @@ def run(args) -> dict:
     out_dir = pathlib.Path(args.output or pathlib.Path("outputs") / (source.stem or "reconstruction"))
     if out_dir.exists() and not args.overwrite:
         raise FileExistsError(f"{out_dir}: output folder exists; pass --overwrite to replace it")
+    if args.video_format == "mp4" and args.video_size % 2:
+        raise ValueError(f"--video-size {args.video_size}: MP4 (yuv420p) needs an even size")
     stages = ["read inputs", "load weights", "proposal (stage 1)", "reconstruction (stage 2)", "export"]
     if args.video_format != "none":
         stages.append("turntable")

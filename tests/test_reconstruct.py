@@ -67,6 +67,22 @@ def test_bad_input_leaves_nothing(tmp_path, capsys, no_checkpoints):
     assert "--image-size 50 must be a multiple of 28" in capsys.readouterr().err and not out.exists()
 
 
+def test_failure_while_writing_leaves_nothing(tmp_path, capsys, monkeypatch, no_checkpoints):
+    def broken_splat(*args, **kwargs):
+        raise ValueError("disk full (simulated)")
+
+    monkeypatch.setattr(export, "write_splat", broken_splat)
+    out = tmp_path / "result"
+    source = SAMPLE if (SAMPLE / "cameras.json").exists() else tmp_path / "obj"
+    if source != SAMPLE:
+        make_posed_folder(source, n=3, size=64)
+    rc = reconstruct.main([str(source), "-o", str(out), "--video-format", "none", "--no-progress"])
+    assert rc == 2 and "disk full" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob(".result*"))  # the written PLY went with the temp folder
+    assert reconstruct.main([str(source), "-o", str(out), "--video-size", "33", "--no-progress"]) == 2
+    assert "even size" in capsys.readouterr().err
+
+
 def test_checkpoint_search_order(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     cache.mkdir()

@@ -177,6 +177,11 @@ def test_iterator_is_deterministic_and_resumes(built):
     resumed.set_state(state)
     for a, b in zip(first[2:], _take(resumed, 3), strict=True):
         _assert_same(a, b)
+    # peeking (get_state, next, set_state on the live iterator) does not change what follows
+    it.set_state(state)
+    assert it.metrics()["data/examples"] == 4
+    for a, b in zip(first[2:], _take(it, 3), strict=True):
+        _assert_same(a, b)
     other = next(pipeline.make_iterator(cfg, "train", **{**kw, "seed": 8}))
     assert not np.array_equal(other["target_c2w"], first[0]["target_c2w"])
 

@@ -10,7 +10,7 @@ output); the object list JSON (``{split: [names]}`` or a list) picks the split. 
 Protocol, per object and per value N of ``--num-views``:
 
 * inputs: N orbit views spread evenly, view ``floor(i * 24 / N)`` for i < N (N <= 24), composited on white
-  and resized to ``--input-size`` (premultiplied-alpha bilinear, as the training pipeline);
+  and resized to ``--input-size`` (premultiplied-alpha bilinear in float32, like the training pipeline);
 * held-out targets: the non-orbit views (24.. of the 40), or when an object has only orbit views, the orbit
   views not used as inputs; at most ``--max-targets`` of them, spread evenly; composited on white at
   ``--render-size``. The Gaussians are rendered there on white: PSNR and SSIM (``train.metrics``, per view,

@@ -183,6 +183,10 @@ def test_iterator_is_deterministic_and_resumes(built):
     for a, b in zip(first[2:], _take(it, 3), strict=True):
         _assert_same(a, b)
     other = next(pipeline.make_iterator(cfg, "train", **{**kw, "seed": 8}))
+    with pytest.raises(ValueError, match="built on a 32\\^3 grid"):
+        pipeline.make_iterator(_config(built["data_dir"], grid_size=64), "train", **kw)
+    with pytest.raises(ValueError, match="no split 'test'"):
+        pipeline.make_iterator(cfg, "test", **kw)
     assert not np.array_equal(other["target_c2w"], first[0]["target_c2w"])
 
 

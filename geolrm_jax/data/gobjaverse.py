@@ -195,10 +195,17 @@ class SyntheticObjects(Gobjaverse):
         return root, object_list
 
 
-def data_source(data_dir: str, split: str):
+def data_source(data_dir: str, split: str, grid_size: int | None = None):
     """Random-access source of a built dataset directory (``<data_dir>/<name>/<config>/<version>``),
-    without TensorFlow and without importing the builder class."""
+    without TensorFlow and without importing the builder class. ``grid_size``, when given, must match the
+    grid the dataset's occupancy was computed on."""
     builder = tfds.builder_from_directory(data_dir)
+    built_grid = builder.info.metadata.get("grid_size") if builder.info.metadata else None
+    if grid_size is not None and built_grid is not None and int(built_grid) != grid_size:
+        raise ValueError(f"{data_dir}: occupancy was built on a {built_grid}^3 grid, but grid_size={grid_size} "
+                         f"was asked for; rebuild the dataset or set data.grid_size = {built_grid}")
+    if split not in builder.info.splits:
+        raise ValueError(f"{data_dir}: no split {split!r} (has {sorted(builder.info.splits)})")
     return builder.as_data_source(split=split)
 
 

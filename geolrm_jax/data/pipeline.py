@@ -310,7 +310,7 @@ def make_iterator(data_config, split: str, *, seed: int, batch_size: int, traini
 
         if not data_config.data_dir:
             raise ValueError("data_config.data_dir is empty: build a dataset first (tools/make_synthetic.py)")
-        source = data_source(data_config.data_dir, split)
+        source = data_source(data_config.data_dir, split, grid_size=data_config.grid_size)
     dataset = make_dataset(source, data_config, seed=seed, batch_size=batch_size, training=training,
                            process_index=process_index, process_count=process_count)
     return DataIterator(dataset, batch_size, data_config.max_bad_fraction, data_config.bad_check_min_examples)

@@ -238,3 +238,15 @@ def test_config_validation():
     with pytest.raises(ValueError, match="config.dtype"):
         jax.eval_shape(lambda: GeoLRM(config).init(jax.random.PRNGKey(0), *tiny_inputs(batch=1)))
     assert isinstance(nn.Module, type)
+
+
+def test_init_variables_tree_matches_converter_layout():
+    from geolrm_jax.model.convert import expected_variables
+    from geolrm_jax.model.geolrm import init_variables
+
+    config = model_config.tiny_model_config()
+    abstract = jax.eval_shape(lambda: init_variables(config, jax.random.PRNGKey(0)))
+    expected = expected_variables(config)
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), abstract) == jax.tree.map(lambda x: (x.shape, x.dtype),
+                                                                                 expected)
+    assert set(abstract) == {"params", "batch_stats"} and set(abstract["params"]) == {"proposal", "reconstruction"}

@@ -14,7 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from geolrm_jax.model.decoder import GaussianDecoder
 from geolrm_jax.model.encoder import HierarchicalEncoder
@@ -89,3 +91,15 @@ class GeoLRM(nn.Module):
         gaussians = self.reconstruct(images, c2ws, Ks, view_mask, anchors, anchor_mask)
         return {"occupancy_logits": logits, "anchors": anchors, "anchor_mask": anchor_mask,
                 "gaussians": gaussians}
+
+
+def init_variables(config, rng) -> dict:
+    """Freshly initialized {"params", "batch_stats"} of GeoLRM(config) (jitted `init` on a 1-view dummy
+    input: no parameter shape depends on the image size or the number of views)."""
+    side = int(np.lcm(4, config.encoder.dino_patch))
+    images = jnp.zeros((1, 1, side, side, 3), jnp.float32)
+    c2ws = jnp.broadcast_to(jnp.eye(4, dtype=jnp.float32), (1, 1, 4, 4))
+    Ks = jnp.broadcast_to(jnp.asarray([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]], jnp.float32),
+                          (1, 1, 3, 3))
+    view_mask = jnp.ones((1, 1), bool)
+    return jax.jit(GeoLRM(config).init)(rng, images, c2ws, Ks, view_mask)

@@ -77,6 +77,7 @@ def test_cli_writes_orbax_and_lists_unknown_keys(small, tmp_path, capsys):
     assert "lpips.net.slice1.0.weight" in capsys.readouterr().out
     restored = convert.restore_variables(out)
     _assert_trees_equal(variables, restored)
+    assert convert.restore_config(out).to_dict() == small[0].to_dict()
     broken = dict(sd)
     del broken["serializer.transformer.norm.weight"]
     save_file(broken, str(tmp_path / "broken.safetensors"))

@@ -5,8 +5,8 @@
 IN is a flat state dict (`serializer.*` = proposal network, `lrm_generator.*` = reconstruction network):
 `.safetensors` (read with safetensors), or `.ckpt` / `.pt` (read with `torch.load(weights_only=True)`; torch
 is only needed for these). Unknown keys (e.g. `lpips.*`) are listed and skipped; a missing or misshaped key
-is an error naming it. OUT is written as an Orbax checkpoint of {"params", "batch_stats"};
-`restore_variables(OUT)` reads it back.
+is an error naming it. OUT is written as an Orbax checkpoint of {"params", "batch_stats"}, with the model
+config beside it (geolrm_model_config.json); `restore_variables(OUT)` / `restore_config(OUT)` read them back.
 """
 
 from __future__ import annotations
@@ -268,6 +268,15 @@ def save_variables(path, variables) -> None:
         ckptr.save(os.path.abspath(os.fspath(path)), variables, force=True)
 
 
+CONFIG_FILE = "geolrm_model_config.json"
+
+
+def restore_config(path):
+    """The model ConfigDict that `geolrm-jax convert` stored beside the variables in checkpoint `path`."""
+    with open(os.path.join(os.fspath(path), CONFIG_FILE)) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
 def restore_variables(path):
     """Read back the {"params", "batch_stats"} written by `geolrm-jax convert` (numpy/jax arrays)."""
     import orbax.checkpoint as ocp
@@ -302,6 +311,8 @@ def main(argv=None) -> int:
     if unknown:
         print(f"skipped {len(unknown)} unknown keys:", *unknown, sep="\n  ")
     save_variables(args.output, variables)
+    with open(os.path.join(args.output, CONFIG_FILE), "w") as f:
+        f.write(config.to_json(indent=1))
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
     print(f"wrote {args.output}: {n:,} parameters")
     return 0

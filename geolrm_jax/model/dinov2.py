@@ -83,11 +83,14 @@ class Dinov2Layer(nn.Module):
                    for n in ("q_proj", "k_proj", "v_proj"))
         y = attention(q, k, v, implementation=self.attention_impl).reshape(b, t, self.hidden)
         y = dense(self.hidden, name="o_proj")(y)
-        x = x + y * self.param("layer_scale1", nn.initializers.ones, (self.hidden,)).astype(self.dtype)
+        # the residual stream stays float32; branches are computed in `dtype`
+        x = x + (y * self.param("layer_scale1", nn.initializers.ones, (self.hidden,)).astype(self.dtype)
+                 ).astype(jnp.float32)
         y = nn.LayerNorm(epsilon=self.eps, dtype=self.dtype, name="norm2")(x)
         y = dense(self.hidden * self.mlp_ratio, name="fc1")(y)
         y = dense(self.hidden, name="fc2")(nn.gelu(y, approximate=False))
-        return x + y * self.param("layer_scale2", nn.initializers.ones, (self.hidden,)).astype(self.dtype)
+        return x + (y * self.param("layer_scale2", nn.initializers.ones, (self.hidden,)).astype(self.dtype)
+                    ).astype(jnp.float32)
 
 
 class Dinov2Backbone(nn.Module):
@@ -116,8 +119,8 @@ class Dinov2Backbone(nn.Module):
         cls = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, self.hidden))
         pos = self.param("pos_embed", nn.initializers.normal(0.02), (1, 1 + self.pos_grid ** 2, self.hidden))
         patch_pos = resize_pos_embed(pos[0, 1:], self.pos_grid, gh, gw)
-        x = jnp.concatenate([jnp.broadcast_to((cls + pos[:, :1]).astype(self.dtype), (n, 1, self.hidden)),
-                             x + patch_pos.astype(self.dtype)[None]], axis=1)
+        x = jnp.concatenate([jnp.broadcast_to(cls + pos[:, :1], (n, 1, self.hidden)),
+                             x.astype(jnp.float32) + patch_pos[None]], axis=1)
         for i in range(self.layers):
             x = Dinov2Layer(self.hidden, self.heads, self.mlp_ratio, self.eps, self.dtype,
                             self.attention_impl, name=f"layer_{i}")(x)

@@ -194,7 +194,9 @@ class GeoTransformerBlock(nn.Module):
         h = x + sa.astype(jnp.float32)  # residual stream stays float32 (as under torch autocast)
         ca = DeformableCrossAttention(self.dim, self.heads, self.num_points, self.spatial_shapes, self.dtype,
                                       self.sample_impl, name="cross_attention")(
-            norm(name="cross_attention_norm")(h), feats, ref_points, view_mask, query_mask)
+            # float32 output: it is also the residual of the cross-attention (the original's `h.float()`)
+            RMSNorm(self.norm_eps, jnp.float32, name="cross_attention_norm")(h), feats, ref_points, view_mask,
+            query_mask)
         ff = FeedForward(self.dim, self.dtype, name="feed_forward")(norm(name="ffn_norm")(ca))
         self.sow("intermediates", "self_attention_out", sa)
         self.sow("intermediates", "cross_attention_out", ca)

@@ -25,11 +25,14 @@ Implementations (``implementation=``):
   a ``lax.scan`` over the P points of each level accumulates the (B, V, Q, H, C) output in fp32, and the
   hand-written backward scans the points again, recomputing the samples and scatter-adding into d_value.
 - ``"pallas"``: Pallas kernels on the Triton backend (``deformable_sample_triton.py``): gathers by indexed
-  loads, d_value / d_offsets / d_attention_weights / d_reference_points by fp32 atomic adds.
-- ``"pallas_interpret"``: the same kernels run by the Pallas interpreter (CPU tests).
-- ``None``: GPU -> ``"pallas"``; TPU and CPU -> ``"xla"``. TPU uses the XLA formulation because Mosaic (the
-  Pallas TPU backend) has no general per-lane gather from HBM/VMEM, which is what bilinear sampling at
-  data-dependent locations needs; XLA's gather lowering is the legal and reasonably efficient path there.
+  loads; the backward loops over the views in registers for d_offsets / d_attention_weights /
+  d_reference_points and accumulates d_value with relaxed fp32 atomic adds.
+- ``"pallas_xla_backward"``: the Pallas forward with the XLA reference's backward (GPU).
+- ``"pallas_interpret"``: the Pallas kernels run by the Pallas interpreter (CPU tests).
+- ``None``: GPU -> ``GPU_DEFAULT_IMPLEMENTATION`` (the fastest measured combination); TPU and CPU ->
+  ``"xla"``. TPU uses the XLA formulation because Mosaic (the Pallas TPU backend) has no general per-lane
+  gather from HBM/VMEM, which is what bilinear sampling at data-dependent locations needs; XLA's gather
+  lowering is the legal and reasonably efficient path there.
 """
 from __future__ import annotations
 
@@ -40,7 +43,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-IMPLEMENTATIONS = ("xla", "pallas", "pallas_interpret")
+IMPLEMENTATIONS = ("xla", "pallas", "pallas_xla_backward", "pallas_interpret")
+# What implementation=None runs on GPU: the fastest correct combination measured by
+# tools/bench_deformable.py at the model's shapes (see docs/deformable.md, "Performance").
+GPU_DEFAULT_IMPLEMENTATION = "pallas"
 # Locations of masked (b, v, q) entries are replaced by this, which is outside every image for all four
 # bilinear corners, so masked entries read nothing and get exactly zero gradients.
 _MASKED_LOCATION = -4.0
@@ -222,7 +228,7 @@ def _forward_impl(implementation, value, reference_points, offsets, attention_we
 
 
 def _backward_impl(implementation, value, reference_points, offsets, attention_weights, mask, spatial_shapes, g):
-    if implementation == "xla":
+    if implementation in ("xla", "pallas_xla_backward"):
         return _reference_backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g)
     from geolrm_kernels import deformable_sample_triton as tri
 
@@ -254,8 +260,8 @@ _deformable_sample_op.defvjp(_op_fwd, _op_bwd)
 
 
 def default_implementation() -> str:
-    """GPU -> "pallas"; TPU, CPU and anything else -> "xla" (see the module docstring for why)."""
-    return "pallas" if jax.default_backend() in ("gpu", "cuda", "rocm") else "xla"
+    """GPU -> GPU_DEFAULT_IMPLEMENTATION; TPU, CPU and anything else -> "xla" (see the module docstring)."""
+    return GPU_DEFAULT_IMPLEMENTATION if jax.default_backend() in ("gpu", "cuda", "rocm") else "xla"
 
 
 def deformable_sample(value, reference_points, offsets, attention_weights, spatial_shapes, view_mask=None,

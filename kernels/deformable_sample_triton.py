@@ -6,17 +6,20 @@ Layout seen by the kernels (free reshapes of the contract's arrays, no copies of
 - out / its cotangent as (B*V*Q, H*C);
 - reference points, offsets, attention weights and the (B, V, Q) mask flattened to 1-D fp32 / int32.
 
-Grid (H, cdiv(Q, block_q), B*V), heads fastest, so programs resident together read the same pixels' rows
-of every head. One program owns block_q queries of one (b, v, h): for each of the NL*P points it computes
-the four bilinear corners and gathers (block_q, C) rows with masked indexed loads. The forward keeps one
+Forward: grid (H, cdiv(Q, block_q), B*V), heads fastest, so programs resident together read the same
+pixels' rows of every head. One program owns block_q queries of one (b, v, h): for each of the NL*P points it
+computes the four bilinear corners and gathers (block_q, C) rows with masked indexed loads. It keeps one
 (block_q, C) fp32 accumulator and writes the output once: no intermediate is larger than the output.
 
-The backward recomputes the samples and uses fp32 atomic adds for every gradient that several programs
-share: d_value (queries overlap in pixels), d_offsets and d_attention_weights (summed over views) and
-d_reference_points (summed over heads). The Pallas interpreter discharges an atomic add as a gather plus
-scatter-*set* and does not accept masks, so in interpret mode the backward runs with block_q = 1 (the
-addresses of one atomic call are then distinct) and adds zeros instead of masking; on GPU the same kernel
-runs with masks and larger blocks.
+Backward: grid (H, cdiv(Q, block_q), B). One program owns block_q queries of one (b, h) and loops over the V
+views, recomputing the samples. d_attention_weights and d_offsets (shared by the views) accumulate in
+(block_q, NL*P) registers and are stored once; d_reference_points is stored per head and summed over heads
+outside the kernel. Only d_value, which queries share through overlapping pixels, needs atomic adds; they
+are fp32 adds with *relaxed* memory ordering (:func:`relaxed_atomic_add`), where ``plgpu.atomic_add``
+would order each one with acquire-release semantics. The Pallas interpreter discharges an atomic add as a
+gather plus scatter-*set* and does not accept masks, so in interpret mode the backward runs with
+block_q = 1 (the addresses of one atomic call are then distinct) and adds zeros instead of masking; on GPU
+the same kernel runs with masks and larger blocks.
 """
 from __future__ import annotations
 
@@ -36,6 +39,99 @@ FORWARD_BLOCK_Q = 16
 FORWARD_NUM_WARPS = 4
 BACKWARD_BLOCK_Q = 16
 BACKWARD_NUM_WARPS = 4
+
+
+# ----------------------------------------------------------------------------------------------------------
+# fp32 atomic add with relaxed memory ordering
+# ----------------------------------------------------------------------------------------------------------
+# plgpu.atomic_add lowers to tt.atomic_rmw with acquire-release semantics (hard-coded in Pallas' Triton
+# lowering), which orders every atomic against all other memory operations; accumulating a gradient needs
+# no ordering at all (XLA's scatter and CUDA's atomicAdd are relaxed). A private primitive reuses Pallas'
+# own abstract-eval, interpret-mode discharge and Triton lowering rules of atomic_rmw and only rewrites the
+# `sem` attribute of the emitted op to RELAXED. These are JAX internals: when they are missing or changed
+# (or the primitive fails a self-test of its interpret-mode and CUDA lowerings), relaxed_atomics_status()
+# says why and the backward falls back to the public plgpu.atomic_add.
+def _make_relaxed_atomic_add():
+    from jax._src import core as jax_core
+    from jax._src import tree_util
+    from jax._src.lib.mlir import ir
+    from jax._src.lib.triton import dialect as tt_dialect
+    from jax._src.pallas.triton import lowering as triton_lowering
+    from jax._src.pallas.triton import primitives as triton_primitives
+    from jax._src.state import discharge as state_discharge
+    from jax._src.state import primitives as state_primitives
+
+    add = triton_primitives.AtomicOpType.ADD
+    base_lowering = triton_lowering.triton_lowering_rules[triton_primitives.atomic_rmw_p]
+    relaxed = int(tt_dialect.MemSemantic.RELAXED)
+    primitive = jax_core.Primitive("deformable_relaxed_atomic_add")
+    primitive.def_effectful_abstract_eval(functools.partial(triton_primitives._atomic_abstract_eval,
+                                                            atomic_type=add))
+    state_discharge.register_discharge_rule(primitive)(
+        functools.partial(triton_primitives._atomic_rmw_discharge_rule, atomic_type=add))
+
+    def lowering(ctx, *args_flat, args_tree):
+        result = base_lowering(ctx, *args_flat, args_tree=args_tree, atomic_type=add)
+        op = result.owner
+        if op.name != "tt.atomic_rmw" or "sem" not in op.attributes:
+            raise NotImplementedError(f"expected a tt.atomic_rmw op from Pallas' lowering, got {op.name}")
+        op.attributes["sem"] = ir.IntegerAttr.get(op.attributes["sem"].type, relaxed)
+        return result
+
+    triton_lowering.register_lowering(primitive)(lowering)
+
+    def atomic_add(x_ref, idx, val, *, mask=None):
+        """``x_ref[idx] += val`` atomically with relaxed ordering; same arguments as ``plgpu.atomic_add``."""
+        ref, transforms = state_primitives.get_ref_and_transforms(x_ref, idx, "atomic_rmw")
+        args_flat, args_tree = tree_util.tree_flatten((ref, transforms, val, mask))
+        return primitive.bind(*args_flat, args_tree=args_tree)
+
+    return atomic_add
+
+
+def _self_test(atomic_add):
+    """Runs a tiny kernel with ``atomic_add`` in interpret mode and lowers it for CUDA (works without a GPU)."""
+
+    def kernel(x_ref, _, o_ref):
+        index = jnp.arange(4, dtype=jnp.int32)
+        atomic_add(o_ref, (index,), x_ref[index])
+
+    def call(x, interpret):
+        return pl.pallas_call(kernel, out_shape=jax.ShapeDtypeStruct((4,), jnp.float32), grid=(2,),
+                              input_output_aliases={1: 0}, interpret=interpret,
+                              compiler_params=plgpu.CompilerParams(num_warps=1, num_stages=1),
+                              )(x, jnp.ones((4,), jnp.float32))
+
+    x = jnp.arange(4, dtype=jnp.float32)
+    got = jax.jit(functools.partial(call, interpret=True))(x)
+    if not bool(jnp.all(got == 1.0 + 2.0 * x)):
+        raise ValueError(f"interpret-mode atomic add gave {got}")
+    jax.jit(functools.partial(call, interpret=False)).trace(x).lower(lowering_platforms=("cuda",))
+
+
+try:
+    _relaxed_atomic_add = _make_relaxed_atomic_add()
+    _RELAXED_IMPORT_ERROR = None
+except Exception as _err:  # noqa: BLE001 -- any change of the JAX internals used: public atomics instead
+    _relaxed_atomic_add, _RELAXED_IMPORT_ERROR = None, _err
+
+
+@functools.cache
+def relaxed_atomics_status() -> tuple[bool, str | None]:
+    """(available, reason if not): the private primitive was built and passed :func:`_self_test`."""
+    if _relaxed_atomic_add is None:
+        return False, repr(_RELAXED_IMPORT_ERROR)
+    try:
+        _self_test(_relaxed_atomic_add)
+    except Exception as err:  # noqa: BLE001 -- same: fall back to plgpu.atomic_add
+        return False, repr(err)
+    return True, None
+
+
+def relaxed_atomic_add(x_ref, idx, val, *, mask=None):
+    """``x_ref[idx] += val`` with relaxed ordering when available, else ``plgpu.atomic_add`` (acq_rel)."""
+    add = _relaxed_atomic_add if relaxed_atomics_status()[0] else plgpu.atomic_add
+    return add(x_ref, idx, val, mask=mask)
 
 
 def _next_pow2(n: int) -> int:
@@ -90,52 +186,80 @@ def _forward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, out_ref, *,
     plgpu.store(out_ref.at[out_rows, cols], acc.astype(out_ref.dtype), mask=q_in[:, None] & ch_in[None, :])
 
 
-def _backward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, g_ref, _dv_in, _dr_in, _do_in, _da_in,
-                     d_value_ref, d_ref_ref, d_off_ref, d_attn_ref, *, dims, shapes, block_q, interpret):
+def _backward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, g_ref, _dv_in, d_value_ref, d_ref_ref,
+                     d_off_ref, d_attn_ref, *, dims, shapes, block_q, interpret, value_atomic_add):
+    """One program: block_q queries of one (b, h), looping over all V views.
+
+    d_attention_weights and d_offsets (summed over views) live in (block_q, NL*P) registers and are stored
+    once; d_reference_points is stored per (b, v, q, h) (summed over heads outside). Only d_value, which
+    queries share through overlapping pixels, uses atomic adds.
+    """
     v_count, q_count, length, heads, c, nl, p = dims
-    h, bv, q, q_in, valid, ref_u, ref_v, point_base, ch, ch_in = _program_setup(
-        ref_ref, mask_ref, dims=dims, block_q=block_q)
+    h = pl.program_id(0)
+    b = pl.program_id(2)
+    q = pl.program_id(1) * block_q + jnp.arange(block_q, dtype=jnp.int32)
+    q_in = q < q_count
+    qc = jnp.minimum(q, q_count - 1)
+    point_base = ((b * q_count + qc) * heads + h) * (nl * p)
+    ch = jnp.arange(_next_pow2(c), dtype=jnp.int32)
+    ch_in = ch < c
     # Unclipped channel columns keep the loads contiguous and 16-byte vectorizable; lanes ch >= C are masked.
     cols = jnp.broadcast_to((h * c + ch)[None, :], (block_q, ch.shape[0]))
-    g_rows = jnp.broadcast_to((bv * q_count + jnp.minimum(q, q_count - 1))[:, None], cols.shape)
-    g = plgpu.load(g_ref.at[g_rows, cols], mask=q_in[:, None] & ch_in[None, :], other=0.0)
-    g = jnp.where(valid[:, None] & ch_in[None, :], g.astype(jnp.float32), 0.0)
-    # Interpret mode: unmasked atomics on unclipped indices (out-of-range lanes add exact zeros, and
-    # out-of-bounds scatters are dropped). GPU: masked atomics.
-    q_mask = None if interpret else q_in
-    # Point indices of this program's queries without clipping, for the atomic adds.
-    point_base_q = ((bv // v_count * q_count + q) * heads + h) * (nl * p)
-    d_ref_uv = (jnp.zeros((block_q,), jnp.float32), jnp.zeros((block_q,), jnp.float32))
-    for level, ((hl, wl), start) in enumerate(zip(shapes, _level_starts(shapes), strict=True)):
+    point_col = jnp.arange(nl * p, dtype=jnp.int32)[None, :]  # (1, NL*P): one-hot columns of the accumulators
 
-        def point_step(point, d_ref_uv, level=level, hl=hl, wl=wl, start=start):
-            a, u, v = _point(off_ref, attn_ref, point_base + level * p + point, valid, ref_u, ref_v)
-            g_sample = jnp.zeros((block_q,), jnp.float32)
-            g_du = jnp.zeros((block_q,), jnp.float32)
-            g_dv = jnp.zeros((block_q,), jnp.float32)
-            for pixel, inside, bilinear, dbdu, dbdv in bilinear_corners(u, v, hl, wl):
-                rows = jnp.broadcast_to((bv * length + start + pixel)[:, None], cols.shape)
-                load_mask = inside[:, None] & ch_in[None, :]
-                sample = plgpu.load(value_ref.at[rows, cols], mask=load_mask, other=0.0)
-                g_dot = jnp.sum(g * sample.astype(jnp.float32), axis=1)
-                g_sample += bilinear * g_dot
-                g_du += dbdu * g_dot
-                g_dv += dbdv * g_dot
-                contribution = jnp.where(inside, a * bilinear, 0.0)[:, None] * g
-                plgpu.atomic_add(d_value_ref, (rows, cols), contribution,
-                                 mask=None if interpret else load_mask & q_in[:, None])
-            index = point_base_q + level * p + point
-            d_u = a * g_du
-            d_v = a * g_dv
-            plgpu.atomic_add(d_attn_ref, (index,), g_sample, mask=q_mask)
-            plgpu.atomic_add(d_off_ref, (index * 2,), d_u, mask=q_mask)
-            plgpu.atomic_add(d_off_ref, (index * 2 + 1,), d_v, mask=q_mask)
-            return d_ref_uv[0] + d_u, d_ref_uv[1] + d_v
+    def view_step(view, acc):
+        d_attn_acc, d_u_acc, d_v_acc = acc
+        bv = b * v_count + view
+        valid = q_in & (mask_ref[bv * q_count + qc] != 0)
+        ref_u = ref_ref[(bv * q_count + qc) * 2]
+        ref_v = ref_ref[(bv * q_count + qc) * 2 + 1]
+        g_rows = jnp.broadcast_to((bv * q_count + qc)[:, None], cols.shape)
+        g = plgpu.load(g_ref.at[g_rows, cols], mask=q_in[:, None] & ch_in[None, :], other=0.0)
+        g = jnp.where(valid[:, None] & ch_in[None, :], g.astype(jnp.float32), 0.0)
+        d_ref_u = jnp.zeros((block_q,), jnp.float32)
+        d_ref_v = jnp.zeros((block_q,), jnp.float32)
+        for level, ((hl, wl), start) in enumerate(zip(shapes, _level_starts(shapes), strict=True)):
 
-        d_ref_uv = lax.fori_loop(0, p, point_step, d_ref_uv)
-    ref_index = (bv * q_count + q) * 2
-    plgpu.atomic_add(d_ref_ref, (ref_index,), d_ref_uv[0], mask=q_mask)
-    plgpu.atomic_add(d_ref_ref, (ref_index + 1,), d_ref_uv[1], mask=q_mask)
+            def point_step(point, carry, level=level, hl=hl, wl=wl, start=start):
+                d_attn_acc, d_u_acc, d_v_acc, d_ref_u, d_ref_v = carry
+                a, u, v = _point(off_ref, attn_ref, point_base + level * p + point, valid, ref_u, ref_v)
+                g_sample = jnp.zeros((block_q,), jnp.float32)
+                g_du = jnp.zeros((block_q,), jnp.float32)
+                g_dv = jnp.zeros((block_q,), jnp.float32)
+                for pixel, inside, bilinear, dbdu, dbdv in bilinear_corners(u, v, hl, wl):
+                    rows = jnp.broadcast_to((bv * length + start + pixel)[:, None], cols.shape)
+                    load_mask = inside[:, None] & ch_in[None, :]
+                    sample = plgpu.load(value_ref.at[rows, cols], mask=load_mask, other=0.0)
+                    g_dot = jnp.sum(g * sample.astype(jnp.float32), axis=1)
+                    g_sample += bilinear * g_dot
+                    g_du += dbdu * g_dot
+                    g_dv += dbdv * g_dot
+                    contribution = jnp.where(inside, a * bilinear, 0.0)[:, None] * g
+                    # Interpret mode: unmasked (masked-out lanes add exact zeros; out-of-bounds are dropped).
+                    value_atomic_add(d_value_ref, (rows, cols), contribution,
+                                     mask=None if interpret else load_mask & q_in[:, None])
+                one_hot = point_col == level * p + point
+                d_u = a * g_du
+                d_v = a * g_dv
+                return (d_attn_acc + jnp.where(one_hot, g_sample[:, None], 0.0),
+                        d_u_acc + jnp.where(one_hot, d_u[:, None], 0.0),
+                        d_v_acc + jnp.where(one_hot, d_v[:, None], 0.0),
+                        d_ref_u + d_u, d_ref_v + d_v)
+
+            d_attn_acc, d_u_acc, d_v_acc, d_ref_u, d_ref_v = lax.fori_loop(
+                0, p, point_step, (d_attn_acc, d_u_acc, d_v_acc, d_ref_u, d_ref_v))
+        ref_index = ((bv * q_count + qc) * heads + h) * 2  # d_reference_points per head: (B, V, Q, H, 2)
+        plgpu.store(d_ref_ref.at[ref_index], d_ref_u, mask=q_in)
+        plgpu.store(d_ref_ref.at[ref_index + 1], d_ref_v, mask=q_in)
+        return d_attn_acc, d_u_acc, d_v_acc
+
+    zeros = jnp.zeros((block_q, nl * p), jnp.float32)
+    d_attn_acc, d_u_acc, d_v_acc = lax.fori_loop(0, v_count, view_step, (zeros, zeros, zeros))
+    index = point_base[:, None] + point_col  # (block_q, NL*P)
+    store_mask = jnp.broadcast_to(q_in[:, None], index.shape)
+    plgpu.store(d_attn_ref.at[index], d_attn_acc, mask=store_mask)
+    plgpu.store(d_off_ref.at[index * 2], d_u_acc, mask=store_mask)
+    plgpu.store(d_off_ref.at[index * 2 + 1], d_v_acc, mask=store_mask)
 
 
 def _flat_inputs(value, reference_points, offsets, attention_weights, mask):
@@ -174,8 +298,13 @@ def forward(value, reference_points, offsets, attention_weights, mask, spatial_s
 
 
 def backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g, *, interpret=False,
-             block_q=None, num_warps=None):
-    """Gradients (d_value, d_reference_points, d_offsets, d_attention_weights) in the inputs' dtypes."""
+             block_q=None, num_warps=None, relaxed=None, debug=False):
+    """Gradients (d_value, d_reference_points, d_offsets, d_attention_weights) in the inputs' dtypes.
+
+    ``relaxed``: d_value atomics with relaxed memory ordering (default: whenever available, see
+    :func:`relaxed_atomic_add`); False uses ``plgpu.atomic_add`` (acquire-release), for comparison.
+    ``debug``: ``pallas_call(debug=True)``, which prints the kernel's jaxpr and Triton IR when it is lowered.
+    """
     b, v, length, heads, c = value.shape
     dims = _dims(value, offsets)
     q = dims[1]
@@ -183,23 +312,29 @@ def backward(value, reference_points, offsets, attention_weights, mask, spatial_
         block_q = 1
     block_q = block_q or min(BACKWARD_BLOCK_Q, _next_pow2(q))
     num_warps = num_warps or BACKWARD_NUM_WARPS
+    available, reason = relaxed_atomics_status()
+    if relaxed is None:
+        relaxed = available
+    if relaxed and not available:
+        raise ValueError(f"relaxed atomics are unavailable with this JAX: {reason}")
     kernel = functools.partial(_backward_kernel, dims=dims, shapes=tuple(spatial_shapes), block_q=block_q,
-                               interpret=interpret)
-    zeros = (jnp.zeros((b * v * length, heads * c), jnp.float32),
-             jnp.zeros((reference_points.size,), jnp.float32),
-             jnp.zeros((offsets.size,), jnp.float32),
-             jnp.zeros((attention_weights.size,), jnp.float32))
-    d_value, d_ref, d_off, d_attn = pl.pallas_call(
+                               interpret=interpret,
+                               value_atomic_add=_relaxed_atomic_add if relaxed else plgpu.atomic_add)
+    f32 = lambda n: jax.ShapeDtypeStruct((n,), jnp.float32)
+    d_value, d_ref_heads, d_off, d_attn = pl.pallas_call(
         kernel,
-        out_shape=tuple(jax.ShapeDtypeStruct(z.shape, z.dtype) for z in zeros),
-        grid=(heads, pl.cdiv(q, block_q), b * v),
-        input_output_aliases={6: 0, 7: 1, 8: 2, 9: 3},
+        out_shape=(jax.ShapeDtypeStruct((b * v * length, heads * c), jnp.float32),
+                   f32(b * v * q * heads * 2), f32(offsets.size), f32(attention_weights.size)),
+        grid=(heads, pl.cdiv(q, block_q), b),
+        input_output_aliases={6: 0},
         compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=1),
         interpret=interpret,
+        debug=debug,
         name="deformable_sample_bwd",
     )(*_flat_inputs(value, reference_points, offsets, attention_weights, mask),
-      g.reshape(b * v * q, heads * c), *zeros)
+      g.reshape(b * v * q, heads * c), jnp.zeros((b * v * length, heads * c), jnp.float32))
+    d_ref = d_ref_heads.reshape(b, v, q, heads, 2).sum(axis=3)
     return (d_value.reshape(value.shape).astype(value.dtype),
-            d_ref.reshape(reference_points.shape).astype(reference_points.dtype),
+            d_ref.astype(reference_points.dtype),
             d_off.reshape(offsets.shape).astype(offsets.dtype),
             d_attn.reshape(attention_weights.shape).astype(attention_weights.dtype))

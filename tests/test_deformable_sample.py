@@ -289,9 +289,10 @@ def test_pallas_interpret_under_vmap_jit_scan_remat():
 
 
 def test_dispatch_and_input_errors():
-    from geolrm_kernels.deformable_sample import default_implementation
+    from geolrm_kernels.deformable_sample import GPU_DEFAULT_IMPLEMENTATION, IMPLEMENTATIONS, default_implementation
 
-    assert default_implementation() == ("pallas" if jax.default_backend() == "gpu" else "xla")
+    assert GPU_DEFAULT_IMPLEMENTATION in IMPLEMENTATIONS
+    assert default_implementation() == (GPU_DEFAULT_IMPLEMENTATION if jax.default_backend() == "gpu" else "xla")
     value, ref, offsets, weights = make_inputs(14, q=3, heads=1, c=4)
     auto = deformable_sample(value, ref, offsets, weights, SHAPES)
     assert rel_err(auto, deformable_sample_reference(value, ref, offsets, weights, SHAPES)) == 0
@@ -303,3 +304,67 @@ def test_dispatch_and_input_errors():
         deformable_sample(value, ref, offsets, weights, ((5, 7), (3, 3)))
     with pytest.raises(ValueError, match="view_mask"):
         deformable_sample(value, ref, offsets, weights, SHAPES, view_mask=jnp.ones((1, 3), bool))
+
+
+def test_pallas_interpret_batch_of_scenes_views_loop():
+    """B = 2 scenes and V = 3 views (the backward's grid is over (H, query blocks, B) and loops over views),
+    a different view masked per scene, C = 5."""
+    value, ref, offsets, weights = make_inputs(15, b=2, v=3, q=3, heads=1, c=5)
+    masks = dict(view_mask=jnp.array([[True, False, True], [False, True, True]]),
+                 query_mask=jnp.array([[True, True, False], [True, True, True]]))
+    cot = jax.random.normal(jax.random.key(3), (2, 3, 3, 1, 5))
+    got = _vjp_all("pallas_interpret", value, ref, offsets, weights, cot, **masks)
+    want = _vjp_all("xla", value, ref, offsets, weights, cot, **masks)
+    for name, g, w, tol in zip(("out", "d_value", "d_ref", "d_offsets", "d_weights"), got, want,
+                               (1e-5, 1e-4, 1e-4, 1e-4, 1e-4), strict=True):
+        assert rel_err(g, w) <= tol, (name, rel_err(g, w))
+    assert np.abs(np.asarray(got[3])[1]).max() > 0 and np.all(np.asarray(got[1])[1, 0] == 0)
+
+
+def _triton_ir(fn, *args):
+    """Lowers fn for CUDA (no GPU needed) and returns the Triton IR that pallas_call(debug=True) prints."""
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",))
+    return buffer.getvalue()
+
+
+def test_pallas_backward_uses_relaxed_atomics_for_d_value_only():
+    """Triton IR of the backward: the only atomics are the 4 corners x NL levels of d_value, relaxed by
+    default and acquire-release with relaxed=False (the public plgpu.atomic_add)."""
+    import re
+
+    from geolrm_kernels import deformable_sample_triton as tri
+
+    assert tri.relaxed_atomics_status() == (True, None)
+    value, ref, offsets, weights = make_inputs(16, q=4, heads=2, c=24)
+    mask = jnp.ones(ref.shape[:3], bool)
+    cot = jnp.ones((1, 2, 4, 2, 24))
+    found = {}
+    for relaxed in (True, False):
+        ir = _triton_ir(lambda *a, relaxed=relaxed: tri.backward(*a[:5], SHAPES, a[5], relaxed=relaxed, debug=True),
+                        value, ref, offsets, weights, mask, cot)
+        found[relaxed] = re.findall(r"tt\.atomic_rmw (\w+), (\w+),", ir)
+    assert found[True] == [("fadd", "relaxed")] * 4 * len(SHAPES), found[True]
+    assert found[False] == [("fadd", "acq_rel")] * 4 * len(SHAPES), found[False]
+
+
+def test_hybrid_runs_pallas_forward_and_xla_backward():
+    """implementation="pallas_xla_backward" lowered for CUDA: one Triton kernel (the forward) in fwd+bwd,
+    where "pallas" has two; its backward is the reference's (tested above)."""
+    value, ref, offsets, weights = make_inputs(17, q=4, heads=1, c=8)
+    cot = jnp.ones((1, 2, 4, 1, 8))
+
+    def fwd_bwd(impl):
+        def f(*a):
+            out, vjp = jax.vjp(lambda *b: deformable_sample(*b, SHAPES, implementation=impl), *a)
+            return out, vjp(cot)
+        return jax.jit(f).trace(value, ref, offsets, weights).lower(lowering_platforms=("cuda",)).as_text()
+
+    triton_call = "__gpu$xla.gpu.triton"
+    assert fwd_bwd("pallas_xla_backward").count(triton_call) == 1
+    assert fwd_bwd("pallas").count(triton_call) == 2
+    assert fwd_bwd("xla").count(triton_call) == 0

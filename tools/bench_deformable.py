@@ -16,8 +16,14 @@ Columns:
   (fwd: value, reference points, offsets, weights, output; fwd+bwd adds the cotangent read and the four
   gradients written). Shown as a fraction of the measured device-to-device copy bandwidth (read + write).
 
-Usage: ``python tools/bench_deformable.py [--quick] [--check] [--sweep] [--out DIR]``. torch runs in a
-subprocess first, so the two frameworks never hold device memory at the same time.
+Implementations: ``pallas`` (Pallas forward and backward), ``hybrid`` (``implementation="pallas_xla_backward"``:
+Pallas forward, XLA reference backward; its forward is the Pallas one, so only its fwd+bwd is measured),
+``xla`` (the reference) and ``torch``. ``--sweep`` first times the Pallas backward kernel alone for the
+block sizes / warps / atomic orderings in ``SWEEP`` and uses the fastest relaxed one for the table.
+
+Usage: ``python tools/bench_deformable.py [--quick | --rows V:LEVELS:S,...] [--check] [--sweep]
+[--torch-json FILE] [--out DIR]``. torch runs in a subprocess first, so the two frameworks never hold device
+memory at the same time; ``--torch-json`` reuses the torch numbers of an earlier run instead.
 """
 from __future__ import annotations
 
@@ -37,6 +43,10 @@ FULL = [(v, lv, s) for v in (6, 21) for lv in ("448px", "560px") for s in (4096,
 QUICK = [(6, "448px", 4096), (21, "560px", 16384)]
 LEVEL_SETS["tiny"] = ((16, 16), (8, 8))
 TINY = [(2, "tiny", 64)]  # --tiny: a CPU smoke test of this script (Pallas in interpret mode)
+# --sweep: backward kernel variants (block_q, num_warps, relaxed d_value atomics) at V=21, 560px, S=16384.
+SWEEP = ((16, 4, True), (32, 4, True), (64, 4, True), (16, 4, False))
+# JAX implementations in the table: Pallas, Pallas forward + XLA backward ("hybrid"), XLA reference.
+JAX_IMPLS = ("pallas", "pallas_xla_backward", "xla")
 
 
 def compulsory_bytes(v, shapes, s, with_backward):
@@ -162,9 +172,8 @@ def copy_bandwidth(jax, jnp):
 
 def check_correctness(jax, jnp, ds, log):
     """Pallas vs XLA reference on the GPU: forward and the four gradients, max|a-b| / max|b|."""
-    cases = [  # (v, shapes, s, heads, c, value dtype, masked)
+    cases = [  # (v, shapes, s, heads, c, value dtype, masked); fp32 at the full shapes: the table's cross-check
         (3, ((28, 28), (16, 16)), 300, 4, 24, jnp.float32, True),
-        (6, ((112, 112), (64, 64)), 2048, 16, 48, jnp.float32, True),
         (4, ((37, 23), (9, 13)), 1000, 3, 40, jnp.float32, False),
         (6, ((112, 112), (64, 64)), 2048, 16, 48, jnp.bfloat16, True),
     ]
@@ -201,20 +210,19 @@ def check_correctness(jax, jnp, ds, log):
     return ok
 
 
-def bench_jax(jax, ds, impl, inputs, shapes, reps, keep=None, **kernel_kwargs):
+def bench_backward_variant(jax, inputs, shapes, reps, **kernel_kwargs):
+    """Median ms of the Pallas backward kernel alone with explicit block size / warps / atomic ordering."""
+    from geolrm_kernels import deformable_sample_triton as tri
+
+    value, ref, offsets, weights, cot = inputs
+    mask = jax.numpy.ones(ref.shape[:3], bool)
+    bwd = jax.jit(lambda v, r, o, a, g: tri.backward(v, r, o, a, mask, shapes, g, **kernel_kwargs))
+    return {"bwd_ms": _median_time(lambda: bwd(value, ref, offsets, weights, cot), jax.block_until_ready, reps)}
+
+
+def bench_jax(jax, ds, impl, inputs, shapes, reps, keep=None, forward=True):
     """fwd / fwd+bwd median ms and temp+output bytes of the compiled functions, for one implementation."""
     value, ref, offsets, weights, cot = inputs
-    if kernel_kwargs:  # kernel variants (block sizes, warps) call the Pallas wrappers directly
-        from geolrm_kernels import deformable_sample_triton as tri
-
-        mask = jax.numpy.ones(ref.shape[:3], bool)
-        fwd = jax.jit(lambda v, r, o, a: tri.forward(v, r, o, a, mask, shapes, **kernel_kwargs))
-        bwd = jax.jit(lambda v, r, o, a, g: tri.backward(v, r, o, a, mask, shapes, g, **kernel_kwargs))
-        entry = {"fwd_ms": _median_time(lambda: fwd(value, ref, offsets, weights), jax.block_until_ready, reps),
-                 "bwd_ms": _median_time(lambda: bwd(value, ref, offsets, weights, cot), jax.block_until_ready,
-                                        reps)}
-        return entry
-
     f = lambda v, r, o, a: ds.deformable_sample(v, r, o, a, shapes, implementation=impl)
 
     def fwd_bwd(v, r, o, a, g):
@@ -224,6 +232,8 @@ def bench_jax(jax, ds, impl, inputs, shapes, reps, keep=None, **kernel_kwargs):
     entry = {}
     for key, fn, args in (("fwd", f, (value, ref, offsets, weights)),
                           ("fwdbwd", fwd_bwd, (value, ref, offsets, weights, cot))):
+        if key == "fwd" and not forward:
+            continue
         t0 = time.perf_counter()
         compiled = jax.jit(fn).lower(*args).compile()
         entry[f"{key}_compile_s"] = round(time.perf_counter() - t0, 1)
@@ -234,7 +244,7 @@ def bench_jax(jax, ds, impl, inputs, shapes, reps, keep=None, **kernel_kwargs):
             entry[f"{key}_mem"] = stats.temp_size_in_bytes + stats.output_size_in_bytes
             entry[f"{key}_temp"] = stats.temp_size_in_bytes
         if keep is not None and key == "fwdbwd":  # output and gradients, for a cross-check
-            keep.append(jax.block_until_ready(compiled(*args)))
+            keep[impl] = jax.block_until_ready(compiled(*args))
     return entry
 
 
@@ -248,13 +258,14 @@ def _ratio(a, b):
 
 def table(configs, results, bandwidth):
     gib = 2.0 ** 30
-    lines = ["| V | levels | S | fwd ms Pallas / XLA / torch | fwd XLA÷P, torch÷P | fwd+bwd ms Pallas / XLA / torch "
-             "| fwd+bwd XLA÷P, torch÷P | fwd+bwd mem GiB P / XLA / torch | fwd temp GiB P (out GiB) "
+    lines = ["| V | levels | S | fwd ms Pallas / XLA / torch | fwd XLA÷P, torch÷P "
+             "| fwd+bwd ms Pallas / hybrid / XLA / torch | fwd+bwd XLA÷P, XLA÷hybrid, torch÷P "
+             "| fwd+bwd mem GiB P / hybrid / XLA / torch | fwd temp GiB P (out GiB) "
              "| Pallas GB/s fwd, fwd+bwd (% copy) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for v, lv, s in configs:
         key = f"{v}|{lv}|{s}"
-        p, x, t = (results.get(impl, {}).get(key, {}) for impl in ("pallas", "xla", "torch"))
+        p, hy, x, t = (results.get(impl, {}).get(key, {}) for impl in (*JAX_IMPLS, "torch"))
         shapes = LEVEL_SETS[lv]
         out_gib = BATCH * v * s * HEADS * CHANNELS * 4 / gib
         bw = []
@@ -264,22 +275,35 @@ def table(configs, results, bandwidth):
                 bw.append(f"{gbs:.0f} ({100 * gbs * 1e9 / bandwidth:.0f}%)")
             else:
                 bw.append("—")
-        mem = " / ".join(_fmt(e.get("fwdbwd_mem") and e["fwdbwd_mem"] / gib) for e in (p, x, t))
+        mem = " / ".join(_fmt(e.get("fwdbwd_mem") and e["fwdbwd_mem"] / gib) for e in (p, hy, x, t))
         lines.append(
             f"| {v} | {lv} | {s} | {' / '.join(_fmt(e.get('fwd_ms')) for e in (p, x, t))} "
             f"| {_fmt(_ratio(x.get('fwd_ms'), p.get('fwd_ms')), '.1f')}×, "
             f"{_fmt(_ratio(t.get('fwd_ms'), p.get('fwd_ms')), '.1f')}× "
-            f"| {' / '.join(_fmt(e.get('fwdbwd_ms')) for e in (p, x, t))} "
+            f"| {' / '.join(_fmt(e.get('fwdbwd_ms')) for e in (p, hy, x, t))} "
             f"| {_fmt(_ratio(x.get('fwdbwd_ms'), p.get('fwdbwd_ms')), '.1f')}×, "
+            f"{_fmt(_ratio(x.get('fwdbwd_ms'), hy.get('fwdbwd_ms')), '.1f')}×, "
             f"{_fmt(_ratio(t.get('fwdbwd_ms'), p.get('fwdbwd_ms')), '.1f')}× "
             f"| {mem} | {_fmt(p.get('fwd_temp') and p['fwd_temp'] / gib, '.3f')} ({out_gib:.2f}) "
             f"| {bw[0]}, {bw[1]} |")
     return "\n".join(lines)
 
 
+def parse_rows(text):
+    """"21:560px:16384,6:560px:8192" -> [(21, "560px", 16384), (6, "560px", 8192)]."""
+    rows = []
+    for item in text.split(","):
+        v, lv, s = item.split(":")
+        if lv not in LEVEL_SETS:
+            raise SystemExit(f"--rows: unknown levels {lv!r} (one of {sorted(LEVEL_SETS)})")
+        rows.append((int(v), lv, int(s)))
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"only {QUICK}")
+    parser.add_argument("--rows", help="only these rows, e.g. 21:560px:16384,6:560px:8192")
     parser.add_argument("--check", action="store_true", help="Pallas vs XLA reference correctness on GPU first")
     parser.add_argument("--sweep", action="store_true", help="block size / warp variants at V=21, 560px, S=16384")
     parser.add_argument("--no-torch", action="store_true")
@@ -292,9 +316,9 @@ def main(argv=None):
     parser.add_argument("--torch-worker", help=argparse.SUPPRESS)
     parser.add_argument("--deadline", type=float, default=float("inf"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    configs = TINY if args.tiny else QUICK if args.quick else FULL
+    configs = parse_rows(args.rows) if args.rows else TINY if args.tiny else QUICK if args.quick else FULL
     # The QUICK shapes first, so that a time budget keeps the ones that matter most.
-    order = sorted(configs, key=lambda c: c not in QUICK)
+    order = configs if args.rows else sorted(configs, key=lambda c: c not in QUICK)
     if args.torch_worker:
         torch_worker(order, args.reps, args.torch_worker, args.deadline)
         return 0
@@ -308,7 +332,7 @@ def main(argv=None):
         log_file.write(msg + "\n")
         log_file.flush()
 
-    results = {"pallas": {}, "xla": {}, "torch": {}}
+    results = {**{impl: {} for impl in JAX_IMPLS}, "torch": {}}
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "argv": sys.argv}
     if args.torch_json:
         with open(args.torch_json) as f:
@@ -319,7 +343,7 @@ def main(argv=None):
         path = os.path.join(args.out, "bench_deformable_torch.json")
         cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker", path, "--reps", str(args.reps),
                "--deadline", str(start + 0.3 * (deadline - start))]
-        cmd += ["--quick"] if args.quick else ["--tiny"] if args.tiny else []
+        cmd += ["--rows", args.rows] if args.rows else ["--quick"] if args.quick else ["--tiny"] if args.tiny else []
         proc = subprocess.run(cmd, capture_output=True, text=True)
         log(proc.stdout + proc.stderr[-3000:])
         if os.path.exists(path):
@@ -343,29 +367,29 @@ def main(argv=None):
             meta["check_passed"] = False
             log("check crashed:\n" + traceback.format_exc()[-4000:])
 
-    if args.sweep:  # before the table: the fastest variants become the kernels' block sizes for it
+    if args.sweep:  # before the table: the fastest backward variant becomes the kernel's block size for it
         from geolrm_kernels import deformable_sample_triton as tri
 
         inputs = jax_inputs(jax, jnp, 21, LEVEL_SETS["560px"], 16384)
-        best = {}
-        for block_q, warps in ((16, 4), (32, 4), (64, 4), (128, 8)):
+        best = None
+        for block_q, warps, relaxed in SWEEP:
             if time.time() > deadline:
                 break
             try:
-                e = bench_jax(jax, ds, "pallas", inputs, LEVEL_SETS["560px"], args.reps, block_q=block_q,
-                              num_warps=warps)
-                for k in ("fwd_ms", "bwd_ms"):
-                    if k not in best or e[k] < best[k][0]:
-                        best[k] = (e[k], block_q, warps)
+                e = bench_backward_variant(jax, inputs, LEVEL_SETS["560px"], args.reps, block_q=block_q,
+                                           num_warps=warps, relaxed=relaxed)
+                if relaxed == tri.relaxed_atomics_status()[0] and (best is None or e["bwd_ms"] < best[0]):
+                    best = (e["bwd_ms"], block_q, warps)
             except Exception as err:  # a variant that does not compile is reported, not fatal
                 e = {"error": repr(err)[:300]}
-            log(f"sweep block_q={block_q} num_warps={warps}: {e}")
+            log(f"sweep backward kernel block_q={block_q} num_warps={warps} relaxed={relaxed}: {e}")
+            meta.setdefault("sweep", []).append(dict(block_q=block_q, num_warps=warps, relaxed=relaxed, **e))
         del inputs
         if best:
-            tri.FORWARD_BLOCK_Q, tri.FORWARD_NUM_WARPS = best["fwd_ms"][1:]
-            tri.BACKWARD_BLOCK_Q, tri.BACKWARD_NUM_WARPS = best["bwd_ms"][1:]
+            tri.BACKWARD_BLOCK_Q, tri.BACKWARD_NUM_WARPS = best[1:]
         meta["kernel_config"] = dict(forward=(tri.FORWARD_BLOCK_Q, tri.FORWARD_NUM_WARPS),
-                                     backward=(tri.BACKWARD_BLOCK_Q, tri.BACKWARD_NUM_WARPS))
+                                     backward=(tri.BACKWARD_BLOCK_Q, tri.BACKWARD_NUM_WARPS),
+                                     relaxed_atomics=tri.relaxed_atomics_status())
         log(f"kernel config (block_q, num_warps) for the table: {meta['kernel_config']}")
 
     def save():
@@ -380,17 +404,24 @@ def main(argv=None):
             log(f"V={v} {lv} S={s}: skipped (time budget)")
             continue
         inputs = jax_inputs(jax, jnp, v, LEVEL_SETS[lv], s)
-        kept = [] if (v, lv, s) in QUICK + TINY else None
-        for impl in ("pallas", "xla"):
-            run_impl = "pallas_interpret" if impl == "pallas" and jax.default_backend() == "cpu" else impl
+        kept = {}
+        for impl in JAX_IMPLS:
+            run_impl = impl
+            if jax.default_backend() == "cpu" and impl != "xla":
+                if impl == "pallas_xla_backward":
+                    continue  # the hybrid is GPU-only
+                run_impl = "pallas_interpret"
             try:
-                results[impl][key] = bench_jax(jax, ds, run_impl, inputs, LEVEL_SETS[lv], args.reps, keep=kept)
+                # The hybrid's forward is the Pallas forward: measured once, in the Pallas column.
+                results[impl][key] = bench_jax(jax, ds, run_impl, inputs, LEVEL_SETS[lv], args.reps, keep=kept,
+                                               forward=impl != "pallas_xla_backward")
             except Exception as err:
                 results[impl][key] = {"error": repr(err)[:300]}
                 log(traceback.format_exc()[-3000:])
             log(f"{impl} V={v} {lv} S={s}: {results[impl][key]}")
-        if kept and len(kept) == 2:  # Pallas vs XLA on the benchmark's own inputs
-            leaves = zip(jax.tree.leaves(kept[0]), jax.tree.leaves(kept[1]), strict=True)
+        pallas_run = "pallas_interpret" if jax.default_backend() == "cpu" else "pallas"
+        if pallas_run in kept and "xla" in kept:  # Pallas vs XLA on the benchmark's own inputs
+            leaves = zip(jax.tree.leaves(kept[pallas_run]), jax.tree.leaves(kept["xla"]), strict=True)
             errs = [float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) for a, b in leaves]
             results["pallas"][key]["rel_err_vs_xla"] = errs
             log(f"V={v} {lv} S={s}: Pallas vs XLA rel err (out, d_value, d_ref, d_offsets, d_weights) {errs}")

@@ -1,5 +1,6 @@
 """Trainer infrastructure on a small stand-in model (mesh, sharded step, optimizer, checkpoints, NaN guard)."""
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -216,22 +217,23 @@ def test_resume_gives_identical_losses_and_restores_on_other_mesh(tmp_path):
 
 
 def test_train_loop_logs_checkpoints_and_preemption(tmp_path):
-    config = tiny_config(num_train_steps=6, **{"checkpoint.every_steps": 4})
+    config = tiny_config(num_train_steps=6, eval_every_steps=3, **{"checkpoint.every_steps": 4})
     trainer = make_trainer(config, tmp_path)
     result = trainer.train()
     trainer.close()
-    assert result["step"] == 6 and np.isfinite(result["loss"])
+    assert result["step"] == 6 and np.isfinite(result["loss"]) and np.isfinite(result["eval_loss"])
+    assert [step for step, m in trainer.history if "eval_mse" in m] == [3, 6]
     assert sorted(trainer.checkpointer.all_steps()) == [4, 6]
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
 
-    # A preemption request saves at the current step and stops.
+    # SIGTERM saves at the current step and stops.
     config = tiny_config(num_train_steps=50)
     trainer = make_trainer(config, tmp_path / "pre")
     trainer.next_batch_orig = trainer.next_batch
 
     def next_batch_then_preempt():
         if trainer.data.index == 2:
-            trainer.preemption.request()
+            os.kill(os.getpid(), signal.SIGTERM)
         return trainer.next_batch_orig()
 
     trainer.next_batch = next_batch_then_preempt

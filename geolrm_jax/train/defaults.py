@@ -14,6 +14,9 @@ def base_train_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.image_every_steps = 1000       # 0 = no image summaries
     c.profile_every_steps = 0        # 0 = no profiler traces
+    c.eval_every_steps = 0           # 0 = no evaluation; metrics are logged as eval_<name>
+    c.eval_split = "validation"
+    c.num_eval_batches = 4
     c.init_from = ""                 # previous run's workdir or `geolrm-jax convert` output
     c.init_subtrees = ()             # () = all top-level subtrees
 

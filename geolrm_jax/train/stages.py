@@ -10,8 +10,8 @@ Stage 1 (proposal network): occupancy logits from the input views; loss = bce_we
 Stage 2 (reconstruction network, proposal frozen): anchors are the occupied voxels of the ground-truth
   occupancy (a random subset of `num_anchors` when more are occupied, like the original's random choice), or
   with stage2.anchors = "proposal" those of the frozen proposal network; the Gaussians are rendered into the
-  target views and scored with losses.render_losses (its `lpips` term is the LPIPS metric; 0 when the
-  LPIPS weight is 0); metrics PSNR/SSIM/LPIPS and the renderer's tile-capacity overflow count.
+  target views and scored with losses.render_losses (terms logged as loss_<term>; its LPIPS term is also
+  the `lpips` metric, 0 when the LPIPS weight is 0); metrics PSNR/SSIM/LPIPS and the renderer's overflow.
 """
 import jax
 import jax.numpy as jnp
@@ -110,7 +110,8 @@ class Stage2Task(_Task):
         loss = terms.pop("total")
         image = metrics.image_metrics(jax.lax.stop_gradient(out.rgb), batch["target_images"],
                                       batch["target_mask"])
-        values = dict(terms, psnr=image["psnr"], ssim=image["ssim"],
+        values = {f"loss_{k}": v for k, v in terms.items()}  # (clu reserves the output name "mask")
+        values.update(psnr=image["psnr"], ssim=image["ssim"], lpips=terms["lpips"],
                       render_overflow=out.overflow.astype(jnp.float32))
         return loss, (values, batch_stats, None)
 

@@ -44,6 +44,8 @@ def flatten_config(tree, prefix=""):
 
 def metrics_collection(names):
     """clu Collection: Average for every metric, LastValue for the learning rate and streak counter."""
+    if "mask" in names:
+        raise ValueError("a metric may not be named 'mask' (clu.metrics reserves it for masking)")
     fields = {n: (clu_metrics.LastValue if n in LAST_VALUE_METRICS else clu_metrics.Average).from_output(n)
               for n in sorted(names)}
     return clu_metrics.Collection.create(**fields)
@@ -78,8 +80,8 @@ class Trainer:
         if config.batch_size % jax.process_count():
             raise ValueError(f"batch_size {config.batch_size} not divisible by {jax.process_count()} processes")
         local_batch = config.batch_size // jax.process_count() * self.accum
-        make_data_iterator = make_data_iterator or default_data_iterator
-        self.data = make_data_iterator(config, "train", config.seed + jax.process_index(), local_batch)
+        self.make_data_iterator = make_data_iterator or default_data_iterator
+        self.data = self.make_data_iterator(config, "train", config.seed + jax.process_index(), local_batch)
         self.tx, self.schedule = make_optimizer(config.optim)
         ck = config.checkpoint
         self.checkpointer = checkpointing.Checkpointer(
@@ -96,6 +98,11 @@ class Trainer:
         train_step = steps.make_train_step(task.loss_fn, self.tx, self.schedule)
         self.train_step = steps.jit_train_step(train_step, self.state_shardings, batch_shardings, replicated)
         self._summary_fn = jax.jit(task.summary_images, out_shardings=replicated)
+        def eval_metrics(params, batch_stats, batch, rng):
+            loss, (values, _, _) = task.loss_fn(params, batch_stats, batch, rng)
+            return dict(values, loss=loss)
+
+        self._eval_fn = jax.jit(eval_metrics, out_shardings=replicated)
 
     # ---- state -------------------------------------------------------------------------------------------
     def _peek_batch(self):
@@ -182,6 +189,33 @@ class Trainer:
         images = jax.device_get(self._summary_fn(state.params, state.batch_stats, micro, key))
         return {name: writers.image_grid(value)[None] for name, value in images.items()}
 
+    def evaluate(self, state):
+        """Average loss-function metrics over config.num_eval_batches batches of config.eval_split (a fresh,
+        deterministic iterator each time); returns {'eval_<name>': value}."""
+        local_batch = self.config.batch_size // jax.process_count()
+        data = self.make_data_iterator(self.config, self.config.eval_split, self.config.seed, local_batch)
+        key = jax.random.PRNGKey(self.config.seed)
+        accumulated = None
+        try:
+            for index in range(self.config.num_eval_batches):
+                batch = next(data, None)
+                if batch is None:
+                    break
+                micro = jax.tree.map(lambda x: x[0], self.put_batch_unsplit(batch))
+                values = self._eval_fn(state.params, state.batch_stats, micro, jax.random.fold_in(key, index))
+                update = metrics_collection(values).single_from_model_output(**values)
+                accumulated = update if accumulated is None else accumulated.merge(update)
+        finally:
+            close = getattr(data, "close", None)
+            if close is not None:
+                close()
+        if accumulated is None:
+            raise ValueError(f"evaluation split {self.config.eval_split!r} yielded no batch")
+        return {f"eval_{k}": float(v) for k, v in accumulated.compute().items()}
+
+    def put_batch_unsplit(self, batch):
+        return sharding.global_batch(jax.tree.map(lambda x: x[None], batch), self.mesh, leading_dims=2)
+
     # ---- loop --------------------------------------------------------------------------------------------
     def train(self):
         """Train to config.num_train_steps (resuming if possible).
@@ -227,6 +261,12 @@ class Trainer:
                     writer.write_scalars(step, last_logged)
                     self.history.append((step, last_logged))
                     accumulated = None
+                if config.get("eval_every_steps", 0) and (step % config.eval_every_steps == 0
+                                                          or step == config.num_train_steps):
+                    evaluated = self.evaluate(state)
+                    writer.write_scalars(step, evaluated)
+                    last_logged = dict(last_logged, **evaluated)
+                    self.history.append((step, evaluated))
                 if config.image_every_steps and step % config.image_every_steps == 0:
                     writer.write_images(step, self.summary_images(state, batch))
                 preempted = watcher.reached(step)

@@ -183,3 +183,16 @@ def test_bundled_sample_is_readable_and_in_zero123pp_cameras():
         assert 0.02 < coverage < 0.6  # an object in every view, transparent around it
     total = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
     assert total <= 1_000_000
+
+
+def test_edge_supersampling_matches_full_supersampling_alpha():
+    rng = np.random.default_rng(np.random.SeedSequence([0, 3]))
+    prims = synthetic.random_object(rng)
+    c2w, K = synthetic.gobjaverse_layout(rng)
+    size, s = 48, 2
+    rgba, _, _ = synthetic.render_view(prims, c2w[0], K[0], size, s)
+    o, d, _ = synthetic._rays(c2w[0], K[0], size * s, size * s)
+    t, _, color, _ = synthetic.cast_rays(prims, o, d)
+    coverage = np.isfinite(t).reshape(size, s, size, s).mean((1, 3))
+    assert 0 < np.mean((coverage > 0) & (coverage < 1))  # there are partially covered pixels
+    np.testing.assert_array_equal(rgba[..., 3], np.round(coverage * 255).astype(np.uint8))

@@ -26,6 +26,7 @@ imported when the command runs.
 from __future__ import annotations
 
 import argparse
+import ast
 import functools
 import json
 import statistics
@@ -210,15 +211,38 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--isolate", action="store_true", help="run each configuration in its own process")
     p.add_argument("--budget-s", type=float, help="start no new configuration after this many seconds")
     p.add_argument("--out", help="write the rows as JSON here (rewritten after every configuration)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a model config field, e.g. attention_over_heads=False or "
+                        "reconstruction.layers=8 (Python literal values; repeatable)")
     return p
 
 
+def apply_overrides(config, overrides: list[str]):
+    """Set ``KEY=VALUE`` overrides (dotted keys, Python literals) on an attribute-style config."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        *path, leaf = key.split(".")
+        node = config
+        for part in path:
+            node = getattr(node, part)
+        if not hasattr(node, leaf):
+            raise ValueError(f"--set {item!r}: the model config has no field {key!r}")
+        setattr(node, leaf, value)
+    return config
+
+
 @functools.lru_cache(maxsize=4)
-def _variables(model_config: str, seed: int):
+def _variables(model_config: str, overrides: tuple[str, ...], seed: int):
     from geolrm_jax import reconstruct
     from geolrm_jax.model import convert
 
-    return reconstruct.random_variables(convert.config_from_arg(model_config), seed)
+    return reconstruct.random_variables(apply_overrides(convert.config_from_arg(model_config), list(overrides)), seed)
 
 
 def run(args) -> list[dict]:
@@ -236,10 +260,10 @@ def run(args) -> list[dict]:
                 if args.isolate:
                     rows.append(_run_isolated(args, dtype, size, views))
                 else:
-                    config = convert.config_from_arg(args.model_config)
+                    config = apply_overrides(convert.config_from_arg(args.model_config), args.set)
                     config.dtype = dtype
-                    rows.append(bench_one(config, _variables(args.model_config, args.seed), views, size,
-                                          args.repeats))
+                    variables = _variables(args.model_config, tuple(args.set), args.seed)
+                    rows.append(bench_one(config, variables, views, size, args.repeats))
                 print(f"done: {views} views, {size} px, {dtype}: {1e3 * rows[-1]['total_s']:.1f} ms "
                       f"({time.perf_counter() - start:.0f} s elapsed)", file=sys.stderr, flush=True)
                 if args.out:
@@ -255,7 +279,7 @@ def run(args) -> list[dict]:
 def _run_isolated(args, dtype: str, size: int, views: int) -> dict:
     cmd = [sys.executable, "-m", "geolrm_jax.benchmark", "--model-config", args.model_config, "--views",
            str(views), "--sizes", str(size), "--dtypes", dtype, "--repeats", str(args.repeats), "--seed",
-           str(args.seed), "--json-stdout"]
+           str(args.seed), "--json-stdout", *(f"--set={item}" for item in args.set)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(f"benchmark of {views} views, {size} px, {dtype} failed:\n{done.stderr[-4000:]}")
@@ -276,7 +300,7 @@ def main(argv=None) -> int:
     import jax
 
     print(f"device: {jax.local_devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}, "
-          f"model {args.model_config}, median of {args.repeats}")
+          f"model {args.model_config} {' '.join(args.set)}, median of {args.repeats}")
     print(format_table(rows))
     return 0
 

@@ -138,7 +138,7 @@ def forward_pallas(feats, ids, tile_start, tile_end, height: int, width: int, *,
 
 def _backward_kernel(start_ref, end_ref, ids_ref, feats_ref, trans_ref, last_ref, gc0_ref, gc1_ref, gc2_ref,
                      gw_ref, gd_ref, gt_ref, zeros_ref, out_ref, *, grid_x: int, height: int, width: int, chunk: int,
-                     cuda_gradient: bool, atomic: bool):
+                     cuda_gradient: bool, atomic: bool, num: int):
     t = pl.program_id(0)
     start, end = start_ref[t], end_ref[t]
     px, py, _ = _pixel_coords(t, grid_x, height, width)
@@ -179,10 +179,12 @@ def _backward_kernel(start_ref, end_ref, ids_ref, feats_ref, trans_ref, last_ref
             jnp.sum(w * g_c[2][:, None], axis=0),
             jnp.sum(w * g_d[:, None], axis=0),
         )
+        # Lanes past the list add their (zero) rows to distinct padding columns [num, num + chunk), so no mask
+        # is needed (interpret mode has no masked atomics) and indices within one add are unique.
+        target = jnp.where(in_list, gid, num + jax.lax.broadcasted_iota(jnp.int32, (chunk,), 0))
         for j, g in enumerate(grads):
             if atomic:
-                # No mask needed: entries outside the list have gid 0 and an exactly-zero gradient row.
-                plgpu.atomic_add(out_ref, (j, gid), g)
+                plgpu.atomic_add(out_ref, (j, target), g)
             else:
                 plgpu.store(out_ref.at[j, pos], g, mask=in_list)
         return t_after * jnp.exp(-total), suffix + jnp.sum(wf, axis=1)
@@ -205,9 +207,9 @@ def backward_pallas(feats, ids, tile_start, tile_end, out: TileImage, cot: TileI
     grid_x, grid_y = tiles_grid(height, width)
     num_tiles = grid_x * grid_y
     capacity, num = ids.shape[0], feats.shape[0]
-    rows = num if atomic else capacity
+    rows = num + chunk if atomic else capacity
     kernel = functools.partial(_backward_kernel, grid_x=grid_x, height=height, width=width, chunk=chunk,
-                               cuda_gradient=cuda_gradient, atomic=atomic)
+                               cuda_gradient=cuda_gradient, atomic=atomic, num=num)
     f32 = lambda x: x.astype(jnp.float32)
     result = pl.pallas_call(
         kernel,
@@ -223,7 +225,7 @@ def backward_pallas(feats, ids, tile_start, tile_end, out: TileImage, cot: TileI
       *(f32(cot.color[..., j]) for j in range(3)), f32(cot.weight), f32(cot.depth), f32(cot.transmittance),
       jnp.zeros((NUM_FEATURES, rows), jnp.float32))
     if atomic:
-        return result.T.astype(feats.dtype)
+        return result[:, :num].T.astype(feats.dtype)
     used = jnp.arange(capacity) < jnp.max(tile_end)
     per_entry = jnp.where(used[None, :], result, 0.0).T
     grads = jax.ops.segment_sum(per_entry, jnp.where(used, ids, 0), num_segments=num)

@@ -1,18 +1,18 @@
 """Tests of the splatter (geolrm_jax.render) against the splat_small fixtures and its own references."""
 from __future__ import annotations
 
+import functools
 import pathlib
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from conftest import shared_path
 
 from geolrm_jax.render import projection, rasterize, tiles
 from geolrm_jax.render.gaussians import Gaussians
-from geolrm_jax.render.splat import render, render_camera, render_with_retry
+from geolrm_jax.render.splat import _render_jit, render, render_camera, render_with_retry
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
@@ -33,6 +33,14 @@ def _random_scene(seed, num=300, size=40):
     return g, c2w, fov_to_intrinsics(39.6), size
 
 
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _project_and_list(g, c2w, K, size, capacity):
+    """Projection + tile lists of one camera (jitted: the tests stay cheap on 2 CPU cores)."""
+    cam = projection.camera_from_c2w(c2w, K)
+    proj = projection.project_gaussians(g.means, g.scales, g.quats, cam, size, size)
+    return proj, tiles.intersect_tiles(proj.means2d, proj.radii, proj.depths, size, size, capacity)
+
+
 def test_check_splat_fixtures():
     """tools/check_splat.py on ../shared/fixtures/splat_small: every output and gradient within tolerance."""
     fixture_dir = shared_path("splat_small", "case_a.npz").parent
@@ -46,19 +54,20 @@ def test_check_splat_fails_on_wrong_reference(tmp_path):
     data["n_blended"] = data["n_blended"] + (np.arange(data["n_blended"].size).reshape(data["n_blended"].shape)
                                              == 7)
     np.savez(tmp_path / "case_x.npz", **data)
-    rows = check_splat.check_case(tmp_path / "case_x.npz", "xla", 1 << 14, verbose=False)
+    rows = check_splat.check_case(tmp_path / "case_x.npz", "xla", 1 << 14, verbose=False, modes=("exact",))
     failed = {name for name, _, _, ok in rows if not ok}
     assert failed == {"rgb", "n_blended mismatches"}
 
 
-@pytest.mark.parametrize("gradient", ["exact", "cuda"])
-def test_tiled_matches_dense_reference(gradient):
-    """Tile lists + chunked custom_vjp rasterizer == dense autodiff reference, outputs and VJP (fresh data)."""
+def test_tiled_matches_dense_reference():
+    """Tile lists + chunked custom_vjp rasterizer == dense autodiff reference, outputs and VJP (fresh data).
+
+    In the CUDA gradient convention (straight-through 0.99 clamp); the exact one is checked on the fixtures.
+    """
+    gradient = "cuda"
     g, c2w, K, size = _random_scene(1)
-    cam = projection.camera_from_c2w(c2w, K)
-    proj = projection.project_gaussians(g.means, g.scales, g.quats, cam, size, size)
+    proj, lists = _project_and_list(g, c2w, K, size, 1 << 13)
     feats = rasterize.pack_features(proj.means2d, proj.conics, g.opacities, g.rgbs, proj.depths)
-    lists = tiles.intersect_tiles(proj.means2d, proj.radii, proj.depths, size, size, 1 << 13)
     assert int(lists.overflow) == 0
     cuda = gradient == "cuda"
 
@@ -71,14 +80,14 @@ def test_tiled_matches_dense_reference(gradient):
     def dense(feats):
         return rasterize.rasterize_dense_reference(feats, proj.radii, size, size, cuda_gradient=cuda)[:5]
 
-    got, ref = tiled(feats), dense(feats)
+    got, ref = jax.jit(tiled)(feats), jax.jit(dense)(feats)
     assert int(jnp.max(got[4])) > 3 and np.array_equal(np.asarray(got[4]), np.asarray(ref[4]))
     for a, b in zip(got[:4], ref[:4], strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
     key = jax.random.PRNGKey(0)
     cots = [jax.random.normal(jax.random.fold_in(key, i), x.shape) for i, x in enumerate(ref[:4])]
     loss = lambda fn: lambda f: sum(jnp.sum(c * o) for c, o in zip(cots, fn(f)[:4], strict=True))
-    g_tiled, g_dense = jax.grad(loss(tiled))(feats), jax.grad(loss(dense))(feats)
+    g_tiled, g_dense = jax.jit(jax.grad(loss(tiled)))(feats), jax.jit(jax.grad(loss(dense)))(feats)
     scale = float(jnp.max(jnp.abs(g_dense)))
     assert scale > 0 and bool(jnp.all(jnp.isfinite(g_tiled)))
     assert float(jnp.max(jnp.abs(g_tiled - g_dense))) <= 1e-4 * scale
@@ -114,19 +123,19 @@ def test_pallas_interpret_matches_xla():
 def test_overflow_counted_and_retry_recovers():
     """A too-small capacity reports the exact number of dropped intersections; render_with_retry fixes it."""
     g, c2w, K, size = _random_scene(4, num=150, size=32)
-    cam = projection.camera_from_c2w(c2w, K)
-    proj = projection.project_gaussians(g.means, g.scales, g.quats, cam, size, size)
-    full = tiles.intersect_tiles(proj.means2d, proj.radii, proj.depths, size, size, 1 << 12)
+    _, full = _project_and_list(g, c2w, K, size, 1 << 12)
     total = int(full.num_intersections)
     assert int(full.overflow) == 0 and total > 64
-    small = tiles.intersect_tiles(proj.means2d, proj.radii, proj.depths, size, size, 64)
+    _, small = _project_and_list(g, c2w, K, size, 64)
     assert int(small.overflow) == total - 64
     batched = Gaussians(*(x[None] for x in g))
     args = (batched, c2w[None, None], K[None, None], size, size, jnp.ones(3))
-    dropped = render(*args, capacity=64, implementation="xla")
+    dropped = _render_jit(*args, capacity=64, gradient="exact", implementation="xla")
     assert int(dropped.overflow) == total - 64
-    out = render_with_retry(*args, capacity=64, implementation="xla")
-    ref = render(*args, capacity=1 << 12, implementation="xla")
+    out = render_with_retry(*args, capacity=64, gradient="exact", implementation="xla")
+    # render_with_retry grows to the next power of two of what is needed; same static args -> cached program.
+    grown = int(2 ** np.ceil(np.log2(total)))
+    ref = _render_jit(*args, capacity=grown, gradient="exact", implementation="xla")
     assert int(out.overflow) == 0
     np.testing.assert_allclose(np.asarray(out.rgb), np.asarray(ref.rgb), atol=1e-6)
     assert float(jnp.max(jnp.abs(dropped.rgb - ref.rgb))) > 1e-3
@@ -134,9 +143,7 @@ def test_overflow_counted_and_retry_recovers():
 
 def test_tile_lists_sorted_by_tile_then_depth():
     g, c2w, K, size = _random_scene(5, num=100, size=48)
-    cam = projection.camera_from_c2w(c2w, K)
-    proj = projection.project_gaussians(g.means, g.scales, g.quats, cam, size, size)
-    lists = tiles.intersect_tiles(proj.means2d, proj.radii, proj.depths, size, size, 1 << 12)
+    proj, lists = _project_and_list(g, c2w, K, size, 1 << 12)
     ids, start, end = (np.asarray(x) for x in (lists.gaussian_ids, lists.tile_start, lists.tile_end))
     depths, rect = np.asarray(proj.depths), np.asarray(projection.tile_rect(proj.means2d, proj.radii, 3, 3))
     visible = np.asarray(proj.radii) > 0
@@ -158,29 +165,23 @@ def test_culled_and_padded_gaussians_give_no_nan_and_no_contribution():
     means = g.means.at[:5].set(behind + 0.01 * jnp.arange(15.0).reshape(5, 3))
     opac = g.opacities.at[5:10].set(0.0)
     gs = Gaussians(means, g.scales, g.quats, opac, g.rgbs)
-    keep = Gaussians(*(x[10:] for x in gs))
+    # Reference: the same scene with the culled ones also at opacity 0 (same shapes, same compiled program).
+    ref_scene = Gaussians(means, g.scales, g.quats, opac.at[:5].set(0.0), g.rgbs)
 
-    def loss(gs):
-        o = render_camera(*gs, c2w, K, jnp.ones(3), size, size, 1 << 12, implementation="xla")
-        return jnp.sum(o.rgb) + jnp.sum(o.depth), o
+    @jax.jit
+    def value_and_grad(gs):
+        def loss(gs):
+            o = render_camera(*gs, c2w, K, jnp.ones(3), size, size, 1 << 12, implementation="xla")
+            return jnp.sum(o.rgb) + jnp.sum(o.depth), o.projected.radii
 
-    (value, out), grads = jax.value_and_grad(loss, has_aux=True)(gs)
-    ref_value, _ = loss(keep)
-    assert np.all(np.asarray(out.projected.radii[:5]) == 0)
-    assert abs(float(value) - float(ref_value)) <= 1e-3 * abs(float(ref_value))
+        return jax.value_and_grad(loss, has_aux=True)(gs)
+
+    (value, radii), grads = value_and_grad(gs)
+    (ref_value, _), _ = value_and_grad(ref_scene)
+    assert np.all(np.asarray(radii[:5]) == 0) and np.sum(np.asarray(radii[10:]) > 0) > 40
+    assert abs(float(value) - float(ref_value)) <= 1e-5 * abs(float(ref_value))
     for leaf in grads:
         assert bool(jnp.all(jnp.isfinite(leaf)))
+    for leaf in (grads.means, grads.scales, grads.quats, grads.opacities, grads.rgbs):
         assert float(jnp.max(jnp.abs(leaf[:5]))) == 0.0
     assert float(jnp.max(jnp.abs(grads.means[10:]))) > 0
-
-
-def test_gradient_modes_differ_only_where_expected():
-    """gradient='cuda' differs from 'exact' by the README's amount on case c (0.99 clamp) and b (J clamp)."""
-    for case in ("b", "c"):
-        data = check_splat.load_case(shared_path("splat_small", f"case_{case}.npz"))
-        ref_diff = np.abs(data["grad_means"] - data["grad_cudaconv_means"]).max()
-        assert ref_diff > 0
-        _, g_exact = check_splat._evaluate(data, "exact", "xla", 1 << 16)
-        _, g_cuda = check_splat._evaluate(data, "cuda", "xla", 1 << 16)
-        diff = np.abs(np.asarray(g_exact[0]) - np.asarray(g_cuda[0])).max()
-        np.testing.assert_allclose(diff, ref_diff, rtol=0.05)

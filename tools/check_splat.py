@@ -55,8 +55,9 @@ def _evaluate(case, gradient, implementation, capacity):
     return evaluate(args, tuple(f32(k) for k in ("cot_rgb", "cot_alpha", "cot_depth")))
 
 
-def check_case(path: pathlib.Path, implementation: str | None, capacity: int, verbose: bool = True):
-    """Returns a list of (name, error, tolerance, passed) for one case file."""
+def check_case(path: pathlib.Path, implementation: str | None, capacity: int, verbose: bool = True,
+               modes=("exact", "cuda")):
+    """Returns a list of (name, error, tolerance, passed) for one case file; modes: gradient conventions."""
     case = load_case(path)
     rows = []
 
@@ -64,7 +65,7 @@ def check_case(path: pathlib.Path, implementation: str | None, capacity: int, ve
         ok = bool(np.isfinite(err) and err <= tol)
         rows.append((name, float(err), tol, ok))
 
-    for gradient in ("exact", "cuda"):
+    for gradient in modes:
         full, grads = _evaluate(case, gradient, implementation, capacity)
         out = (full.rgb, full.alpha, full.depth)
         if gradient == "exact":

@@ -33,8 +33,9 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 # Block sizes and warps: the fastest of tools/bench_deformable.py --sweep on an H100 (2026-11-25, V=21,
-# 140^2+80^2, S=16384, H=16, C=48): forward block_q 16/32/64/128 -> 11.6/12.9/20.8/23.5 ms, backward
-# 138/245/235/243 ms (block_q 128 with 8 warps, the others 4).
+# 140^2+80^2, S=16384, H=16, C=48). Forward block_q 16/32/64/128 -> 11.6/12.9/20.8/23.5 ms. Backward kernel
+# alone (views loop, relaxed d_value atomics) block_q 16/32/64 -> 84.0/84.5/155.9 ms (4 warps); with
+# acquire-release atomics at block_q 16: 146.9 ms.
 FORWARD_BLOCK_Q = 16
 FORWARD_NUM_WARPS = 4
 BACKWARD_BLOCK_Q = 16

@@ -234,19 +234,23 @@ def _vjp_all(implementation, value, ref, offsets, weights, cot, **masks):
 
 
 def test_pallas_interpret_matches_reference_fp32_masked_borders():
-    value, ref, offsets, weights = make_inputs(10, v=2, q=6, heads=2, c=24)
+    """B = 2 scenes x V = 3 views (the backward's grid is over (H, query blocks, B) and loops over the views),
+    a different view masked per scene, a masked query, points on borders and outside."""
+    value, ref, offsets, weights = make_inputs(10, b=2, v=3, q=6, heads=2, c=24)
     ref = _with_borders(ref)
-    masks = dict(view_mask=jnp.array([[True, False]]),
-                 query_mask=jnp.array([[True, True, False, True, True, True]]))
-    cot = jax.random.normal(jax.random.key(1), (1, 2, 6, 2, 24))
+    masks = dict(view_mask=jnp.array([[True, False, True], [False, True, True]]),
+                 query_mask=jnp.array([[True, True, False, True, True, True], [True] * 6]))
+    cot = jax.random.normal(jax.random.key(1), (2, 3, 6, 2, 24))
     got = _vjp_all("pallas_interpret", value, ref, offsets, weights, cot, **masks)
     want = _vjp_all("xla", value, ref, offsets, weights, cot, **masks)
     names = ("out", "d_value", "d_reference_points", "d_offsets", "d_attention_weights")
     for name, g, w, tol in zip(names, got, want, (1e-5, 1e-4, 1e-4, 1e-4, 1e-4), strict=True):
         assert g.shape == w.shape and g.dtype == w.dtype, name
         assert rel_err(g, w) <= tol, (name, rel_err(g, w))
-    assert np.all(np.asarray(got[0])[:, 1] == 0) and np.all(np.asarray(got[1])[:, 1] == 0)
-    assert np.all(np.asarray(got[3])[:, 2] == 0) and np.abs(np.asarray(got[1])).max() > 0
+    assert np.all(np.asarray(got[0])[0, 1] == 0) and np.all(np.asarray(got[1])[0, 1] == 0)
+    assert np.all(np.asarray(got[0])[1, 0] == 0) and np.all(np.asarray(got[1])[1, 0] == 0)
+    assert np.all(np.asarray(got[3])[0, 2] == 0) and np.abs(np.asarray(got[3])[1, 2]).max() > 0
+    assert np.abs(np.asarray(got[1])[1, 1]).max() > 0
 
 
 def test_pallas_interpret_bf16_values_accumulate_in_fp32():
@@ -304,21 +308,6 @@ def test_dispatch_and_input_errors():
         deformable_sample(value, ref, offsets, weights, ((5, 7), (3, 3)))
     with pytest.raises(ValueError, match="view_mask"):
         deformable_sample(value, ref, offsets, weights, SHAPES, view_mask=jnp.ones((1, 3), bool))
-
-
-def test_pallas_interpret_batch_of_scenes_views_loop():
-    """B = 2 scenes and V = 3 views (the backward's grid is over (H, query blocks, B) and loops over views),
-    a different view masked per scene, C = 5."""
-    value, ref, offsets, weights = make_inputs(15, b=2, v=3, q=3, heads=1, c=5)
-    masks = dict(view_mask=jnp.array([[True, False, True], [False, True, True]]),
-                 query_mask=jnp.array([[True, True, False], [True, True, True]]))
-    cot = jax.random.normal(jax.random.key(3), (2, 3, 3, 1, 5))
-    got = _vjp_all("pallas_interpret", value, ref, offsets, weights, cot, **masks)
-    want = _vjp_all("xla", value, ref, offsets, weights, cot, **masks)
-    for name, g, w, tol in zip(("out", "d_value", "d_ref", "d_offsets", "d_weights"), got, want,
-                               (1e-5, 1e-4, 1e-4, 1e-4, 1e-4), strict=True):
-        assert rel_err(g, w) <= tol, (name, rel_err(g, w))
-    assert np.abs(np.asarray(got[3])[1]).max() > 0 and np.all(np.asarray(got[1])[1, 0] == 0)
 
 
 def _triton_ir(fn, *args):

@@ -133,6 +133,11 @@ def test_each_kind_of_bad_view_is_reported(built, tmp_path):
     gobjaverse_io.write_view(obj, 0, view.rgba[..., :3].copy(), view.normal, view.depth, view.c2w, view.K)
     with pytest.raises(gobjaverse_io.BadInputError, match="RGBA"):
         gobjaverse_io.read_view(obj, 0)
+    for v in range(40):  # a blank render: valid files, no foreground
+        view = gobjaverse_io.read_view(os.path.join(built["render"], name), v)
+        gobjaverse_io.write_view(obj, v, view.rgba * 0, view.normal * 0, view.depth * 0, view.c2w, view.K)
+    with pytest.raises(gobjaverse_io.BadInputError, match="blank render"):
+        gobjaverse.object_record(obj, "blank", gobjaverse.GObjaverseConfig(name="t", grid_size=GRID))
 
 
 def test_batches_follow_the_contract(built):

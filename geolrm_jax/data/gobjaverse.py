@@ -16,7 +16,8 @@ feature            shape / dtype           meaning
 ``occupancy``      (M, 3) uint16           sparse occupancy indices on the config's grid (``occupancy``)
 =================  ======================  ===============================================================
 
-Bad objects (missing/truncated/corrupt PNG, EXR or JSON, non-finite depth or normals, wrong image size) are
+Bad objects (missing/truncated/corrupt PNG, EXR or JSON, non-finite depth or normals, wrong image size, blank
+renders without any valid depth) are
 logged with the file path and skipped; their count is kept in ``builder.bad_examples`` and written beside the
 dataset as ``bad_examples.json``. When more than ``max_bad_fraction`` of a split's objects are bad, the build
 stops with an error listing them.
@@ -56,6 +57,9 @@ def object_record(object_dir: str, object_id: str, config: GObjaverseConfig) -> 
     depths = np.stack([v.depth for v in views])
     c2w = np.stack([v.c2w for v in views])
     K = np.stack([v.K for v in views])
+    occ = occupancy.occupancy_indices(depths, c2w, K, config.grid_size)
+    if len(occ) == 0:
+        raise gobjaverse_io.BadInputError(object_dir, "no valid depth in any view (blank render)")
     encoded = [gobjaverse_io.encode_depth(d) for d in depths]
     return {
         "object_id": object_id,
@@ -64,7 +68,7 @@ def object_record(object_dir: str, object_id: str, config: GObjaverseConfig) -> 
         "depth_scale": np.asarray([e[1] for e in encoded], np.float32),
         "c2w": c2w.astype(np.float32),
         "K": K.astype(np.float32),
-        "occupancy": occupancy.occupancy_indices(depths, c2w, K, config.grid_size),
+        "occupancy": occ,
     }
 
 

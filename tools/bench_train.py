@@ -16,6 +16,7 @@ missing).
 """
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -200,16 +201,19 @@ def main(argv=None) -> int:
     ok = [r for r in rows if "error" not in r]
     if len(ok) == 2:
         off, on = ok
+        peak = on["peak_gib"] / off["peak_gib"] if on["peak_gib"] and off["peak_gib"] else None
         print(f"remat on / off: speed {on['steps_per_s'] / off['steps_per_s']:.2f}x, "
-              f"peak memory {fmt(on['peak_gib'] and off['peak_gib'] and on['peak_gib'] / off['peak_gib'], '.2f')}x, "
-              f"XLA memory {on['xla_gib'] / off['xla_gib']:.2f}x")
+              f"peak memory {fmt(peak, '.2f')}x, XLA memory {on['xla_gib'] / off['xla_gib']:.2f}x")
     if ok:
         print(f"device: {ok[0]['device']}, params {ok[0]['params_m']:.1f}M, gaussians {ok[0]['gaussians']}, "
               f"render overflow {ok[0]['overflow']:.0f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
-    return 0 if len(ok) == len(rows) else 1
+    finite = all(math.isfinite(r["loss"]) for r in ok)
+    if not finite:
+        print("non-finite loss in a benchmark row")
+    return 0 if len(ok) == len(rows) and finite else 1
 
 
 if __name__ == "__main__":

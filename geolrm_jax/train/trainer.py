@@ -70,7 +70,11 @@ class Trainer:
     def __init__(self, config, workdir, *, task=None, make_data_iterator=None, mesh=None):
         self.config = config
         self.workdir = os.fspath(workdir)
-        self.mesh = mesh if mesh is not None else sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+        if mesh is None:
+            count = config.mesh.get("num_devices", -1)
+            devices = jax.devices() if count in (None, -1) else jax.devices()[:count]
+            mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
+        self.mesh = mesh
         if task is None:
             from geolrm_jax.train.stages import build_task
 

@@ -15,7 +15,7 @@ Backward: grid (H, cdiv(Q, block_q), B). One program owns block_q queries of one
 views, recomputing the samples. d_attention_weights and d_offsets (shared by the views) accumulate in
 (block_q, NL*P) registers and are stored once; d_reference_points is stored per head and summed over heads
 outside the kernel. Only d_value, which queries share through overlapping pixels, needs atomic adds; they
-are fp32 adds with *relaxed* memory ordering (:func:`relaxed_atomic_add`), where ``plgpu.atomic_add``
+are fp32 adds with *relaxed* memory ordering (see :func:`relaxed_atomics_status`), where ``plgpu.atomic_add``
 would order each one with acquire-release semantics. The Pallas interpreter discharges an atomic add as a
 gather plus scatter-*set* and does not accept masks, so in interpret mode the backward runs with
 block_q = 1 (the addresses of one atomic call are then distinct) and adds zeros instead of masking; on GPU
@@ -27,6 +27,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from geolrm_kernels.deformable_sample import _MASKED_LOCATION, _level_starts, bilinear_corners
 from jax import lax
 from jax.experimental import pallas as pl
@@ -103,11 +104,15 @@ def _self_test(atomic_add):
                               compiler_params=plgpu.CompilerParams(num_warps=1, num_stages=1),
                               )(x, jnp.ones((4,), jnp.float32))
 
-    x = jnp.arange(4, dtype=jnp.float32)
-    got = jax.jit(functools.partial(call, interpret=True))(x)
-    if not bool(jnp.all(got == 1.0 + 2.0 * x)):
+    # Ahead-of-time lowering and a compiled call on numpy input: also runs concretely when first called while
+    # a caller's jit is being traced.
+    x = np.arange(4, dtype=np.float32)
+    spec = jax.ShapeDtypeStruct(x.shape, x.dtype)
+    interpreted = jax.jit(functools.partial(call, interpret=True)).trace(spec).lower().compile()
+    got = np.asarray(interpreted(x))
+    if not np.array_equal(got, 1.0 + 2.0 * x):
         raise ValueError(f"interpret-mode atomic add gave {got}")
-    jax.jit(functools.partial(call, interpret=False)).trace(x).lower(lowering_platforms=("cuda",))
+    jax.jit(functools.partial(call, interpret=False)).trace(spec).lower(lowering_platforms=("cuda",))
 
 
 try:
@@ -127,12 +132,6 @@ def relaxed_atomics_status() -> tuple[bool, str | None]:
     except Exception as err:  # noqa: BLE001 -- same: fall back to plgpu.atomic_add
         return False, repr(err)
     return True, None
-
-
-def relaxed_atomic_add(x_ref, idx, val, *, mask=None):
-    """``x_ref[idx] += val`` with relaxed ordering when available, else ``plgpu.atomic_add`` (acq_rel)."""
-    add = _relaxed_atomic_add if relaxed_atomics_status()[0] else plgpu.atomic_add
-    return add(x_ref, idx, val, mask=mask)
 
 
 def _next_pow2(n: int) -> int:
@@ -303,7 +302,7 @@ def backward(value, reference_points, offsets, attention_weights, mask, spatial_
     """Gradients (d_value, d_reference_points, d_offsets, d_attention_weights) in the inputs' dtypes.
 
     ``relaxed``: d_value atomics with relaxed memory ordering (default: whenever available, see
-    :func:`relaxed_atomic_add`); False uses ``plgpu.atomic_add`` (acquire-release), for comparison.
+    :func:`relaxed_atomics_status`); False uses ``plgpu.atomic_add`` (acquire-release), for comparison.
     ``debug``: ``pallas_call(debug=True)``, which prints the kernel's jaxpr and Triton IR when it is lowered.
     """
     b, v, length, heads, c = value.shape

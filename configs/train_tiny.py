@@ -27,6 +27,7 @@ def get_config(stage: str = "1") -> ml_collections.ConfigDict:
     c.optim.frozen = ("reconstruction",) if c.stage == 1 else ("proposal",)
     c.model = tiny_model_config()
     c.model.dtype = "float32"
+    c.model.attention_over_heads = False  # the path the paper configs train with
     c.data = default_data_config()
     c.data.input_size = 28
     c.data.render_size = 32

@@ -106,6 +106,7 @@ def run_one(args, remat: bool) -> dict:
     model = official_model_config() if args.model == "paper" else tiny_model_config()
     model.dtype = args.dtype
     model.remat = remat
+    model.attention_over_heads = False  # configs/stage2.py: the original's bf16 / flash-attention path
     config = AttrDict(
         model=model,
         stage2=dict(anchors="ground_truth", num_anchors=args.anchors, render_capacity=args.render_capacity),
@@ -161,7 +162,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("paper", "tiny"), default="paper")
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
-    parser.add_argument("--input-views", type=int, default=4)
+    parser.add_argument("--input-views", type=int, default=7, help="input slots (data pipeline: 4 + 3)")
     parser.add_argument("--input-size", type=int, default=448)
     parser.add_argument("--target-views", type=int, default=8)
     parser.add_argument("--render-size", type=int, default=448)

@@ -275,3 +275,27 @@ def test_killed_save_leaves_last_checkpoint_restorable(tmp_path):
 def test_split_accumulation_rejects_indivisible_batch():
     with pytest.raises(ValueError, match="grad_accum_steps"):
         steps.split_accumulation({"x": np.zeros((5, 2))}, 2)
+
+
+def test_init_from_previous_run_copies_only_named_subtrees(tmp_path):
+    """Stage 2 starts from stage 1's proposal weights: init_from a workdir copies the named subtrees only."""
+    mesh = sharding.make_mesh(-1, 1)
+    first = make_trainer(tiny_config(), tmp_path / "stage1", mesh=mesh)
+    state = first.init_state()
+    for _ in range(2):
+        state, _ = first.step(state)
+    first.save(state)
+    first.close()
+    trained = jax.device_get(state.params)
+
+    config = tiny_config(seed=7, init_from=str(tmp_path / "stage1"), init_subtrees=("proposal",))
+    second = make_trainer(config, tmp_path / "stage2", mesh=mesh)
+    fresh = jax.device_get(make_trainer(tiny_config(seed=7), tmp_path / "plain", mesh=mesh).init_state().params)
+    params = jax.device_get(second.restore_or_init().params)
+    np.testing.assert_array_equal(params["proposal"]["kernel"], trained["proposal"]["kernel"])
+    np.testing.assert_array_equal(params["reconstruction"]["out"]["kernel"], fresh["reconstruction"]["out"]["kernel"])
+    assert not np.array_equal(fresh["proposal"]["kernel"], trained["proposal"]["kernel"])
+    second.close()
+    with pytest.raises(ValueError, match="missing"):
+        make_trainer(tiny_config(init_from=str(tmp_path / "stage1"), init_subtrees=("nope",)), tmp_path / "x",
+                     mesh=mesh).init_state()

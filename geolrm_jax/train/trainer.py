@@ -145,6 +145,9 @@ class Trainer:
             from geolrm_jax.model.convert import restore_variables
 
             variables = restore_variables(path)
+        unknown = [name for name in subtrees if name not in state.params]
+        if unknown:
+            raise ValueError(f"init_subtrees {unknown} missing from the model's params {list(state.params)}")
         replaced = {}
         for collection in ("params", "batch_stats"):
             current = dict(getattr(state, collection))

@@ -11,6 +11,10 @@ pixels' rows of every head. One program owns block_q queries of one (b, v, h): f
 computes the four bilinear corners and gathers (block_q, C) rows with masked indexed loads. It keeps one
 (block_q, C) fp32 accumulator and writes the output once: no intermediate is larger than the output.
 
+Two further forward variants are kept selectable for comparison (``forward(..., variant=...)``, both measured
+slower on an H100): the same kernel with the point loop unrolled, and "all_heads", whose programs own
+block_q queries x block_c channels of the flat H*C axis (each lane's head = channel // C).
+
 Backward: grid (H, cdiv(Q, block_q), B). One program owns block_q queries of one (b, h) and loops over the V
 views, recomputing the samples. d_attention_weights and d_offsets (shared by the views) accumulate in
 (block_q, NL*P) registers and are stored once; d_reference_points is stored per head and summed over heads
@@ -39,6 +43,15 @@ from jax.experimental.pallas import triton as plgpu
 # acquire-release atomics at block_q 16: 146.9 ms.
 FORWARD_BLOCK_Q = 16
 FORWARD_NUM_WARPS = 4
+# Forward kernel variants (see forward()): "per_head" (one head per program, a fori_loop over the points),
+# "per_head_unrolled" (same, points unrolled), "all_heads" (lanes over all heads' channels). FORWARD_VARIANT is
+# what the op runs; FORWARD_CONFIGS gives each variant's (block_q, block_c, num_warps) defaults (block_c only
+# for "all_heads"). tools/bench_deformable.py --forward-variants, H100, 2026-11-25, fp32, 448 px, S=8192,
+# V=6 / V=21: per_head 1.61 / 4.97 ms, per_head_unrolled 1.78 / 5.32 ms, all_heads (8, 256, 4) 4.08 / 13.27 ms,
+# so "per_head" stays the default (docs/deformable.md, "Forward variants").
+FORWARD_VARIANTS = ("per_head", "per_head_unrolled", "all_heads")
+FORWARD_VARIANT = "per_head"
+FORWARD_CONFIGS = {"per_head": (16, None, 4), "per_head_unrolled": (16, None, 4), "all_heads": (8, 256, 4)}
 BACKWARD_BLOCK_Q = 16
 BACKWARD_NUM_WARPS = 4
 
@@ -163,7 +176,7 @@ def _point(off_ref, attn_ref, point_index, valid, ref_u, ref_v):
     return a, u, v
 
 
-def _forward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, out_ref, *, dims, shapes, block_q):
+def _forward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, out_ref, *, dims, shapes, block_q, unroll):
     v_count, q_count, length, heads, c, nl, p = dims
     h, bv, q, q_in, valid, ref_u, ref_v, point_base, ch, ch_in = _program_setup(
         ref_ref, mask_ref, dims=dims, block_q=block_q)
@@ -180,10 +193,51 @@ def _forward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, out_ref, *,
                 acc += (a * bilinear)[:, None] * sample.astype(jnp.float32)
             return acc
 
-        # A loop (not unrolled) over the points keeps compile time and code size small.
-        acc = lax.fori_loop(0, p, point_step, acc)
+        if unroll:  # all NL*P points' gathers visible to the scheduler at once
+            for point in range(p):
+                acc = point_step(point, acc)
+        else:  # a loop keeps compile time and code size small
+            acc = lax.fori_loop(0, p, point_step, acc)
     out_rows = jnp.broadcast_to((bv * q_count + q)[:, None], cols.shape)
     plgpu.store(out_ref.at[out_rows, cols], acc.astype(out_ref.dtype), mask=q_in[:, None] & ch_in[None, :])
+
+
+def _forward_all_heads_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, out_ref, *, dims, shapes,
+                              block_q, block_c):
+    """One program: block_q queries of one (b, v) x block_c consecutive channels of the flat H*C axis.
+
+    Each lane's head is channel // C, so every lane gathers its own (query, head)'s offsets and weight (lanes of
+    one head read the same addresses, served by the cache) and computes its own corners: no lanes are wasted
+    on padding C to a power of two, the value rows are read in long contiguous segments, and the points are
+    unrolled so that all NL*P*4 gathers of a program are independent.
+    """
+    v_count, q_count, length, heads, c, nl, p = dims
+    bv = pl.program_id(2)
+    b = bv // v_count
+    q = pl.program_id(1) * block_q + jnp.arange(block_q, dtype=jnp.int32)
+    q_in = q < q_count
+    qc = jnp.minimum(q, q_count - 1)
+    valid = (q_in & (mask_ref[bv * q_count + qc] != 0))[:, None]  # (block_q, 1)
+    ref_u = ref_ref[(bv * q_count + qc) * 2][:, None]
+    ref_v = ref_ref[(bv * q_count + qc) * 2 + 1][:, None]
+    col = pl.program_id(0) * block_c + jnp.arange(block_c, dtype=jnp.int32)
+    col_in = (col < heads * c)[None, :]  # (1, block_c)
+    head = jnp.minimum(col // c, heads - 1)
+    point_base = ((b * q_count + qc)[:, None] * heads + head[None, :]) * (nl * p)  # (block_q, block_c)
+    cols = jnp.broadcast_to(col[None, :], point_base.shape)
+    acc = jnp.zeros(point_base.shape, jnp.float32)
+    for level, ((hl, wl), start) in enumerate(zip(shapes, _level_starts(shapes), strict=True)):
+        for point in range(p):
+            index = point_base + (level * p + point)
+            a = jnp.where(valid, attn_ref[index], 0.0)
+            u = jnp.where(valid, ref_u + off_ref[index * 2], _MASKED_LOCATION)
+            v = jnp.where(valid, ref_v + off_ref[index * 2 + 1], _MASKED_LOCATION)
+            for pixel, inside, bilinear, _, _ in bilinear_corners(u, v, hl, wl):
+                rows = bv * length + start + pixel
+                sample = plgpu.load(value_ref.at[rows, cols], mask=inside & col_in, other=0.0)
+                acc += (a * bilinear) * sample.astype(jnp.float32)
+    out_rows = jnp.broadcast_to((bv * q_count + q)[:, None], cols.shape)
+    plgpu.store(out_ref.at[out_rows, cols], acc.astype(out_ref.dtype), mask=q_in[:, None] & col_in)
 
 
 def _backward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, g_ref, _dv_in, d_value_ref, d_ref_ref,
@@ -278,21 +332,38 @@ def _dims(value, offsets):
 
 
 def forward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, *, interpret=False,
-            block_q=None, num_warps=None):
-    """(B, V, Q, H, C) output in value.dtype; mask is (B, V, Q) bool."""
+            variant=None, block_q=None, block_c=None, num_warps=None):
+    """(B, V, Q, H, C) output in value.dtype; mask is (B, V, Q) bool.
+
+    ``variant``: one of FORWARD_VARIANTS (default FORWARD_VARIANT); ``block_q`` / ``block_c`` / ``num_warps``
+    default to FORWARD_CONFIGS[variant].
+    """
     b, v, length, heads, c = value.shape
     dims = _dims(value, offsets)
     q = dims[1]
-    block_q = block_q or min(FORWARD_BLOCK_Q, _next_pow2(q))
-    num_warps = num_warps or FORWARD_NUM_WARPS
-    kernel = functools.partial(_forward_kernel, dims=dims, shapes=tuple(spatial_shapes), block_q=block_q)
+    variant = variant or FORWARD_VARIANT
+    if variant not in FORWARD_VARIANTS:
+        raise ValueError(f"forward variant must be one of {FORWARD_VARIANTS}, got {variant!r}")
+    default_q, default_c, default_warps = FORWARD_CONFIGS[variant]
+    block_q = block_q or min(default_q, _next_pow2(q))
+    num_warps = num_warps or default_warps
+    shapes = tuple(spatial_shapes)
+    if variant == "all_heads":
+        block_c = block_c or min(default_c, _next_pow2(heads * c))
+        kernel = functools.partial(_forward_all_heads_kernel, dims=dims, shapes=shapes, block_q=block_q,
+                                   block_c=block_c)
+        grid = (pl.cdiv(heads * c, block_c), pl.cdiv(q, block_q), b * v)
+    else:
+        kernel = functools.partial(_forward_kernel, dims=dims, shapes=shapes, block_q=block_q,
+                                   unroll=variant == "per_head_unrolled")
+        grid = (heads, pl.cdiv(q, block_q), b * v)
     out = pl.pallas_call(
         kernel,
         out_shape=jax.ShapeDtypeStruct((b * v * q, heads * c), value.dtype),
-        grid=(heads, pl.cdiv(q, block_q), b * v),
+        grid=grid,
         compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=1),
         interpret=interpret,
-        name="deformable_sample_fwd",
+        name="deformable_sample_fwd" if variant == "per_head" else f"deformable_sample_fwd_{variant}",
     )(*_flat_inputs(value, reference_points, offsets, attention_weights, mask))
     return out.reshape(b, v, q, heads, c)
 

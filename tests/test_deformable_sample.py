@@ -265,6 +265,33 @@ def test_pallas_interpret_bf16_values_accumulate_in_fp32():
         assert rel_err(jnp.asarray(g, jnp.float32), w) <= 1e-2
 
 
+@pytest.mark.parametrize("variant, block_c", [("per_head_unrolled", None), ("all_heads", None),
+                                               ("all_heads", 32)])
+def test_pallas_interpret_forward_variants(variant, block_c):
+    """Each forward kernel variant vs the reference: fp32 with masked views / a masked query, border and outside
+    points, C = 24 not a power of two with H = 4 (block_c = 32 splits heads across programs and lanes); bf16
+    values vs the fp32 result."""
+    from geolrm_kernels import deformable_sample_triton as tri
+
+    value, ref, offsets, weights = make_inputs(18, b=2, v=2, q=5, heads=4, c=24)
+    ref = _with_borders(ref)
+    view_mask = jnp.array([[True, False], [True, True]])
+    query_mask = jnp.array([[True] * 5, [True, True, False, True, True]])
+    mask = view_mask[:, :, None] & query_mask[:, None, :]
+    want = deformable_sample_reference(value, ref, offsets, weights, SHAPES, view_mask, query_mask)
+    forward = jax.jit(lambda value, *a: tri.forward(value, *a, mask, SHAPES, interpret=True, variant=variant,
+                                                    block_q=4, block_c=block_c))
+    got = forward(value, ref, offsets, weights)
+    assert got.shape == want.shape and got.dtype == jnp.float32
+    assert rel_err(got, want) <= 1e-5
+    assert np.all(np.asarray(got)[0, 1] == 0) and np.all(np.asarray(got)[1, :, 2] == 0)
+    got_bf16 = forward(value.astype(jnp.bfloat16), ref, offsets, weights)
+    assert got_bf16.dtype == jnp.bfloat16
+    assert rel_err(got_bf16.astype(jnp.float32), want) <= 1e-2
+    with pytest.raises(ValueError, match="forward variant"):
+        tri.forward(value, ref, offsets, weights, mask, SHAPES, interpret=True, variant="unknown")
+
+
 def test_pallas_interpret_check_grads():
     args = lattice_inputs(12, q=3, heads=1, c=3)
     f = jax.jit(lambda *a: deformable_sample(*a, LATTICE_SHAPES, implementation="pallas_interpret"))

@@ -45,6 +45,11 @@ LEVEL_SETS["tiny"] = ((16, 16), (8, 8))
 TINY = [(2, "tiny", 64)]  # --tiny: a CPU smoke test of this script (Pallas in interpret mode)
 # --sweep: backward kernel variants (block_q, num_warps, relaxed d_value atomics) at V=21, 560px, S=16384.
 SWEEP = ((16, 4, True), (32, 4, True), (64, 4, True), (16, 4, False))
+# --forward-variants: forward kernel configs (variant, block_q, block_c, num_warps), the previous default first.
+FORWARD_SWEEP = (("per_head", 16, None, 4), ("per_head_unrolled", 16, None, 4), ("all_heads", 8, 256, 4),
+                 ("all_heads", 4, 256, 4), ("all_heads", 8, 128, 4), ("per_head", 16, None, 8),
+                 ("all_heads", 16, 256, 4), ("all_heads", 16, 256, 8))
+FORWARD_ROWS = "6:448px:8192,21:448px:8192"
 # JAX implementations in the table: Pallas, Pallas forward + XLA backward ("hybrid"), XLA reference.
 JAX_IMPLS = ("pallas", "pallas_xla_backward", "xla")
 
@@ -210,6 +215,96 @@ def check_correctness(jax, jnp, ds, log):
     return ok
 
 
+def check_forward_variants(jax, jnp, ds, log):
+    """Each forward kernel variant (its default config) vs the XLA reference: fp32 (C = 24, 40, masks,
+    borders) and bf16 values; returns whether all passed."""
+    from geolrm_kernels import deformable_sample_triton as tri
+
+    cases = [(3, ((28, 28), (16, 16)), 300, 4, 24, jnp.float32), (4, ((37, 23), (9, 13)), 1000, 3, 40, jnp.float32),
+             (6, ((112, 112), (64, 64)), 2048, 16, 48, jnp.bfloat16)]
+    interpret = jax.default_backend() == "cpu"
+    if interpret:  # CPU smoke test of this script: small cases in interpret mode
+        cases = [(2, ((5, 7), (3, 4)), 12, 4, 24, jnp.float32), (2, ((5, 7), (3, 4)), 12, 2, 40, jnp.bfloat16)]
+    ok = True
+    for v, shapes, s, heads, c, dtype in cases:
+        k = jax.random.split(jax.random.key(2), 5)
+        value = jax.random.normal(k[0], (1, v, sum(h * w for h, w in shapes), heads, c)).astype(dtype)
+        ref = jax.random.uniform(k[1], (1, v, s, 2), minval=-0.1, maxval=1.1)
+        ref = ref.at[:, :, :4].set(jnp.array([[0.0, 0.0], [1.0, 1.0], [0.5 / 28, 1.0], [-0.3, 0.5]]))
+        offsets = jax.random.normal(k[2], (1, s, heads, 2, POINTS, 2)) * 0.05
+        weights = jax.nn.softmax(jax.random.normal(k[3], (1, s, heads, 2 * POINTS)), -1).reshape(
+            1, s, heads, 2, POINTS)
+        view_mask = jnp.arange(v)[None] != 1
+        query_mask = jax.random.uniform(k[4], (1, s)) > 0.2
+        want = ds.deformable_sample(value.astype(jnp.float32), ref, offsets, weights, shapes, view_mask,
+                                    query_mask, implementation="xla")
+        mask = view_mask[:, :, None] & query_mask[:, None, :]
+        for variant in tri.FORWARD_VARIANTS:
+            got = jax.jit(functools.partial(tri.forward, spatial_shapes=shapes, variant=variant,
+                                            interpret=interpret))(
+                value, ref, offsets, weights, mask).astype(jnp.float32)
+            err = float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
+            tol = 1e-2 if dtype == jnp.bfloat16 else 1e-5
+            passed = bool(jnp.all(jnp.isfinite(got))) and err <= tol and got.dtype == jnp.float32
+            ok &= passed
+            log(f"check forward {variant} V={v} {shapes} S={s} H={heads} C={c} {jnp.dtype(dtype).name} masked: "
+                f"rel err {err:.2e} (tol {tol:.0e}) {'PASS' if passed else 'FAIL'}")
+    return ok
+
+
+def forward_variants(jax, jnp, rows, reps, deadline, log, dtype="float32"):
+    """Forward kernel alone for every FORWARD_SWEEP config at each row: median ms and rel err vs the XLA
+    reference (fp32 on the same, possibly bf16-rounded, values)."""
+    from geolrm_kernels import deformable_sample as ds
+    from geolrm_kernels import deformable_sample_triton as tri
+
+    data = {}
+    for v, lv, s in rows:
+        value, ref, offsets, weights, _ = jax_inputs(jax, jnp, v, LEVEL_SETS[lv], s)
+        value = value.astype(dtype)
+        want = jax.jit(lambda *a, lv=lv: ds.deformable_sample(*a, LEVEL_SETS[lv], implementation="xla"))(
+            value.astype(jnp.float32), ref, offsets, weights)
+        data[(v, lv, s)] = (value, ref, offsets, weights, jnp.ones(ref.shape[:3], bool), want)
+    results = []
+    for variant, block_q, block_c, warps in FORWARD_SWEEP:
+        entry = dict(variant=variant, block_q=block_q, block_c=block_c, num_warps=warps)
+        for (v, lv, s), (value, ref, offsets, weights, mask, want) in data.items():
+            if time.time() > deadline:
+                entry[f"{v}|{lv}|{s}"] = {"error": "skipped (time budget)"}
+                continue
+            try:
+                f = jax.jit(functools.partial(tri.forward, spatial_shapes=LEVEL_SETS[lv], variant=variant,
+                                              block_q=block_q, block_c=block_c, num_warps=warps,
+                                              interpret=jax.default_backend() == "cpu"))
+                compiled = f.lower(value, ref, offsets, weights, mask).compile()
+                got = compiled(value, ref, offsets, weights, mask)
+                err = float(jnp.max(jnp.abs(got.astype(jnp.float32) - want)) / jnp.max(jnp.abs(want)))
+                ms = _median_time(lambda c=compiled, a=(value, ref, offsets, weights, mask): c(*a),
+                                  jax.block_until_ready, reps)
+                entry[f"{v}|{lv}|{s}"] = {"ms": ms, "rel_err": err}
+            except Exception as err:  # a config that does not compile is reported, not fatal
+                entry[f"{v}|{lv}|{s}"] = {"error": repr(err)[:300]}
+            log(f"forward {variant} block_q={block_q} block_c={block_c} warps={warps} V={v} {lv} S={s}: "
+                f"{entry[f'{v}|{lv}|{s}']}")
+        results.append(entry)
+    keys = [f"{v}|{lv}|{s}" for v, lv, s in rows]
+    head = "| variant | block_q | block_c | warps | " + " | ".join(
+        f"V={k.split('|')[0]} {k.split('|')[1]} S={k.split('|')[2]}: ms (old÷this), rel err" for k in keys) + " |"
+    lines = [head, "|---|---|---|---|" + "---|" * len(keys)]
+    for e in results:
+        cells = []
+        for k in keys:
+            r, old = e.get(k, {}), results[0].get(k, {})
+            if "ms" in r:
+                ratio = f"{old['ms'] / r['ms']:.2f}×" if "ms" in old else "—"
+                cells.append(f"{r['ms']:.3f} ({ratio}), {r['rel_err']:.1e}")
+            else:
+                cells.append(r.get("error", "—")[:60])
+        lines.append(f"| {e['variant']} | {e['block_q']} | {e['block_c'] or '—'} | {e['num_warps']} | "
+                     + " | ".join(cells) + " |")
+    return results, "\n".join(lines)
+
+
 def bench_backward_variant(jax, inputs, shapes, reps, **kernel_kwargs):
     """Median ms of the Pallas backward kernel alone with explicit block size / warps / atomic ordering."""
     from geolrm_kernels import deformable_sample_triton as tri
@@ -306,6 +401,10 @@ def main(argv=None):
     parser.add_argument("--rows", help="only these rows, e.g. 21:560px:16384,6:560px:8192")
     parser.add_argument("--check", action="store_true", help="Pallas vs XLA reference correctness on GPU first")
     parser.add_argument("--sweep", action="store_true", help="block size / warp variants at V=21, 560px, S=16384")
+    parser.add_argument("--forward-variants", action="store_true",
+                        help=f"only the forward kernel variants of FORWARD_SWEEP (rows default {FORWARD_ROWS})")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="value dtype of --forward-variants (the model runs bfloat16)")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--torch-json", help="reuse torch results written by an earlier run instead of measuring")
     parser.add_argument("--reps", type=int, default=5)
@@ -339,7 +438,7 @@ def main(argv=None):
             torch_json = json.load(f)
         results["torch"] = torch_json["results"]
         meta["torch"] = torch_json["torch"] + f" (from {args.torch_json})"
-    elif not args.no_torch:  # first, in its own process, so that JAX holds no device memory meanwhile
+    elif not args.no_torch and not args.forward_variants:  # first, in its own process: JAX holds no memory yet
         path = os.path.join(args.out, "bench_deformable_torch.json")
         cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker", path, "--reps", str(args.reps),
                "--deadline", str(start + 0.3 * (deadline - start))]
@@ -360,6 +459,16 @@ def main(argv=None):
     bandwidth = copy_bandwidth(jax, jnp)
     meta["copy_GBps"] = bandwidth / 1e9
     log(f"{meta}")
+    if args.forward_variants:  # check and time the forward variants only, table last
+        if args.check:
+            meta["forward_check_passed"] = check_forward_variants(jax, jnp, ds, log)
+        rows = parse_rows(args.rows or FORWARD_ROWS)
+        fwd_results, text = forward_variants(jax, jnp, rows, args.reps, deadline, log, args.dtype)
+        with open(os.path.join(args.out, "bench_deformable_forward.json"), "w") as f:
+            json.dump({"meta": meta, "results": fwd_results}, f, indent=1)
+        log(f"\n{meta['device']}, jax {meta['jax']}, {meta['date']}, forward kernel alone, {args.dtype} values, "
+            f"B=1, H={HEADS}, C={CHANNELS}, {LEVELS}x{POINTS} points\n{text}")
+        return 0 if meta.get("forward_check_passed", True) else 1
     if args.check:
         try:
             meta["check_passed"] = check_correctness(jax, jnp, ds, log)

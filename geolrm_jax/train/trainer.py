@@ -301,6 +301,9 @@ class Trainer:
 
     def close(self):
         self.checkpointer.close()
+        close_data = getattr(self.data, "close", None)
+        if close_data is not None:  # Grain worker processes
+            close_data()
 
 
 def train_and_evaluate(config, workdir: str):

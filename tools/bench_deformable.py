@@ -21,8 +21,14 @@ Pallas forward, XLA reference backward; its forward is the Pallas one, so only i
 ``xla`` (the reference) and ``torch``. ``--sweep`` first times the Pallas backward kernel alone for the
 block sizes / warps / atomic orderings in ``SWEEP`` and uses the fastest relaxed one for the table.
 
+``--forward-variants`` instead times only the forward kernel variants of ``FORWARD_SWEEP`` (old vs new side by
+side, each checked against the XLA reference; ``--check`` first checks every variant on small cases), with
+``--dtype bfloat16`` values (the model's) and ``--points voxel`` (model-like, voxel-ordered anchors projected
+into orbit views) as options; table printed last.
+
 Usage: ``python tools/bench_deformable.py [--quick | --rows V:LEVELS:S,...] [--check] [--sweep]
-[--torch-json FILE] [--out DIR]``. torch runs in a subprocess first, so the two frameworks never hold device
+[--torch-json FILE] [--out DIR]`` or ``... --forward-variants [--check] [--rows ...] [--dtype bfloat16]
+[--points voxel]``. torch runs in a subprocess first, so the two frameworks never hold device
 memory at the same time; ``--torch-json`` reuses the torch numbers of an earlier run instead.
 """
 from __future__ import annotations
@@ -155,11 +161,37 @@ def torch_worker(configs, reps, path, deadline):
 
 
 # ------------------------------------------------------------------------------------------------------ jax
-def jax_inputs(jax, jnp, v, shapes, s, seed=0):
+def voxel_reference_points(v, s, seed=0, grid=128):
+    """(1, V, S, 2) model-like reference points: S voxels of a 128^3 grid in [-0.5, 0.5]^3 on a sphere shell
+    (an object's surface), listed in raster (x, y, z) order as the model's anchor selection does, projected
+    into V orbit views (20° elevation, radius 2, 50° fov) with the project's camera conventions."""
+    import numpy as np
+
+    from geolrm_jax import geometry
+
+    rng = np.random.default_rng(seed)
+    centres = (np.arange(grid) + 0.5) / grid - 0.5
+    xyz = np.stack(np.meshgrid(centres, centres, centres, indexing="ij"), -1).reshape(-1, 3)
+    radius = np.linalg.norm(xyz, axis=-1)
+    shell = np.flatnonzero(np.abs(radius - 0.35) < 2.0 / grid)
+    if shell.size < s:
+        raise SystemExit(f"--points voxel: only {shell.size} shell voxels for S={s}")
+    anchors = xyz[np.sort(rng.choice(shell, s, replace=False))]
+    c2w = geometry.orbit_c2w(v, elevation_deg=20.0, radius=2.0)
+    K = geometry.fov_to_intrinsics(np.full((v,), 50.0))
+    uv = geometry.project_points(np.broadcast_to(anchors, (v, s, 3)), c2w, K)
+    return np.asarray(uv, np.float32)[None]
+
+
+def jax_inputs(jax, jnp, v, shapes, s, seed=0, points="random"):
+    """Benchmark inputs; points="voxel": model-like reference points (voxel_reference_points)."""
     length = sum(h * w for h, w in shapes)
     k = jax.random.split(jax.random.key(seed), 5)
     value = jax.random.normal(k[0], (BATCH, v, length, HEADS, CHANNELS), jnp.float32)
-    ref = jax.random.uniform(k[1], (BATCH, v, s, 2), jnp.float32, 0.1, 0.9)
+    if points == "voxel":
+        ref = jnp.asarray(voxel_reference_points(v, s, seed))
+    else:
+        ref = jax.random.uniform(k[1], (BATCH, v, s, 2), jnp.float32, 0.1, 0.9)
     wh = jnp.array([[w, h] for h, w in shapes], jnp.float32)[:, None, :]
     offsets = jax.random.normal(k[2], (BATCH, s, HEADS, LEVELS, POINTS, 2)) * 2 / wh
     weights = jax.nn.softmax(jax.random.normal(k[3], (BATCH, s, HEADS, LEVELS * POINTS)), -1)
@@ -252,7 +284,7 @@ def check_forward_variants(jax, jnp, ds, log):
     return ok
 
 
-def forward_variants(jax, jnp, rows, reps, deadline, log, dtype="float32"):
+def forward_variants(jax, jnp, rows, reps, deadline, log, dtype="float32", points="random"):
     """Forward kernel alone for every FORWARD_SWEEP config at each row: median ms and rel err vs the XLA
     reference (fp32 on the same, possibly bf16-rounded, values)."""
     from geolrm_kernels import deformable_sample as ds
@@ -260,7 +292,7 @@ def forward_variants(jax, jnp, rows, reps, deadline, log, dtype="float32"):
 
     data = {}
     for v, lv, s in rows:
-        value, ref, offsets, weights, _ = jax_inputs(jax, jnp, v, LEVEL_SETS[lv], s)
+        value, ref, offsets, weights, _ = jax_inputs(jax, jnp, v, LEVEL_SETS[lv], s, points=points)
         value = value.astype(dtype)
         want = jax.jit(lambda *a, lv=lv: ds.deformable_sample(*a, LEVEL_SETS[lv], implementation="xla"))(
             value.astype(jnp.float32), ref, offsets, weights)
@@ -405,6 +437,9 @@ def main(argv=None):
                         help=f"only the forward kernel variants of FORWARD_SWEEP (rows default {FORWARD_ROWS})")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="value dtype of --forward-variants (the model runs bfloat16)")
+    parser.add_argument("--points", default="random", choices=("random", "voxel"),
+                        help="reference points of --forward-variants: uniform random, or model-like "
+                             "(voxel-ordered anchors of a sphere shell projected into orbit views)")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--torch-json", help="reuse torch results written by an earlier run instead of measuring")
     parser.add_argument("--reps", type=int, default=5)
@@ -463,10 +498,12 @@ def main(argv=None):
         if args.check:
             meta["forward_check_passed"] = check_forward_variants(jax, jnp, ds, log)
         rows = parse_rows(args.rows or FORWARD_ROWS)
-        fwd_results, text = forward_variants(jax, jnp, rows, args.reps, deadline, log, args.dtype)
+        fwd_results, text = forward_variants(jax, jnp, rows, args.reps, deadline, log, args.dtype,
+                                             args.points)
         with open(os.path.join(args.out, "bench_deformable_forward.json"), "w") as f:
             json.dump({"meta": meta, "results": fwd_results}, f, indent=1)
         log(f"\n{meta['device']}, jax {meta['jax']}, {meta['date']}, forward kernel alone, {args.dtype} values, "
+            f"{args.points} points, "
             f"B=1, H={HEADS}, C={CHANNELS}, {LEVELS}x{POINTS} points\n{text}")
         return 0 if meta.get("forward_check_passed", True) else 1
     if args.check:

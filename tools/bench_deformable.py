@@ -52,9 +52,9 @@ TINY = [(2, "tiny", 64)]  # --tiny: a CPU smoke test of this script (Pallas in i
 # --sweep: backward kernel variants (block_q, num_warps, relaxed d_value atomics) at V=21, 560px, S=16384.
 SWEEP = ((16, 4, True), (32, 4, True), (64, 4, True), (16, 4, False))
 # --forward-variants: forward kernel configs (variant, block_q, block_c, num_warps), the previous default first.
-FORWARD_SWEEP = (("per_head", 16, None, 4), ("per_head_unrolled", 16, None, 4), ("all_heads", 8, 256, 4),
-                 ("all_heads", 4, 256, 4), ("all_heads", 8, 128, 4), ("per_head", 16, None, 8),
-                 ("all_heads", 16, 256, 4), ("all_heads", 16, 256, 8))
+FORWARD_SWEEP = (("per_head", 16, None, 4), ("per_head", 8, None, 4), ("per_head", 16, None, 2),
+                 ("per_head", 8, None, 2), ("per_head_unrolled", 16, None, 4), ("all_heads", 8, 256, 4),
+                 ("all_heads", 4, 256, 4), ("all_heads", 8, 128, 4))
 FORWARD_ROWS = "6:448px:8192,21:448px:8192"
 # JAX implementations in the table: Pallas, Pallas forward + XLA backward ("hybrid"), XLA reference.
 JAX_IMPLS = ("pallas", "pallas_xla_backward", "xla")

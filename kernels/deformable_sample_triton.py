@@ -51,7 +51,8 @@ FORWARD_NUM_WARPS = 4
 # so "per_head" stays the default (docs/deformable.md, "Forward variants").
 FORWARD_VARIANTS = ("per_head", "per_head_unrolled", "all_heads")
 FORWARD_VARIANT = "per_head"
-FORWARD_CONFIGS = {"per_head": (16, None, 4), "per_head_unrolled": (16, None, 4), "all_heads": (8, 256, 4)}
+FORWARD_CONFIGS = {"per_head": (FORWARD_BLOCK_Q, None, FORWARD_NUM_WARPS), "per_head_unrolled": (16, None, 4),
+                   "all_heads": (8, 256, 4)}
 BACKWARD_BLOCK_Q = 16
 BACKWARD_NUM_WARPS = 4
 

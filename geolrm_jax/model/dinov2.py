@@ -54,15 +54,22 @@ def attention(q, k, v, *, implementation=None, key_value_seq_lengths=None):
     """Softmax attention on (B, T, H, D) tensors via `jax.nn.dot_product_attention`.
 
     implementation None picks cuDNN (flash attention) on GPU for bf16/fp16 with head_dim % 8 == 0 and
-    ≤ 128, else XLA. The XLA path computes the softmax in float32. key_value_seq_lengths (B,) int32: only
-    the first n keys of each batch element are attended (a padding mask both implementations support).
+    ≤ 128, and falls back to XLA where cuDNN refuses the shapes at trace time (e.g. its backward rejects
+    DINOv2's 1025-token sequences); otherwise XLA. The XLA path computes the softmax in float32.
+    key_value_seq_lengths (B,) int32: only the first n keys of each batch element are attended (a padding
+    mask both implementations support).
     """
-    if implementation is None:
-        ok = (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
-              and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128)
-        implementation = "cudnn" if ok else "xla"
-    return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=key_value_seq_lengths,
-                                        implementation=implementation)
+    call = functools.partial(jax.nn.dot_product_attention, q, k, v,
+                             key_value_seq_lengths=key_value_seq_lengths)
+    if implementation is not None:
+        return call(implementation=implementation)
+    if (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
+            and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128):
+        try:
+            return call(implementation="cudnn")
+        except NotImplementedError:  # cuDNN's shape checks run while tracing, forward or under grad
+            pass
+    return call(implementation="xla")
 
 
 class Dinov2Layer(nn.Module):

@@ -127,6 +127,33 @@ def example_inputs(num_views: int, size: int, seed: int = 0):
             jnp.ones((1, num_views), bool))
 
 
+def surface_anchors(proposal_config, capacity: int, radius: float = 0.7, seed: int = 0):
+    """Anchors of an object-like shape: the voxels of the proposal grid whose centres lie within one voxel of
+    a sphere of ``radius`` (in grid units, [-1, 1] = the grid's extent), a seeded random subset of
+    ``capacity`` of them (the original subsamples at random) kept in raster order, scaled by ``xyz_scale``.
+
+    Random weights make the proposal stage select voxels scattered through the whole grid, with no spatial
+    coherence between consecutive anchors; a real object's anchors lie on its surface. Returns anchors
+    (1, capacity, 3) float32 and mask (1, capacity) bool (all True when the shell has enough voxels).
+    """
+    import jax.numpy as jnp
+
+    from geolrm_jax.model.proposal import linspace_like_torch
+
+    g = proposal_config.grid_size
+    lin = linspace_like_torch(g)
+    grid = np.stack(np.meshgrid(lin, lin, lin, indexing="ij"), -1).reshape(-1, 3)
+    voxel = 2.0 / (g - 1)
+    idx = np.flatnonzero(np.abs(np.linalg.norm(grid, axis=-1) - radius) <= voxel)
+    if len(idx) > capacity:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, capacity, replace=False))
+    anchors = np.zeros((1, capacity, 3), np.float32)
+    anchors[0, :len(idx)] = grid[idx] * np.float32(proposal_config.xyz_scale)
+    mask = np.zeros((1, capacity), bool)
+    mask[0, :len(idx)] = True
+    return jnp.asarray(anchors), jnp.asarray(mask)
+
+
 class StageResult(NamedTuple):
     seconds: float
     memory_bytes: int | None
@@ -148,20 +175,27 @@ def _time_stage(fn, args, repeats: int):
     return out, StageResult(statistics.median(times), memory)
 
 
-def bench_one(config, variables, num_views: int, size: int, repeats: int) -> dict:
-    """Time the four stages for one (views, size) with ``config.dtype``; returns a result row."""
+def bench_one(config, variables, num_views: int, size: int, repeats: int, anchors: str = "proposal") -> dict:
+    """Time the four stages for one (views, size) with ``config.dtype``; returns a result row.
+
+    anchors: "proposal" feeds the proposal stage's anchors to the reconstruction, "surface" those of
+    ``surface_anchors`` (the proposal stage is still timed)."""
     from geolrm_jax import reconstruct
 
     stages = build_stages(config, size)
     images, c2ws, Ks, view_mask = example_inputs(num_views, size)
     (feats_p, feats_r), enc = _time_stage(stages.encoder, (variables, images, c2ws, Ks), repeats)
-    (anchors, mask), prop = _time_stage(stages.proposal, (variables, feats_p, c2ws, Ks, view_mask), repeats)
+    (anchor_xyz, mask), prop = _time_stage(stages.proposal, (variables, feats_p, c2ws, Ks, view_mask), repeats)
+    if anchors == "surface":
+        anchor_xyz, mask = surface_anchors(config.proposal, mask.shape[-1])
+    elif anchors != "proposal":
+        raise ValueError(f"anchors must be 'proposal' or 'surface', got {anchors!r}")
     latents, rec = _time_stage(stages.reconstruction,
-                               (variables, feats_r, c2ws, Ks, view_mask, anchors, mask), repeats)
-    _, dec = _time_stage(stages.decoding, (variables, latents, anchors, mask), repeats)
+                               (variables, feats_r, c2ws, Ks, view_mask, anchor_xyz, mask), repeats)
+    _, dec = _time_stage(stages.decoding, (variables, latents, anchor_xyz, mask), repeats)
     results = dict(zip(STAGES, (enc, prop, rec, dec), strict=True))
     return {
-        "views": num_views, "size": size, "dtype": config.dtype,
+        "views": num_views, "size": size, "dtype": config.dtype, "anchor_source": anchors,
         "time_s": {k: r.seconds for k, r in results.items()},
         "stage_memory_bytes": {k: r.memory_bytes for k, r in results.items()},
         "total_s": sum(r.seconds for r in results.values()),
@@ -211,6 +245,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--isolate", action="store_true", help="run each configuration in its own process")
     p.add_argument("--budget-s", type=float, help="start no new configuration after this many seconds")
     p.add_argument("--out", help="write the rows as JSON here (rewritten after every configuration)")
+    p.add_argument("--anchors", default="proposal", choices=("proposal", "surface"),
+                   help="reconstruction anchors: the proposal stage's (with random weights, voxels scattered "
+                        "through the grid) or a sphere's surface voxels (object-like locality)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a model config field, e.g. attention_over_heads=False or "
                         "reconstruction.layers=8 (Python literal values; repeatable)")
@@ -263,7 +300,7 @@ def run(args) -> list[dict]:
                     config = apply_overrides(convert.config_from_arg(args.model_config), args.set)
                     config.dtype = dtype
                     variables = _variables(args.model_config, tuple(args.set), args.seed)
-                    rows.append(bench_one(config, variables, views, size, args.repeats))
+                    rows.append(bench_one(config, variables, views, size, args.repeats, args.anchors))
                 print(f"done: {views} views, {size} px, {dtype}: {1e3 * rows[-1]['total_s']:.1f} ms "
                       f"({time.perf_counter() - start:.0f} s elapsed)", file=sys.stderr, flush=True)
                 if args.out:
@@ -279,7 +316,7 @@ def run(args) -> list[dict]:
 def _run_isolated(args, dtype: str, size: int, views: int) -> dict:
     cmd = [sys.executable, "-m", "geolrm_jax.benchmark", "--model-config", args.model_config, "--views",
            str(views), "--sizes", str(size), "--dtypes", dtype, "--repeats", str(args.repeats), "--seed",
-           str(args.seed), "--json-stdout", *(f"--set={item}" for item in args.set)]
+           str(args.seed), "--anchors", args.anchors, "--json-stdout", *(f"--set={item}" for item in args.set)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(f"benchmark of {views} views, {size} px, {dtype} failed:\n{done.stderr[-4000:]}")
@@ -300,7 +337,7 @@ def main(argv=None) -> int:
     import jax
 
     print(f"device: {jax.local_devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}, "
-          f"model {args.model_config} {' '.join(args.set)}, median of {args.repeats}")
+          f"model {args.model_config} {' '.join(args.set)}, anchors from {args.anchors}, median of {args.repeats}")
     print(format_table(rows))
     return 0
 

@@ -62,3 +62,19 @@ def test_budget_stops_before_new_configurations(capsys, tmp_path):
     captured = capsys.readouterr()
     assert "not run: 1 views 28 px bfloat16, 2 views 28 px bfloat16" in captured.err
     assert not out.exists()  # nothing measured, nothing written
+
+
+def test_surface_anchors_lie_on_the_shell_in_raster_order():
+    config = model_config.tiny_model_config()
+    g, scale = config.proposal.grid_size, config.proposal.xyz_scale
+    anchors, mask = benchmark.surface_anchors(config.proposal, 64, radius=0.7)
+    anchors, mask = np.asarray(anchors)[0], np.asarray(mask)[0]
+    assert mask.all() and anchors.shape == (64, 3)
+    radius = np.linalg.norm(anchors / scale, axis=-1)
+    assert np.all(np.abs(radius - 0.7) <= 2.0 / (g - 1) + 1e-6)
+    # raster (x, y, z) order: the flat voxel index increases
+    idx = np.rint((anchors / scale + 1) * (g - 1) / 2).astype(int)
+    flat = (idx[:, 0] * g + idx[:, 1]) * g + idx[:, 2]
+    assert np.all(np.diff(flat) > 0)
+    many_anchors, many_mask = benchmark.surface_anchors(config.proposal, 10_000)
+    assert 0 < int(many_mask.sum()) < 10_000 and not np.asarray(many_anchors)[0, -1].any()

@@ -1,0 +1,166 @@
+"""Where the inference time goes: device-kernel time per stage, grouped by kind of kernel.
+
+    python tools/profile_inference.py [--views 6 21] [--size 448] [--dtype bfloat16] [--anchors proposal|surface]
+                                      [--set KEY=VALUE ...] [--repeats 5] [--top 12] [--out DIR]
+
+Each stage of ``geolrm_jax.benchmark.build_stages`` is compiled, warmed up, then run ``--repeats`` times
+under ``jax.profiler`` (with ``create_perfetto_trace=True``). The Perfetto JSON of each trace is read back
+and every device event (a kernel or a copy on a ``/device:GPU`` process) is summed by name; the table gives
+milliseconds per run for each kind of kernel and the ``--top`` kernels of each stage. Wall time (median,
+``block_until_ready``) is printed beside the summed kernel time: the gap is launch overhead and idle time.
+
+Kinds are read off kernel names: cuDNN attention, matrix products (cuBLAS / cuBLASLt / CUTLASS), the
+deformable-sampling Pallas kernels, sorts, XLA fusions, gathers/scatters and copies. Runs on CPU too (the
+table is then empty: the CPU backend emits no device events), which the tests use as a smoke test.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+KINDS = (  # (kind, substrings of the lower-cased kernel name); first match wins
+    ("attention (cuDNN)", ("cudnn", "flash", "fmha", "sdpa")),
+    ("deformable (Pallas)", ("deformable", "_forward_kernel", "_backward_kernel")),
+    ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "sm90_", "wgmma")),
+    ("sort", ("sort", "radix", "cub::")),
+    ("gather/scatter", ("gather", "scatter", "dynamic_slice", "dynamic-update")),
+    ("copy/transpose", ("copy", "memcpy", "memset", "transpose")),
+    ("reduction", ("reduce", "reduction")),
+    ("fusion (XLA)", ("fusion", "loop_", "input_", "wrapped_")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    for kind, keys in KINDS:
+        if any(k in low for k in keys):
+            return kind
+    return "other"
+
+
+def device_events(trace_dir: str):
+    """(name, duration in µs) of every complete event on a device process of the Perfetto trace in trace_dir."""
+    paths = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
+    if not paths:
+        raise FileNotFoundError(f"no perfetto_trace.json.gz under {trace_dir}")
+    with gzip.open(sorted(paths)[-1], "rt") as f:
+        data = json.load(f)
+    events = data["traceEvents"] if isinstance(data, dict) else data
+    device_pids = {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
+                   and "/device:" in str(e.get("args", {}).get("name", ""))}
+    return [(e["name"], float(e.get("dur", 0.0))) for e in events
+            if e.get("ph") == "X" and e.get("pid") in device_pids]
+
+
+def profile_stage(fn, args, repeats: int):
+    """Compile fn, warm up, time `repeats` runs, then trace `repeats` more: (output, median wall s,
+    {kernel name: (µs per run, launches per run)})."""
+    import jax
+
+    compiled = jax.jit(fn).lower(*args).compile()
+    out = jax.block_until_ready(compiled(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - t0)
+    with tempfile.TemporaryDirectory() as trace_dir:
+        jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+        for _ in range(repeats):
+            jax.block_until_ready(compiled(*args))
+        jax.profiler.stop_trace()
+        events = device_events(trace_dir)
+    per_name = collections.defaultdict(lambda: [0.0, 0])
+    for name, dur in events:
+        per_name[name][0] += dur / repeats
+        per_name[name][1] += 1
+    return out, statistics.median(times), {k: (us, n / repeats) for k, (us, n) in per_name.items()}
+
+
+def profile(config, variables, views: int, size: int, repeats: int, anchors: str = "proposal"):
+    """{stage: (wall s, {kernel: (µs/run, launches/run)})} for the four stages of one configuration."""
+    from geolrm_jax import benchmark
+
+    stages = benchmark.build_stages(config, size)
+    images, c2ws, Ks, view_mask = benchmark.example_inputs(views, size)
+    result = {}
+    (feats_p, feats_r), wall, k = profile_stage(stages.encoder, (variables, images, c2ws, Ks), repeats)
+    result["encoder"] = (wall, k)
+    (anc, mask), wall, k = profile_stage(stages.proposal, (variables, feats_p, c2ws, Ks, view_mask), repeats)
+    result["proposal"] = (wall, k)
+    if anchors == "surface":
+        anc, mask = benchmark.surface_anchors(config.proposal, mask.shape[-1])
+    latents, wall, k = profile_stage(stages.reconstruction, (variables, feats_r, c2ws, Ks, view_mask, anc, mask),
+                                     repeats)
+    result["reconstruction"] = (wall, k)
+    _, wall, k = profile_stage(stages.decoding, (variables, latents, anc, mask), repeats)
+    result["decoding"] = (wall, k)
+    return result
+
+
+def format_profile(result, top: int) -> str:
+    lines = []
+    for stage, (wall, kernels) in result.items():
+        total_us = sum(us for us, _ in kernels.values())
+        lines.append(f"== {stage}: wall {1e3 * wall:.2f} ms, device kernels {total_us / 1e3:.2f} ms "
+                     f"({sum(n for _, n in kernels.values()):.0f} launches/run)")
+        by_kind = collections.defaultdict(float)
+        for name, (us, _) in kernels.items():
+            by_kind[kernel_kind(name)] += us
+        for kind, us in sorted(by_kind.items(), key=lambda kv: -kv[1]):
+            lines.append(f"   {kind:<22} {us / 1e3:>8.2f} ms  {100 * us / max(total_us, 1e-9):>5.1f}%")
+        lines.append(f"   top {top} kernels (ms/run, launches/run, kind):")
+        for name, (us, n) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:top]:
+            lines.append(f"     {us / 1e3:>8.3f} {n:>6.0f}  {kernel_kind(name):<20} {name[:90]}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model-config", default="official")
+    p.add_argument("--views", type=int, nargs="+", default=[6, 21])
+    p.add_argument("--size", type=int, default=448)
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    p.add_argument("--anchors", default="proposal", choices=("proposal", "surface"),
+                   help="reconstruction anchors: the proposal stage's (random weights: scattered voxels) or "
+                        "a sphere's surface voxels (benchmark.surface_anchors)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--top", type=int, default=12)
+    p.add_argument("--out", help="write the per-kernel numbers as JSON here")
+    args = p.parse_args(argv)
+
+    import jax
+
+    from geolrm_jax import benchmark
+    from geolrm_jax.model import convert
+
+    config = benchmark.apply_overrides(convert.config_from_arg(args.model_config), args.set)
+    config.dtype = args.dtype
+    variables = benchmark._variables(args.model_config, tuple(args.set), 0)
+    print(f"device: {jax.local_devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}, "
+          f"{args.size} px, {args.dtype}, anchors {args.anchors}, {' '.join(args.set)}", flush=True)
+    everything = {}
+    for views in args.views:
+        result = profile(config, variables, views, args.size, args.repeats, args.anchors)
+        everything[str(views)] = {s: {"wall_s": w, "kernels_us": {n: us for n, (us, _) in k.items()}}
+                                  for s, (w, k) in result.items()}
+        print(f"\n##### {views} views: total wall {1e3 * sum(w for w, _ in result.values()):.1f} ms", flush=True)
+        print(format_profile(result, args.top), flush=True)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, f"profile_{args.dtype}_{args.anchors}.json"), "w") as f:
+            json.dump(everything, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

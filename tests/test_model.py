@@ -250,3 +250,30 @@ def test_init_variables_tree_matches_converter_layout():
     assert jax.tree.map(lambda x: (x.shape, x.dtype), abstract) == jax.tree.map(lambda x: (x.shape, x.dtype),
                                                                                  expected)
     assert set(abstract) == {"params", "batch_stats"} and set(abstract["params"]) == {"proposal", "reconstruction"}
+
+
+def test_transformer_with_scattered_anchor_mask_equals_the_valid_subset():
+    """Padded anchors anywhere in the list: valid outputs (and intermediates) equal those of the valid anchors
+    alone, in the caller's order (the transformer reorders tokens valid-first internally)."""
+    from geolrm_jax.model.transformer import GeoTransformer
+
+    shapes = ((4, 4), (2, 2))
+    model = GeoTransformer(dim=24, layers=2, heads=2, num_points=2, grid_size=16, xyz_scale=0.5,
+                           spatial_shapes=shapes, attention_impl="xla", sample_impl="xla")
+    rng = np.random.default_rng(7)
+    s, valid = 7, np.array([False, True, True, False, True, False, True])
+    xyzs = jnp.asarray(rng.uniform(-0.5, 0.5, (1, s, 3)), jnp.float32)
+    feats = jnp.asarray(rng.normal(size=(1, 2, 20, 24)), jnp.float32)
+    c2ws = geometry.orbit_c2w(2, 20.0, 1.5)[None]
+    ks = jnp.broadcast_to(geometry.fov_to_intrinsics(39.6), (1, 2, 3, 3))
+    views = jnp.ones((1, 2), bool)
+    mask = jnp.asarray(valid)[None]
+    variables = random_variables(model, (xyzs, mask, feats, c2ws, ks, views))
+    run = jax.jit(lambda x, m: model.apply(variables, x, m, feats, c2ws, ks, views, mutable="intermediates"))
+    full, inter_full = run(xyzs, mask)
+    sub, inter_sub = run(xyzs[:, valid], jnp.ones((1, int(valid.sum())), bool))
+    np.testing.assert_allclose(np.asarray(full)[:, valid], np.asarray(sub), rtol=1e-5, atol=1e-5)
+    layers_full = inter_full["intermediates"]["layers"]["cross_attention_out"][0]
+    layers_sub = inter_sub["intermediates"]["layers"]["cross_attention_out"][0]
+    np.testing.assert_allclose(np.asarray(layers_full)[:, :, valid], np.asarray(layers_sub), rtol=1e-5, atol=1e-5)
+    assert np.all(np.isfinite(np.asarray(full)))

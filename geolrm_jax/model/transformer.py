@@ -7,6 +7,10 @@ Block, pre-norm, with the original's residual quirk in the cross-attention:
     out = c + FFN(RMSNorm(c))
 Intermediates (collection "intermediates", only when it is mutable): per layer `self_attention_out`,
 `cross_attention_out`, `feed_forward_out` (stacked on axis 0 by the scan) and `reference_points_cam`.
+
+With attention over tokens, `GeoTransformer` reorders the tokens valid-first once (stable), so that every
+layer's key-padding mask is a sequence length (no per-layer sort or gathers), and restores the caller's order
+on the way out; every other part of a block is per token.
 """
 
 from __future__ import annotations
@@ -82,6 +86,13 @@ def attention_over_heads(q, k, v):
     return out.transpose(0, 2, 1, 3).reshape(b, s, h * d)
 
 
+def take_tokens(t, idx, axis: int = 1):
+    """t[b, ..., idx[b, s], ...]: t gathered along its token axis `axis` by idx (B, S) int."""
+    shape = [1] * t.ndim
+    shape[0], shape[axis] = idx.shape
+    return jnp.take_along_axis(t, idx.reshape(shape), axis=axis)
+
+
 def masked_token_attention(q, k, v, key_mask, implementation=None):
     """Attention over tokens in which keys with key_mask False are ignored.
 
@@ -108,7 +119,9 @@ class SelfAttention(nn.Module):
     over_heads: bool = False
 
     @nn.compact
-    def __call__(self, x, cos, sin, key_mask):
+    def __call__(self, x, cos, sin, key_mask, key_lengths=None):
+        """x (B, S, dim); cos, sin (B, S, 3, head_dim/6); key_mask (B, S) bool. key_lengths (B,) int32, when
+        given, says the valid tokens come first (the first key_lengths[b] of each row): no reordering."""
         b, s, _ = x.shape
         hd = self.dim // self.heads
         dense = functools.partial(nn.Dense, self.dim, use_bias=False, dtype=self.dtype)
@@ -116,6 +129,8 @@ class SelfAttention(nn.Module):
         q, k = apply_rope3d(q, cos, sin), apply_rope3d(k, cos, sin)
         if self.over_heads:
             out = attention_over_heads(q, k, v)
+        elif key_lengths is not None:
+            out = attention(q, k, v, implementation=self.attention_impl, key_value_seq_lengths=key_lengths)
         else:
             out = masked_token_attention(q, k, v, key_mask, self.attention_impl)
         return dense(name="wo")(out.reshape(b, s, self.dim))
@@ -186,11 +201,11 @@ class GeoTransformerBlock(nn.Module):
     attention_over_heads: bool = False
 
     @nn.compact
-    def __call__(self, x, cos, sin, query_mask, feats, ref_points, view_mask):
+    def __call__(self, x, cos, sin, query_mask, key_lengths, feats, ref_points, view_mask, inverse):
         norm = functools.partial(RMSNorm, self.norm_eps, self.dtype)
         sa = SelfAttention(self.dim, self.heads, self.dtype, self.attention_impl, self.attention_over_heads,
                            name="self_attention")(
-            norm(name="self_attention_norm")(x), cos, sin, query_mask)
+            norm(name="self_attention_norm")(x), cos, sin, query_mask, key_lengths)
         h = x + sa.astype(jnp.float32)  # residual stream stays float32 (as under torch autocast)
         ca = DeformableCrossAttention(self.dim, self.heads, self.num_points, self.spatial_shapes, self.dtype,
                                       self.sample_impl, name="cross_attention")(
@@ -198,9 +213,11 @@ class GeoTransformerBlock(nn.Module):
             RMSNorm(self.norm_eps, jnp.float32, name="cross_attention_norm")(h), feats, ref_points, view_mask,
             query_mask)
         ff = FeedForward(self.dim, self.dtype, name="feed_forward")(norm(name="ffn_norm")(ca))
-        self.sow("intermediates", "self_attention_out", sa)
-        self.sow("intermediates", "cross_attention_out", ca)
-        self.sow("intermediates", "feed_forward_out", ff)
+        if self.is_mutable_collection("intermediates"):  # in the caller's token order
+            unpermute = (lambda t: t) if inverse is None else functools.partial(take_tokens, idx=inverse)
+            self.sow("intermediates", "self_attention_out", unpermute(sa))
+            self.sow("intermediates", "cross_attention_out", unpermute(ca))
+            self.sow("intermediates", "feed_forward_out", unpermute(ff))
         return ca.astype(jnp.float32) + ff.astype(jnp.float32), None
 
 
@@ -226,17 +243,26 @@ class GeoTransformer(nn.Module):
     @nn.compact
     def __call__(self, xyzs, query_mask, feats, c2ws, Ks, view_mask):
         b, s, _ = xyzs.shape
+        ref_points = geometry.project_points(xyzs[:, None], c2ws, Ks)  # (B, V, S, 2)
+        self.sow("intermediates", "reference_points_cam", ref_points)
+        key_lengths = inverse = None
+        if not self.attention_over_heads:  # that path mixes tokens by index (see attention_over_heads)
+            # Valid tokens first, once for all layers, so that the key-padding mask is a sequence length.
+            perm = jnp.argsort(~query_mask, axis=1, stable=True)
+            inverse = jnp.argsort(perm, axis=1)
+            xyzs, query_mask = take_tokens(xyzs, perm), take_tokens(query_mask, perm)
+            ref_points = take_tokens(ref_points, perm, axis=2)
+            key_lengths = jnp.maximum(jnp.sum(query_mask, axis=1), 1).astype(jnp.int32)
         token = self.param("query_token", nn.initializers.normal(1.0), (self.dim - 3,))
         h = jnp.concatenate([xyzs.astype(jnp.float32), jnp.broadcast_to(token, (b, s, self.dim - 3))], -1)
         cos, sin = rope3d_tables(rope_grid_index(xyzs, self.xyz_scale, self.grid_size), self.dim // self.heads)
-        ref_points = geometry.project_points(xyzs[:, None], c2ws, Ks)  # (B, V, S, 2)
-        self.sow("intermediates", "reference_points_cam", ref_points)
         block = GeoTransformerBlock
         if self.remat:
             block = nn.remat(block, prevent_cse=False, policy=getattr(jax.checkpoint_policies, self.remat_policy))
         stack = nn.scan(block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
-                        in_axes=(nn.broadcast,) * 6, length=self.layers)
+                        in_axes=(nn.broadcast,) * 8, length=self.layers)
         h, _ = stack(self.dim, self.heads, self.num_points, tuple(self.spatial_shapes), self.norm_eps,
                      self.dtype, self.attention_impl, self.sample_impl, self.attention_over_heads, name="layers")(
-            h, cos, sin, query_mask, feats.astype(self.dtype), ref_points, view_mask)
-        return RMSNorm(self.norm_eps, self.dtype, name="norm")(h)
+            h, cos, sin, query_mask, key_lengths, feats.astype(self.dtype), ref_points, view_mask, inverse)
+        out = RMSNorm(self.norm_eps, self.dtype, name="norm")(h)
+        return out if inverse is None else take_tokens(out, inverse)

@@ -55,6 +55,11 @@ FORWARD_CONFIGS = {"per_head": (FORWARD_BLOCK_Q, None, FORWARD_NUM_WARPS), "per_
                    "all_heads": (8, 256, 4)}
 BACKWARD_BLOCK_Q = 16
 BACKWARD_NUM_WARPS = 4
+# Backward variants: "atomic" (below: per-sample d_value atomics) and "window" (deformable_sample_backward_triton:
+# d_value accumulated per program in a pixel window by a matmul, per-sample atomics only outside it).
+# BACKWARD_VARIANT is what the op runs (docs/deformable.md, "Window backward").
+BACKWARD_VARIANTS = ("atomic", "window")
+BACKWARD_VARIANT = "atomic"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -370,13 +375,25 @@ def forward(value, reference_points, offsets, attention_weights, mask, spatial_s
 
 
 def backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g, *, interpret=False,
-             block_q=None, num_warps=None, relaxed=None, debug=False):
+             block_q=None, num_warps=None, relaxed=None, debug=False, variant=None):
     """Gradients (d_value, d_reference_points, d_offsets, d_attention_weights) in the inputs' dtypes.
+
+    ``variant``: one of BACKWARD_VARIANTS (default BACKWARD_VARIANT); "window" runs
+    ``deformable_sample_backward_triton.backward`` with these arguments.
 
     ``relaxed``: d_value atomics with relaxed memory ordering (default: whenever available, see
     :func:`relaxed_atomics_status`); False uses ``plgpu.atomic_add`` (acquire-release), for comparison.
     ``debug``: ``pallas_call(debug=True)``, which prints the kernel's jaxpr and Triton IR when it is lowered.
     """
+    variant = variant or BACKWARD_VARIANT
+    if variant not in BACKWARD_VARIANTS:
+        raise ValueError(f"backward variant must be one of {BACKWARD_VARIANTS}, got {variant!r}")
+    if variant == "window":
+        from geolrm_kernels import deformable_sample_backward_triton as window
+
+        return window.backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g,
+                               interpret=interpret, block_q=block_q, num_warps=num_warps, relaxed=relaxed,
+                               debug=debug)
     b, v, length, heads, c = value.shape
     dims = _dims(value, offsets)
     q = dims[1]

@@ -1,6 +1,7 @@
-"""GPU benchmark of the splatter: Pallas Triton path vs the pure-JAX (XLA) path.
+"""GPU benchmark of the splatter: Pallas Triton path, pure-JAX (XLA) path and gsplat, side by side.
 
     PYTHONUNBUFFERED=1 python tools/bench_splat.py [--json OUT.json] [--repeats 5] [--sizes 131072,524288]
+        [--implementations pallas,xla,gsplat] [--gsplat-so DIR] [--stages]
 
 Gaussians follow GeoLRM's output distribution: means uniform in the cube [-0.5, 0.5]^3, scales uniform in
 [0.001, 0.02] (GeoLRM clamps them at 0.02), random unit quaternions, opacities uniform in (0.05, 0.95), colours
@@ -11,7 +12,18 @@ Forward = `render` (rgb, alpha, depth); forward+backward = value and gradient of
 three outputs w.r.t. all five Gaussian fields. Times are medians of `--repeats` runs after a warm-up
 (block_until_ready). Memory is XLA's compiled-program footprint (arguments + outputs + temporaries, from
 `compiled.memory_analysis()`), i.e. the peak the program needs. The capacity is found once per setting with
-the number of tile intersections (next power of two) and then fixed. gsplat is not run (see docs/splatter.md).
+the number of tile intersections (next power of two) and then fixed.
+
+gsplat (optional; torch, gsplat and a CUDA device, else skipped with the reason printed): the same Gaussians and
+cameras through `gsplat.rasterization(render_mode="RGB+D")` (see `gsplat_bench.py` for the camera conversion,
+what matches and what differs). Its times are medians of synchronized wall-clock runs like ours; its memory is
+`torch.cuda.max_memory_allocated` over the call (inputs, cotangents, outputs and temporaries resident), the
+allocator's peak, against our compiled footprint. The table also prints the difference between its images and
+ours, and the ratios ours / gsplat.
+
+--stages times the forward's parts at each setting (projection; projection + tile intersection; the whole
+forward) for both intersection methods ("radix": one uint32 key sort; "two_key": the (tile, depth) comparison
+sort); the rasterization kernel is the difference.
 """
 from __future__ import annotations
 
@@ -21,11 +33,13 @@ import statistics
 import time
 
 import geolrm_kernels.rasterize as kernels
+import gsplat_bench
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from geolrm_jax.geometry import fov_to_intrinsics, orbit_c2w
+from geolrm_jax.render import projection, tiles
 from geolrm_jax.render.gaussians import Gaussians
 from geolrm_jax.render.splat import render
 
@@ -68,54 +82,122 @@ def _footprint(compiled) -> int:
                - mem.alias_size_in_bytes)
 
 
-def bench_setting(num: int, num_views: int, size: int, implementations, repeats: int) -> list[dict]:
-    g = geolrm_gaussians(num)
-    c2w, K = cameras(num_views)
-    bg = jnp.ones((3,), jnp.float32)
-    capacity = _capacity_for(g, c2w, K, size)
+def _cotangents(num_views: int, size: int):
     key = jax.random.PRNGKey(1)
-    cots = (jax.random.normal(key, (1, num_views, size, size, 3)),
+    return (jax.random.normal(key, (1, num_views, size, size, 3)),
             jax.random.normal(jax.random.fold_in(key, 1), (1, num_views, size, size)),
             jax.random.normal(jax.random.fold_in(key, 2), (1, num_views, size, size)))
+
+
+def _configure(name: str) -> str:
+    """Implementation name -> render's `implementation`, setting the kernel/intersection module switches."""
+    kernels.ACCUMULATE = "segment" if name == "pallas_segment" else "atomic"
+    tiles.METHOD = "two_key" if name.endswith("two_key") else "auto"
+    return {"pallas_segment": "pallas", "pallas_two_key": "pallas", "xla_two_key": "xla"}.get(name, name)
+
+
+def bench_ours(name: str, g, c2w, K, size: int, capacity: int, cots, repeats: int) -> tuple[dict, dict]:
+    """One row for our renderer; also returns the arrays (images, gradients) for the gsplat comparison."""
+    impl = _configure(name)
+    bg = jnp.ones((3,), jnp.float32)
+
+    def forward(g, c2w, K):
+        o = render(g, c2w, K, size, size, bg, capacity=capacity, implementation=impl)
+        return o.rgb, o.alpha, o.depth, o.overflow
+
+    def loss(g, c2w, K, cots):
+        o = render(g, c2w, K, size, size, bg, capacity=capacity, implementation=impl)
+        return jnp.sum(o.rgb * cots[0]) + jnp.sum(o.alpha * cots[1]) + jnp.sum(o.depth * cots[2])
+
+    row, arrays = {}, {}
+    try:
+        args = (g, c2w, K)
+        fwd = jax.jit(forward).lower(*args).compile()
+        row["forward_bytes"] = _footprint(fwd)
+        out = fwd(*args)
+        row["overflow"] = int(out[3])
+        arrays.update(rgb=np.asarray(out[0][0]), alpha=np.asarray(out[1][0]), depth=np.asarray(out[2][0]))
+        del out
+        row["forward_ms"] = 1e3 * _median_time(fwd, args, repeats)
+        args = (g, c2w, K, cots)
+        fwd_bwd = jax.jit(jax.value_and_grad(loss)).lower(*args).compile()
+        row["fwd_bwd_bytes"] = _footprint(fwd_bwd)
+        row["fwd_bwd_ms"] = 1e3 * _median_time(fwd_bwd, args, repeats)
+        grads = fwd_bwd(*args)[1]
+        row["grads_finite"] = bool(all(bool(jnp.all(jnp.isfinite(x))) for x in grads))
+        arrays.update({f"grad_{k}": np.asarray(v[0]) for k, v in grads._asdict().items()})
+    except Exception as err:  # report and go on with the other settings
+        row["error"] = f"{type(err).__name__}: {str(err)[:400]}"
+    return row, arrays
+
+
+def bench_stages(g, c2w, K, size: int, capacity: int, repeats: int) -> list[dict]:
+    """Forward split: projection, + tile intersection, whole forward (Pallas), per intersection method."""
+    bg = jnp.ones((3,), jnp.float32)
+
+    def project(g, c2w, K):
+        def one(cw, k):
+            return projection.project_gaussians(g.means[0], g.scales[0], g.quats[0],
+                                                projection.camera_from_c2w(cw, k), size, size)
+        return jax.vmap(one)(c2w[0], K[0])
+
+    def project_intersect(g, c2w, K):
+        p = project(g, c2w, K)
+        return p, jax.lax.map(lambda q: tiles.intersect_tiles(*q, size, size, capacity),
+                              (p.means2d, p.radii, p.depths))
+
+    def forward(g, c2w, K):
+        o = render(g, c2w, K, size, size, bg, capacity=capacity, implementation="pallas")
+        return o.rgb, o.alpha, o.depth
+
     rows = []
+    for method in ("radix", "two_key"):
+        _configure("pallas_two_key" if method == "two_key" else "pallas")
+        row = {"method": method}
+        for stage, fn in (("projection", project), ("projection+intersection", project_intersect),
+                          ("forward", forward)):
+            try:
+                row[stage + "_ms"] = 1e3 * _median_time(jax.jit(fn), (g, c2w, K), repeats)
+            except Exception as err:
+                row[stage + "_error"] = f"{type(err).__name__}: {str(err)[:300]}"
+        rows.append(row)
+    _configure("pallas")
+    return rows
+
+
+def bench_setting(num: int, num_views: int, size: int, implementations, repeats: int, gsplat,
+                  stages: bool) -> list[dict]:
+    g = geolrm_gaussians(num)
+    c2w, K = cameras(num_views)
+    capacity = _capacity_for(g, c2w, K, size)
+    cots = _cotangents(num_views, size)
+    setting = {"gaussians": num, "views": num_views, "size": size, "capacity": capacity}
+    rows, ours = [], None
     for name in implementations:
-        # "pallas_segment": the Pallas path with the deterministic segment-sum backward instead of atomics.
-        impl = "pallas" if name == "pallas_segment" else name
-        kernels.ACCUMULATE = "segment" if name == "pallas_segment" else "atomic"
-
-        def forward(g, c2w, K, impl=impl):
-            o = render(g, c2w, K, size, size, bg, capacity=capacity, implementation=impl)
-            return o.rgb, o.alpha, o.depth, o.overflow
-
-        def loss(g, c2w, K, impl=impl):
-            o = render(g, c2w, K, size, size, bg, capacity=capacity, implementation=impl)
-            return jnp.sum(o.rgb * cots[0]) + jnp.sum(o.alpha * cots[1]) + jnp.sum(o.depth * cots[2])
-
-        row = {"gaussians": num, "views": num_views, "size": size, "implementation": name,
-               "capacity": capacity}
-        try:
-            args = (g, c2w, K)
-            fwd = jax.jit(forward).lower(*args).compile()
-            row["forward_bytes"] = _footprint(fwd)
-            row["overflow"] = int(fwd(*args)[3])
-            row["forward_ms"] = 1e3 * _median_time(fwd, args, repeats)
-            row["rgb_mean"] = float(jnp.mean(fwd(*args)[0]))
-            fwd_bwd = jax.jit(jax.value_and_grad(loss)).lower(*args).compile()
-            row["fwd_bwd_bytes"] = _footprint(fwd_bwd)
-            row["fwd_bwd_ms"] = 1e3 * _median_time(fwd_bwd, args, repeats)
-            grads = fwd_bwd(*args)[1]
-            row["grads_finite"] = bool(all(bool(jnp.all(jnp.isfinite(x))) for x in grads))
-        except Exception as err:  # report and go on with the other settings
-            row["error"] = f"{type(err).__name__}: {str(err)[:400]}"
+        if name.startswith("gsplat"):
+            if gsplat is None:
+                continue
+            row, arrays = gsplat_bench.bench(gsplat, g, c2w, K, size, cots, repeats,
+                                             packed=name != "gsplat_unpacked")
+            if ours is not None and arrays:
+                row["vs_ours"] = gsplat_bench.compare(ours, arrays)
+        else:
+            row, arrays = bench_ours(name, g, c2w, K, size, capacity, cots, repeats)
+            if ours is None and arrays:
+                ours = arrays
+        row = {**setting, "implementation": name, **row}
         print(json.dumps(row), flush=True)
         rows.append(row)
+    if stages:
+        for row in bench_stages(g, c2w, K, size, capacity, repeats):
+            row = {**setting, "stages": True, **row}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
     return rows
 
 
 def _capacity_for(g, c2w, K, size: int) -> int:
     """Smallest power of two holding every camera's tile intersections."""
-    from geolrm_jax.render import projection, tiles
-
     @jax.jit
     def count(means, scales, quats, c2w, K):
         def one(cw, k):
@@ -129,42 +211,80 @@ def _capacity_for(g, c2w, K, size: int) -> int:
 
 
 def print_table(rows: list[dict]) -> None:
-    """Markdown table: one line per (setting, implementation), ratios relative to the "pallas" row."""
-    base = {(r["gaussians"], r["views"], r["size"]): r for r in rows if r["implementation"] == "pallas"}
-    print("\n| Gaussians | views x size | implementation | fwd ms | fwd+bwd ms | fwd+bwd / pallas "
-          "| fwd GiB | fwd+bwd GiB |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        b = base.get((r["gaussians"], r["views"], r["size"]), {})
-        ms = lambda k, r=r: f"{r[k]:.1f}" if k in r else "error"
-        gib = lambda k, r=r: f"{r[k] / 2**30:.2f}" if r.get(k, -1) > 0 else "-"
-        ratio = f"{r['fwd_bwd_ms'] / b['fwd_bwd_ms']:.2f}" if "fwd_bwd_ms" in r and "fwd_bwd_ms" in b else "-"
-        print(f"| {r['gaussians']} | {r['views']} x {r['size']}² | {r['implementation']} | {ms('forward_ms')} | "
-              f"{ms('fwd_bwd_ms')} | {ratio} | {gib('forward_bytes')} | {gib('fwd_bwd_bytes')} |")
+    """Markdown tables: one line per (setting, implementation), ratios relative to gsplat (packed) and to
+    our "pallas" row; then the gsplat image differences and the forward split."""
+    key = lambda r: (r["gaussians"], r["views"], r["size"])
+    main = [r for r in rows if not r.get("stages")]
+    gs = {key(r): r for r in main if r["implementation"] == "gsplat"}
+    pallas = {key(r): r for r in main if r["implementation"] == "pallas"}
+    ms = lambda r, k: f"{r[k]:.1f}" if k in r else "-"
+    gib = lambda r, k: f"{r[k] / 2**30:.2f}" if r.get(k, -1) > 0 else "-"
+    ratio = lambda r, b, k: f"{r[k] / b[k]:.2f}" if k in r and k in b and b[k] > 0 else "-"
+    print("\n| Gaussians | views x size | implementation | fwd ms | fwd+bwd ms | fwd+bwd / gsplat | fwd+bwd / pallas "
+          "| fwd GiB | fwd+bwd GiB | fwd+bwd mem / gsplat |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in main:
+        b, p = gs.get(key(r), {}), pallas.get(key(r), {})
+        print(f"| {r['gaussians']} | {r['views']} x {r['size']}² | {r['implementation']} | {ms(r, 'forward_ms')} | "
+              f"{ms(r, 'fwd_bwd_ms')} | {ratio(r, b, 'fwd_bwd_ms')} | {ratio(r, p, 'fwd_bwd_ms')} | "
+              f"{gib(r, 'forward_bytes')} | {gib(r, 'fwd_bwd_bytes')} | {ratio(r, b, 'fwd_bwd_bytes')} |"
+              + (f" error: {r['error'][:120]}" if "error" in r else ""))
+    diffs = [r for r in main if "vs_ours" in r]
+    if diffs:
+        names = list(diffs[0]["vs_ours"])
+        print("\ngsplat vs ours (pallas), relative L2 difference (max abs in brackets)\n")
+        print("| Gaussians | views x size | gsplat | " + " | ".join(names) + " |")
+        print("|---|---|---|" + "---|" * len(names))
+        for r in diffs:
+            cells = [f"{v[0]:.1e} ({v[1]:.1e})" for v in r["vs_ours"].values()]
+            print(f"| {r['gaussians']} | {r['views']} x {r['size']}² | {r['implementation']} | " + " | ".join(cells)
+                  + " |")
+    split = [r for r in rows if r.get("stages")]
+    if split:
+        print("\n| Gaussians | views x size | intersection | projection ms | + intersection ms | forward ms "
+              "| intersection ms | rasterize ms |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in split:
+            p, pi, f = (r.get(k + "_ms") for k in ("projection", "projection+intersection", "forward"))
+            d = lambda a, b: f"{a - b:.1f}" if a is not None and b is not None else "-"
+            fmt = lambda x: f"{x:.1f}" if x is not None else "-"
+            print(f"| {r['gaussians']} | {r['views']} x {r['size']}² | {r['method']} | {fmt(p)} | {fmt(pi)} | "
+                  f"{fmt(f)} | {d(pi, p)} | {d(f, pi)} |")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="131072,524288", help="comma-separated Gaussian counts")
+    parser.add_argument("--sizes", default="524288,131072", help="comma-separated Gaussian counts")
     parser.add_argument("--settings", default="8x448,1x1024", help="VIEWSxSIZE, comma-separated")
-    parser.add_argument("--implementations", default="pallas,pallas_segment,xla")
+    parser.add_argument("--implementations", default="pallas,gsplat,gsplat_unpacked,pallas_two_key,xla",
+                        help="pallas, pallas_two_key, pallas_segment, xla, xla_two_key, gsplat, gsplat_unpacked")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--budget-s", type=float, default=1e9, help="start no new setting after this")
+    parser.add_argument("--xla-max-gaussians", type=int, default=1 << 30,
+                        help="skip the pure-JAX rows above this many Gaussians (they take seconds per call)")
+    parser.add_argument("--gsplat-so", default=None,
+                        help="folder holding a prebuilt gsplat_cuda.so (else gsplat JIT-compiles on import)")
+    parser.add_argument("--stages", action="store_true", help="also time projection / intersection / raster")
     parser.add_argument("--json", default=None, help="write all rows to this file")
     args = parser.parse_args(argv)
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}")
+    impls = args.implementations.split(",")
+    gsplat = None
+    if any(i.startswith("gsplat") for i in impls):
+        gsplat, reason = gsplat_bench.load(args.gsplat_so)
+        print(f"gsplat: {'loaded ' + gsplat.__version__ if gsplat else 'skipped: ' + reason}", flush=True)
     rows, start = [], time.perf_counter()
-    for impl in args.implementations.split(","):
-        for num in (int(s) for s in args.sizes.split(",")):
-            for setting in args.settings.split(","):
-                if time.perf_counter() - start > args.budget_s:
-                    print(f"budget of {args.budget_s}s spent: skipping {impl} {num} {setting}")
-                    continue
-                views, size = (int(v) for v in setting.split("x"))
-                rows += bench_setting(num, views, size, [impl], args.repeats)
-                if args.json:
-                    with open(args.json, "w") as f:
-                        json.dump(rows, f, indent=1)
+    for num in (int(s) for s in args.sizes.split(",")):
+        for setting in args.settings.split(","):
+            if time.perf_counter() - start > args.budget_s:
+                print(f"budget of {args.budget_s}s spent: skipping {num} {setting}")
+                continue
+            views, size = (int(v) for v in setting.split("x"))
+            todo = [i for i in impls if not (i.startswith("xla") and num > args.xla_max_gaussians)]
+            rows += bench_setting(num, views, size, todo, args.repeats, gsplat, args.stages)
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(rows, f, indent=1)
     print_table(rows)
     return 0
 

@@ -94,14 +94,38 @@ def render(gaussians: Gaussians, c2w, K, height: int, width: int, background, *,
         raise ValueError(f"K must be {c2w.shape[:2] + (3, 3)}, got {K.shape}")
     background = jnp.broadcast_to(jnp.asarray(background, gaussians.means.dtype), (num_scenes, 3))
     capacity = capacity or default_capacity(num, height, width)
+    if gradient not in ("exact", "cuda"):
+        raise ValueError(f"gradient must be 'exact' or 'cuda', got {gradient!r}")
+    cuda = gradient == "cuda"
+    num_cameras = c2w.shape[1]
 
-    def one_camera(g, bg, cw, k):
-        return render_camera(*g, cw, k, bg, height, width, capacity, gradient=gradient,
-                             implementation=implementation)
+    # The stages of `render_camera`, batched: projection and rasterization vmapped over (scene, camera); the
+    # tile intersection mapped sequentially over the B*C cameras, so that each of its sorts stays a 1-D sort
+    # (which XLA can give to CUB's radix sort on GPU; a vmapped sort would be a batched comparison sort).
+    def project(means, scales, quats, cw, k):
+        camera = projection.camera_from_c2w(cw, k)
+        return projection.project_gaussians(means, scales, quats, camera, height, width, cuda_gradient=cuda)
 
-    per_scene = jax.vmap(one_camera, in_axes=(None, None, 0, 0))
-    out = jax.vmap(per_scene, in_axes=(0, 0, 0, 0))(tuple(gaussians), background, c2w, K)
-    return RenderOutput(rgb=out.rgb, alpha=out.alpha, depth=out.depth, overflow=jnp.max(out.overflow))
+    per_camera = jax.vmap(project, in_axes=(None, None, None, 0, 0))
+    proj = jax.vmap(per_camera)(gaussians.means, gaussians.scales, gaussians.quats, c2w, K)
+    flat = lambda x: x.reshape((num_scenes * num_cameras,) + x.shape[2:])
+    lists = jax.lax.map(
+        lambda p: tiles.intersect_tiles(p[0], p[1], p[2], height, width, capacity),
+        (flat(jax.lax.stop_gradient(proj.means2d)), flat(proj.radii), flat(jax.lax.stop_gradient(proj.depths))))
+    lists = jax.tree.map(lambda x: x.reshape((num_scenes, num_cameras) + x.shape[1:]), lists)
+
+    def raster(p, ids, start, end, opacities, rgbs, bg):
+        feats = rasterize.pack_features(p.means2d, p.conics, opacities, rgbs, p.depths)
+        out = rasterize.rasterize(feats, ids, start, end, height, width, cuda_gradient=cuda,
+                                  implementation=implementation)
+        image = functools.partial(rasterize.tiles_to_image, height=height, width=width)
+        rgb = _clamp01(image(out.color) + image(out.transmittance)[..., None] * bg)
+        return rgb, image(out.weight), image(out.depth)
+
+    raster_cameras = jax.vmap(raster, in_axes=(0, 0, 0, 0, None, None, None))
+    rgb, alpha, depth = jax.vmap(raster_cameras)(proj, lists.gaussian_ids, lists.tile_start, lists.tile_end,
+                                                 gaussians.opacities, gaussians.rgbs, background)
+    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, overflow=jnp.max(lists.overflow))
 
 
 def render_with_retry(gaussians: Gaussians, c2w, K, height: int, width: int, background, *,

@@ -4,8 +4,13 @@ The number of (tile, Gaussian) intersections depends on the data, so the list ha
 handed out in Gaussian index order (like the CUDA duplicateWithKeys pass); intersections beyond the capacity are
 dropped and COUNTED in `overflow`, which the caller must check (`render_with_retry` grows the capacity).
 
-The sort is one stable `lax.sort` with two keys (tile id, view z), the equivalent of CUDA's 64-bit radix key
-`tile << 32 | bits(z)`: within a tile, ties keep Gaussian index order.
+Order: by tile, then view z, then Gaussian index (a stable sort), the equivalent of CUDA's 64-bit radix key
+`tile << 32 | bits(z)`. Two ways to get it, with identical results:
+  * "radix" (default where the bits fit): rank the N Gaussians by (z, index) with one sort of N float bit
+    patterns, then sort the slots on ONE uint32 key `tile << rank_bits | rank`, keys only. Single-operand
+    integer sorts are what XLA hands to CUB's radix sort on GPU (a 1-D sort; see `sort_u32`).
+  * "two_key": one stable `lax.sort` of (tile, z, index) with two keys (a comparison sort on GPU), used when
+    ceil(log2(num_tiles + 1)) + ceil(log2(N)) > 32.
 """
 from __future__ import annotations
 
@@ -15,6 +20,10 @@ import jax
 import jax.numpy as jnp
 
 from geolrm_jax.render.projection import tile_rect, tiles_grid
+
+ALL_ONES = 0xFFFFFFFF
+# Default of `intersect_tiles(method=None)`; benchmarks set it to "two_key" to time the comparison sort.
+METHOD = "auto"
 
 
 class TileLists(NamedTuple):
@@ -27,23 +36,26 @@ class TileLists(NamedTuple):
     num_intersections: jnp.ndarray  # () int32, total intersections (fit or not)
 
 
-def intersect_tiles(means2d, radii, depths, height: int, width: int, capacity: int) -> TileLists:
-    """Build the per-tile lists for one camera.
+def radix_bits(num_gaussians: int, num_tiles: int) -> tuple[int, int]:
+    """(rank_bits, tile_bits) of the single uint32 key; their sum must be <= 32 for the "radix" method."""
+    return max(1, (num_gaussians - 1).bit_length()), num_tiles.bit_length()
 
-    means2d (N, 2), radii (N,) int32 (0 = culled), depths (N,) view z; height/width/capacity static ints.
-    Tiles are numbered row-major: t = ty * grid_x + tx.
-    """
+
+def sort_u32(keys):
+    """Ascending sort of a uint32 vector (1-D, one operand: XLA's GPU backend may run it as a CUB radix sort)."""
+    return jax.lax.sort(keys, is_stable=True)
+
+
+def _slots(means2d, radii, height: int, width: int, capacity: int):
+    """Slot -> (Gaussian id, tile id, valid); slots handed out in Gaussian order, rectangles row-major."""
     grid_x, grid_y = tiles_grid(height, width)
     num_tiles = grid_x * grid_y
-    means2d = jax.lax.stop_gradient(means2d)
-    depths = jax.lax.stop_gradient(depths)
     rect = tile_rect(means2d, radii, grid_x, grid_y)
     rect_w = jnp.where(radii > 0, rect[:, 2] - rect[:, 0], 0)
     rect_h = jnp.where(radii > 0, rect[:, 3] - rect[:, 1], 0)
     counts = rect_w * rect_h
     offsets = jnp.cumsum(counts)  # inclusive
     total = offsets[-1]
-
     # Slot s belongs to the Gaussian g with offsets[g-1] <= s < offsets[g]; its local index enumerates the
     # rectangle row-major, as CUDA does.
     slots = jnp.arange(capacity, dtype=jnp.int32)
@@ -52,15 +64,64 @@ def intersect_tiles(means2d, radii, depths, height: int, width: int, capacity: i
     gid = jnp.minimum(gid, means2d.shape[0] - 1)
     local = slots - (offsets[gid] - counts[gid])
     w = jnp.maximum(rect_w[gid], 1)
-    tile_x = rect[gid, 0] + local % w
-    tile_y = rect[gid, 1] + local // w
-    tile = jnp.where(valid, tile_y * grid_x + tile_x, num_tiles)
-    key_depth = jnp.where(valid, depths[gid], 0.0)
+    tile = rect[gid, 1] * grid_x + rect[gid, 0] + (local // w) * grid_x + local % w
+    tile = jnp.where(valid, tile, num_tiles)
+    return gid, tile, valid, total
 
-    tile_sorted, _, gid_sorted = jax.lax.sort((tile, key_depth, gid), num_keys=2, is_stable=True)
+
+def depth_rank(depths, radii):
+    """(order, rank) of the Gaussians by (view z, index), culled ones (radii == 0) last.
+
+    order (N,) int32 lists Gaussian ids front to back; rank (N,) is its inverse permutation. Visible Gaussians
+    have z > 0.2 > 0, whose float32 bit patterns sort like the values.
+    """
+    num = depths.shape[0]
+    bits = jax.lax.bitcast_convert_type(depths.astype(jnp.float32), jnp.uint32)
+    key = jnp.where(radii > 0, bits, jnp.uint32(ALL_ONES))
+    ids = jnp.arange(num, dtype=jnp.int32)
+    _, order = jax.lax.sort((key, ids), num_keys=1, is_stable=True)
+    rank = jnp.zeros((num,), jnp.int32).at[order].set(ids, unique_indices=True)
+    return order, rank
+
+
+def intersect_tiles(means2d, radii, depths, height: int, width: int, capacity: int,
+                    method: str | None = None) -> TileLists:
+    """Build the per-tile lists for one camera.
+
+    means2d (N, 2), radii (N,) int32 (0 = culled), depths (N,) view z; height/width/capacity static ints.
+    Tiles are numbered row-major: t = ty * grid_x + tx. method: "auto" ("radix" when the key fits 32 bits,
+    else "two_key"), "radix" or "two_key" (see the module doc; both give identical lists); None = `METHOD`.
+    """
+    method = method or METHOD
+    grid_x, grid_y = tiles_grid(height, width)
+    num_tiles = grid_x * grid_y
+    num = means2d.shape[0]
+    rank_bits, tile_bits = radix_bits(num, num_tiles)
+    fits = rank_bits + tile_bits <= 32
+    if method == "auto":
+        method = "radix" if fits else "two_key"
+    if method not in ("radix", "two_key"):
+        raise ValueError(f"method must be 'auto', 'radix' or 'two_key', got {method!r}")
+    if method == "radix" and not fits:
+        raise ValueError(f"radix key needs {rank_bits} + {tile_bits} > 32 bits (N={num}, {num_tiles} tiles)")
+    means2d = jax.lax.stop_gradient(means2d)
+    depths = jax.lax.stop_gradient(depths)
+    gid, tile, valid, total = _slots(means2d, radii, height, width, capacity)
+
+    if method == "radix":
+        order, rank = depth_rank(depths, radii)
+        key = (tile.astype(jnp.uint32) << rank_bits) | rank[gid].astype(jnp.uint32)
+        key = sort_u32(jnp.where(valid, key, jnp.uint32(ALL_ONES)))
+        used = key != jnp.uint32(ALL_ONES)
+        tile_sorted = jnp.where(used, key >> rank_bits, num_tiles).astype(jnp.int32)
+        gid_sorted = order[(key & jnp.uint32((1 << rank_bits) - 1)).astype(jnp.int32)]
+    else:
+        key_depth = jnp.where(valid, depths[gid], 0.0)
+        tile_sorted, _, gid_sorted = jax.lax.sort((tile, key_depth, gid), num_keys=2, is_stable=True)
+        used = tile_sorted < num_tiles
     tile_ids = jnp.arange(num_tiles, dtype=jnp.int32)
     tile_start = jnp.searchsorted(tile_sorted, tile_ids, side="left").astype(jnp.int32)
     tile_end = jnp.searchsorted(tile_sorted, tile_ids, side="right").astype(jnp.int32)
     overflow = jnp.maximum(total - capacity, 0).astype(jnp.int32)
-    return TileLists(gaussian_ids=jnp.where(tile_sorted < num_tiles, gid_sorted, 0), tile_start=tile_start,
+    return TileLists(gaussian_ids=jnp.where(used, gid_sorted, 0), tile_start=tile_start,
                      tile_end=tile_end, overflow=overflow, num_intersections=total.astype(jnp.int32))

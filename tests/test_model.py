@@ -277,3 +277,20 @@ def test_transformer_with_scattered_anchor_mask_equals_the_valid_subset():
     layers_sub = inter_sub["intermediates"]["layers"]["cross_attention_out"][0]
     np.testing.assert_allclose(np.asarray(layers_full)[:, :, valid], np.asarray(layers_sub), rtol=1e-5, atol=1e-5)
     assert np.all(np.isfinite(np.asarray(full)))
+
+
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-6), (jnp.bfloat16, 1e-2)])
+def test_bias_in_matmul_dense_equals_dense(dtype, tol):
+    from geolrm_jax.model.transformer import BiasInMatmulDense, with_bias_columns
+
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(2, 5, 24)), jnp.float32)
+    dense = nn.Dense(16, dtype=dtype)
+    params = dense.init(jax.random.PRNGKey(1), x)
+    params = jax.tree.map(lambda p: p + jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)  # bias != 0
+    want = np.asarray(dense.apply(params, x), np.float32)
+    got = BiasInMatmulDense(16, dtype).apply(params, with_bias_columns(x))
+    assert got.dtype == dtype and got.shape == (2, 5, 16)
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=tol, atol=tol * np.abs(want).max())
+    same_tree = jax.eval_shape(BiasInMatmulDense(16, dtype).init, jax.random.PRNGKey(0), with_bias_columns(x))
+    assert jax.tree.map(lambda a: a.shape, same_tree) == jax.tree.map(lambda a: a.shape, params)

@@ -136,11 +136,40 @@ class SelfAttention(nn.Module):
         return dense(name="wo")(out.reshape(b, s, self.dim))
 
 
+BIAS_COLUMNS = 8  # [1, 0, ..., 0] appended to the image features: keeps the contraction a multiple of 8
+
+
+def with_bias_columns(feats):
+    """feats (..., C) -> (..., C + BIAS_COLUMNS) = [feats, 1, 0, ..., 0], the input of `BiasInMatmulDense`."""
+    extra = jnp.zeros(feats.shape[:-1] + (BIAS_COLUMNS,), feats.dtype).at[..., 0].set(1)
+    return jnp.concatenate([feats, extra], axis=-1)
+
+
+class BiasInMatmulDense(nn.Module):
+    """nn.Dense (same parameters `kernel` (C, F) and `bias` (F,), same initializers) on inputs that carry
+    their own ones column (`with_bias_columns`): y = [x, 1, 0…] @ [kernel; bias; 0…].
+
+    The bias is added inside the matrix product, so no separate elementwise pass over the output is needed
+    where the output goes straight into a custom call (the value maps: one full read and write per layer)."""
+
+    features: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_with_bias_columns):
+        c = x_with_bias_columns.shape[-1] - BIAS_COLUMNS
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (c, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        w = jnp.concatenate([kernel, bias[None], jnp.zeros((BIAS_COLUMNS - 1, self.features), kernel.dtype)])
+        return jnp.dot(x_with_bias_columns.astype(self.dtype), w.astype(self.dtype))
+
+
 class DeformableCrossAttention(nn.Module):
     """Multi-view deformable cross-attention (original MSDCAWrapper + MSDeformableAttention3D).
 
     Offsets and weights come from the query once and are shared by every view. Returns output_proj(view
-    softmax-weighted sum) + query (the residual of the original, on the normalized query).
+    softmax-weighted sum) + query (the residual of the original, on the normalized query). `feats` are the
+    image features with their bias columns (`with_bias_columns`), (B, V, L, dim + BIAS_COLUMNS).
     """
 
     dim: int
@@ -159,7 +188,8 @@ class DeformableCrossAttention(nn.Module):
         hc = self.dim // self.heads
         nl, p = NUM_LEVELS, self.num_points
         dense = functools.partial(nn.Dense, dtype=self.dtype)
-        value = dense(self.dim, name="value_proj")(feats).reshape(b, v, length, self.heads, hc)
+        value = BiasInMatmulDense(self.dim, self.dtype, name="value_proj")(feats)
+        value = value.reshape(b, v, length, self.heads, hc)
         offsets = dense(self.heads * nl * p * 2, name="sampling_offsets")(query)
         offsets = offsets.astype(jnp.float32).reshape(b, s, self.heads, nl, p, 2)
         normalizer = jnp.asarray([[w, h] for h, w in self.spatial_shapes], jnp.float32)  # (NL, 2) = (w, h)
@@ -263,6 +293,7 @@ class GeoTransformer(nn.Module):
                         in_axes=(nn.broadcast,) * 8, length=self.layers)
         h, _ = stack(self.dim, self.heads, self.num_points, tuple(self.spatial_shapes), self.norm_eps,
                      self.dtype, self.attention_impl, self.sample_impl, self.attention_over_heads, name="layers")(
-            h, cos, sin, query_mask, key_lengths, feats.astype(self.dtype), ref_points, view_mask, inverse)
+            h, cos, sin, query_mask, key_lengths, with_bias_columns(feats.astype(self.dtype)), ref_points, view_mask,
+            inverse)
         out = RMSNorm(self.norm_eps, self.dtype, name="norm")(h)
         return out if inverse is None else take_tokens(out, inverse)

@@ -11,6 +11,10 @@ Stages (each its own compiled program, run back to back on device-resident input
 * ``reconstruction``: the reconstruction transformer over the anchors (``capacity`` of them, static);
 * ``decoding``: the latent -> Gaussians decoder.
 
+``e2e`` is the whole model as one compiled program (``GeoLRM.__call__``: images and cameras in, Gaussians out,
+always with the proposal's own anchors): what one inference call costs. The stage columns add up to more,
+since each stage pays its own dispatch and the device idles between programs.
+
 ``time`` is the median wall time of ``--repeats`` runs after one warm-up (compilation excluded), with
 ``block_until_ready``. ``stage mem`` is XLA's buffer assignment of that stage's program: arguments (weights
 and inputs) + outputs + temporaries - aliased bytes; it is reported on every backend. ``peak`` is the device's
@@ -194,14 +198,22 @@ def bench_one(config, variables, num_views: int, size: int, repeats: int, anchor
                                (variables, feats_r, c2ws, Ks, view_mask, anchor_xyz, mask), repeats)
     _, dec = _time_stage(stages.decoding, (variables, latents, anchor_xyz, mask), repeats)
     results = dict(zip(STAGES, (enc, prop, rec, dec), strict=True))
+    from geolrm_jax.model.geolrm import GeoLRM
+
+    _, e2e = _time_stage(GeoLRM(config).apply, (variables, images, c2ws, Ks, view_mask), repeats)
     return {
         "views": num_views, "size": size, "dtype": config.dtype, "anchor_source": anchors,
         "time_s": {k: r.seconds for k, r in results.items()},
         "stage_memory_bytes": {k: r.memory_bytes for k, r in results.items()},
         "total_s": sum(r.seconds for r in results.values()),
+        "end_to_end_s": e2e.seconds, "end_to_end_memory_bytes": e2e.memory_bytes,
         "peak_bytes": reconstruct.peak_device_memory(),
         "anchors": int(np.asarray(mask).sum()), "capacity": int(mask.shape[-1]),
     }
+
+
+def _ms(seconds) -> str:
+    return "n/a" if seconds is None else f"{1e3 * seconds:.1f}"
 
 
 def _mib(n) -> str:
@@ -211,13 +223,14 @@ def _mib(n) -> str:
 def format_table(rows: list[dict]) -> str:
     """Per-stage table plus a bf16-vs-fp32 side-by-side table with ratios (when both dtypes ran)."""
     head = (f"{'views':>5} {'size':>5} {'dtype':>8} | " + " ".join(f"{s + ' ms':>17}" for s in STAGES)
-            + f" | {'total ms':>9} | " + " ".join(f"{s[:5] + ' MiB':>9}" for s in STAGES) + f" | {'peak MiB':>10}")
+            + f" | {'total ms':>9} {'e2e ms':>8} | " + " ".join(f"{s[:5] + ' MiB':>9}" for s in STAGES)
+            + f" | {'peak MiB':>10}")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r['views']:>5} {r['size']:>5} {r['dtype']:>8} | "
             + " ".join(f"{1e3 * r['time_s'][s]:>17.1f}" for s in STAGES)
-            + f" | {1e3 * r['total_s']:>9.1f} | "
+            + f" | {1e3 * r['total_s']:>9.1f} {_ms(r.get('end_to_end_s')):>8} | "
             + " ".join(f"{_mib(r['stage_memory_bytes'][s]):>9}" for s in STAGES)
             + f" | {_mib(r['peak_bytes']) if r['peak_bytes'] is not None else 'n/a on CPU':>10}")
     by_key = {(r["views"], r["size"], r["dtype"]): r for r in rows}

@@ -53,5 +53,5 @@ def test_tool_runs_on_cpu(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "== reconstruction: wall" in done.stdout
     data = json.loads((tmp_path / "profile_bfloat16_surface.json").read_text())
-    assert set(data["2"]) == {"encoder", "proposal", "reconstruction", "decoding"}
+    assert set(data["2"]) == {"encoder", "proposal", "reconstruction", "decoding", "end_to_end"}
     assert all(v["wall_s"] > 0 for v in data["2"].values())

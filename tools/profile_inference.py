@@ -60,12 +60,16 @@ def device_events(trace_dir: str):
             if e.get("ph") == "X" and e.get("pid") in device_pids]
 
 
-def profile_stage(fn, args, repeats: int):
+def profile_stage(fn, args, repeats: int, hlo_path: str | None = None):
     """Compile fn, warm up, time `repeats` runs, then trace `repeats` more: (output, median wall s,
-    {kernel name: (µs per run, launches per run)})."""
+    {kernel name: (µs per run, launches per run)}). hlo_path: write the optimized HLO there (kernel names
+    in the trace are its fusion names)."""
     import jax
 
     compiled = jax.jit(fn).lower(*args).compile()
+    if hlo_path:
+        with open(hlo_path, "w") as f:
+            f.write(compiled.as_text())
     out = jax.block_until_ready(compiled(*args))
     times = []
     for _ in range(repeats):
@@ -85,28 +89,32 @@ def profile_stage(fn, args, repeats: int):
     return out, statistics.median(times), {k: (us, n / repeats) for k, (us, n) in per_name.items()}
 
 
-def profile(config, variables, views: int, size: int, repeats: int, anchors: str = "proposal"):
+def profile(config, variables, views: int, size: int, repeats: int, anchors: str = "proposal",
+            hlo_dir: str | None = None):
     """{stage: (wall s, {kernel: (µs/run, launches/run)})} for the four stages of one configuration and for
     the whole model as one program ("end_to_end")."""
     from geolrm_jax import benchmark
 
     stages = benchmark.build_stages(config, size)
+    hlo = lambda stage: hlo_dir and os.path.join(hlo_dir, f"hlo_{views}v_{stage}.txt")
     images, c2ws, Ks, view_mask = benchmark.example_inputs(views, size)
     result = {}
-    (feats_p, feats_r), wall, k = profile_stage(stages.encoder, (variables, images, c2ws, Ks), repeats)
+    (feats_p, feats_r), wall, k = profile_stage(stages.encoder, (variables, images, c2ws, Ks), repeats, hlo("encoder"))
     result["encoder"] = (wall, k)
-    (anc, mask), wall, k = profile_stage(stages.proposal, (variables, feats_p, c2ws, Ks, view_mask), repeats)
+    (anc, mask), wall, k = profile_stage(stages.proposal, (variables, feats_p, c2ws, Ks, view_mask), repeats,
+                                         hlo("proposal"))
     result["proposal"] = (wall, k)
     if anchors == "surface":
         anc, mask = benchmark.surface_anchors(config.proposal, mask.shape[-1])
     latents, wall, k = profile_stage(stages.reconstruction, (variables, feats_r, c2ws, Ks, view_mask, anc, mask),
-                                     repeats)
+                                     repeats, hlo("reconstruction"))
     result["reconstruction"] = (wall, k)
-    _, wall, k = profile_stage(stages.decoding, (variables, latents, anc, mask), repeats)
+    _, wall, k = profile_stage(stages.decoding, (variables, latents, anc, mask), repeats, hlo("decoding"))
     result["decoding"] = (wall, k)
     from geolrm_jax.model.geolrm import GeoLRM
 
-    _, wall, k = profile_stage(GeoLRM(config).apply, (variables, images, c2ws, Ks, view_mask), repeats)
+    _, wall, k = profile_stage(GeoLRM(config).apply, (variables, images, c2ws, Ks, view_mask), repeats,
+                               hlo("end_to_end"))
     result["end_to_end"] = (wall, k)  # one program, the proposal's own anchors
     return result
 
@@ -141,7 +149,12 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--top", type=int, default=12)
     p.add_argument("--out", help="write the per-kernel numbers as JSON here")
+    p.add_argument("--dump-hlo", action="store_true", help="also write each stage's optimized HLO into --out")
     args = p.parse_args(argv)
+    if args.dump_hlo and not args.out:
+        p.error("--dump-hlo needs --out")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
 
     import jax
 
@@ -155,7 +168,8 @@ def main(argv=None) -> int:
           f"{args.size} px, {args.dtype}, anchors {args.anchors}, {' '.join(args.set)}", flush=True)
     everything = {}
     for views in args.views:
-        result = profile(config, variables, views, args.size, args.repeats, args.anchors)
+        result = profile(config, variables, views, args.size, args.repeats, args.anchors,
+                         args.out if args.dump_hlo else None)
         everything[str(views)] = {s: {"wall_s": w, "kernels_us": {n: us for n, (us, _) in k.items()}}
                                   for s, (w, k) in result.items()}
         stage_sum = sum(w for name, (w, _) in result.items() if name != "end_to_end")

@@ -56,6 +56,14 @@ FORWARD_SWEEP = (("per_head", 16, None, 4), ("per_head", 8, None, 4), ("per_head
                  ("per_head", 8, None, 2), ("per_head_unrolled", 16, None, 4), ("all_heads", 8, 256, 4),
                  ("all_heads", 4, 256, 4), ("all_heads", 8, 128, 4))
 FORWARD_ROWS = "6:448px:8192,21:448px:8192"
+# --backward-variants: backward kernel configs (variant, block_q, window, num_warps, sort_queries), the atomic
+# default first, each timed on random points and on model-like points in the model's (raster) and in Morton
+# anchor order.
+BACKWARD_SWEEP = (("atomic", 16, None, 4, None), ("window", 32, 16, 4, True), ("window", 32, 16, 4, False),
+                  ("window", 16, 16, 4, True), ("window", 64, 16, 4, True), ("window", 32, 8, 4, True),
+                  ("window", 32, 32, 8, True))
+BACKWARD_POINTS = ("random", "sv3d", "sv3d_morton")
+BACKWARD_ROWS = "21:560px:16384,6:560px:8192"
 # JAX implementations in the table: Pallas, Pallas forward + XLA backward ("hybrid"), XLA reference.
 JAX_IMPLS = ("pallas", "pallas_xla_backward", "xla")
 
@@ -161,35 +169,72 @@ def torch_worker(configs, reps, path, deadline):
 
 
 # ------------------------------------------------------------------------------------------------------ jax
-def voxel_reference_points(v, s, seed=0, grid=128):
-    """(1, V, S, 2) model-like reference points: S voxels of a 128^3 grid in [-0.5, 0.5]^3 on a sphere shell
-    (an object's surface), listed in raster (x, y, z) order as the model's anchor selection does, projected
-    into V orbit views (20° elevation, radius 2, 50° fov) with the project's camera conventions."""
+def morton_code(ijk, bits=7):
+    """(N, 3) non-negative ints -> (N,) Morton (Z-order) codes, x bits highest within each triple."""
+    import numpy as np
+
+    code = np.zeros(len(ijk), np.int64)
+    for bit in range(bits):
+        for j in range(3):
+            code |= ((ijk[:, j].astype(np.int64) >> bit) & 1) << (3 * bit + 2 - j)
+    return code
+
+
+def shell_anchors(s, seed=0, grid=128, radius=0.35, order="raster"):
+    """(S, 3) model-like anchors: S voxels of a 128^3 grid in [-0.5, 0.5]^3 on a sphere shell (an object's
+    surface, 3 voxels thick), listed in raster (x, y, z) order as the model's ``select_anchors`` lists them,
+    or in Morton order (order="morton")."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    ijk = np.stack(np.meshgrid(*(np.arange(grid),) * 3, indexing="ij"), -1).reshape(-1, 3)
+    xyz = (ijk + 0.5) / grid - 0.5
+    shell = np.flatnonzero(np.abs(np.linalg.norm(xyz, axis=-1) - radius) < 1.5 / grid)
+    if shell.size < s:
+        raise SystemExit(f"--points: only {shell.size} shell voxels for S={s}")
+    chosen = np.sort(rng.choice(shell, s, replace=False))  # raster order
+    if order == "morton":
+        chosen = chosen[np.argsort(morton_code(ijk[chosen]), kind="stable")]
+    return xyz[chosen]
+
+
+def model_reference_points(v, s, points, seed=0):
+    """(1, V, S, 2) model-like reference points of shell_anchors projected with the project's cameras.
+
+    points "voxel": orbit views (20° elevation, radius 2, 50° fov), raster order; "sv3d" / "sv3d_morton":
+    ``geolrm_jax.inputs.preset_cameras("sv3d", 1.5)`` (V < 21: evenly spaced views of the 21), raster /
+    Morton order.
+    """
     import numpy as np
 
     from geolrm_jax import geometry
 
-    rng = np.random.default_rng(seed)
-    centres = (np.arange(grid) + 0.5) / grid - 0.5
-    xyz = np.stack(np.meshgrid(centres, centres, centres, indexing="ij"), -1).reshape(-1, 3)
-    radius = np.linalg.norm(xyz, axis=-1)
-    shell = np.flatnonzero(np.abs(radius - 0.35) < 2.0 / grid)
-    if shell.size < s:
-        raise SystemExit(f"--points voxel: only {shell.size} shell voxels for S={s}")
-    anchors = xyz[np.sort(rng.choice(shell, s, replace=False))]
-    c2w = geometry.orbit_c2w(v, elevation_deg=20.0, radius=2.0)
-    K = geometry.fov_to_intrinsics(np.full((v,), 50.0))
+    anchors = shell_anchors(s, seed, order="morton" if points.endswith("morton") else "raster")
+    if points == "voxel":
+        c2w = geometry.orbit_c2w(v, elevation_deg=20.0, radius=2.0)
+        K = geometry.fov_to_intrinsics(np.full((v,), 50.0))
+    else:
+        from geolrm_jax import inputs
+
+        c2w, K = inputs.preset_cameras("sv3d", 1.5)
+        if v > len(c2w):
+            raise SystemExit(f"--points {points}: the SV3D preset has {len(c2w)} views, V={v}")
+        views = np.round(np.linspace(0, len(c2w) - 1, v)).astype(int)
+        c2w, K = c2w[views], K[views]
     uv = geometry.project_points(np.broadcast_to(anchors, (v, s, 3)), c2w, K)
     return np.asarray(uv, np.float32)[None]
 
 
+POINT_MODES = ("random", "voxel", "sv3d", "sv3d_morton")
+
+
 def jax_inputs(jax, jnp, v, shapes, s, seed=0, points="random"):
-    """Benchmark inputs; points="voxel": model-like reference points (voxel_reference_points)."""
+    """Benchmark inputs; points other than "random": model-like reference points (model_reference_points)."""
     length = sum(h * w for h, w in shapes)
     k = jax.random.split(jax.random.key(seed), 5)
     value = jax.random.normal(k[0], (BATCH, v, length, HEADS, CHANNELS), jnp.float32)
-    if points == "voxel":
-        ref = jnp.asarray(voxel_reference_points(v, s, seed))
+    if points != "random":
+        ref = jnp.asarray(model_reference_points(v, s, points, seed))
     else:
         ref = jax.random.uniform(k[1], (BATCH, v, s, 2), jnp.float32, 0.1, 0.9)
     wh = jnp.array([[w, h] for h, w in shapes], jnp.float32)[:, None, :]
@@ -208,42 +253,60 @@ def copy_bandwidth(jax, jnp):
 
 
 def check_correctness(jax, jnp, ds, log):
-    """Pallas vs XLA reference on the GPU: forward and the four gradients, max|a-b| / max|b|."""
-    cases = [  # (v, shapes, s, heads, c, value dtype, masked); fp32 at the full shapes: the table's cross-check
-        (3, ((28, 28), (16, 16)), 300, 4, 24, jnp.float32, True),
-        (4, ((37, 23), (9, 13)), 1000, 3, 40, jnp.float32, False),
-        (6, ((112, 112), (64, 64)), 2048, 16, 48, jnp.bfloat16, True),
+    """Pallas (each backward variant) vs XLA reference on the GPU: forward and the four gradients,
+    max|a-b| / max|b|. Random-point cases (masks, borders, outside points, C = 24 / 40) exercise the window
+    backward's per-sample fallback; the "sv3d_morton" cases (model-like, spatially ordered) its windows."""
+    from geolrm_kernels import deformable_sample_triton as tri
+
+    cases = [  # (v, shapes, s, heads, c, value dtype, masked, points)
+        (3, ((28, 28), (16, 16)), 300, 4, 24, jnp.float32, True, "random"),
+        (4, ((37, 23), (9, 13)), 1000, 3, 40, jnp.float32, False, "random"),
+        (6, ((112, 112), (64, 64)), 2048, 16, 48, jnp.bfloat16, True, "random"),
+        (6, ((140, 140), (80, 80)), 2048, 16, 48, jnp.float32, True, "sv3d_morton"),
+        (6, ((140, 140), (80, 80)), 2048, 16, 48, jnp.bfloat16, False, "sv3d"),
     ]
     ok = True
-    for v, shapes, s, heads, c, dtype, masked in cases:
+    for v, shapes, s, heads, c, dtype, masked, points in cases:
         length = sum(h * w for h, w in shapes)
         k = jax.random.split(jax.random.key(1), 6)
         value = jax.random.normal(k[0], (1, v, length, heads, c)).astype(dtype)
-        ref = jax.random.uniform(k[1], (1, v, s, 2), minval=-0.1, maxval=1.1)
-        ref = ref.at[:, :, :4].set(jnp.array([[0.0, 0.0], [1.0, 1.0], [0.5 / 28, 1.0], [-0.3, 0.5]]))
-        offsets = jax.random.normal(k[2], (1, s, heads, 2, POINTS, 2)) * 0.05
+        if points == "random":
+            ref = jax.random.uniform(k[1], (1, v, s, 2), minval=-0.1, maxval=1.1)
+            ref = ref.at[:, :, :4].set(jnp.array([[0.0, 0.0], [1.0, 1.0], [0.5 / 28, 1.0], [-0.3, 0.5]]))
+            offsets = jax.random.normal(k[2], (1, s, heads, 2, POINTS, 2)) * 0.05
+        else:
+            ref = jnp.asarray(model_reference_points(v, s, points, seed=3))
+            wh = jnp.array([[w, h] for h, w in shapes], jnp.float32)[:, None, :]
+            offsets = jax.random.normal(k[2], (1, s, heads, 2, POINTS, 2)) * 3 / wh
         weights = jax.nn.softmax(jax.random.normal(k[3], (1, s, heads, 2 * POINTS)), -1).reshape(
             1, s, heads, 2, POINTS)
         view_mask = jnp.arange(v)[None] != 1 if masked else None
         query_mask = jax.random.uniform(k[4], (1, s)) > 0.2 if masked else None
         cot = jax.random.normal(k[5], (1, v, s, heads, c)).astype(dtype)
         results = {}
-        for impl in ("pallas", "xla"):
+        default_variant = tri.BACKWARD_VARIANT
+        for impl, variant in [("xla", None)] + [("pallas", name) for name in tri.BACKWARD_VARIANTS]:
             f = functools.partial(ds.deformable_sample, spatial_shapes=shapes, view_mask=view_mask,
                                   query_mask=query_mask, implementation=impl)
-            out, vjp = jax.vjp(f, value, ref, offsets, weights)
-            results[impl] = (out, *vjp(cot))
+            tri.BACKWARD_VARIANT = variant or default_variant
+            try:
+                out, vjp = jax.vjp(f, value, ref, offsets, weights)
+                results[variant or impl] = (out, *vjp(cot))
+            finally:
+                tri.BACKWARD_VARIANT = default_variant
         tol = 1e-2 if dtype == jnp.bfloat16 else None
-        for name, a, b, t in zip(("out", "d_value", "d_ref", "d_offsets", "d_weights"), results["pallas"],
-                                 results["xla"], (tol or 1e-5,) + (tol or 1e-4,) * 4, strict=True):
-            a = jnp.asarray(a, jnp.float32)
-            b = jnp.asarray(b, jnp.float32)
-            err = float(jnp.max(jnp.abs(a - b)) / jnp.maximum(jnp.max(jnp.abs(b)), 1e-30))
-            finite = bool(jnp.all(jnp.isfinite(a)))
-            passed = finite and err <= t
-            ok &= passed
-            log(f"check V={v} {shapes} S={s} H={heads} C={c} {jnp.dtype(dtype).name} masked={masked} {name}: "
-                f"rel err {err:.2e} (tol {t:.0e}) {'PASS' if passed else 'FAIL'}")
+        for variant in tri.BACKWARD_VARIANTS:
+            for name, a, b, t in zip(("out", "d_value", "d_ref", "d_offsets", "d_weights"), results[variant],
+                                     results["xla"], (tol or 1e-5,) + (tol or 1e-4,) * 4, strict=True):
+                a = jnp.asarray(a, jnp.float32)
+                b = jnp.asarray(b, jnp.float32)
+                err = float(jnp.max(jnp.abs(a - b)) / jnp.maximum(jnp.max(jnp.abs(b)), 1e-30))
+                finite = bool(jnp.all(jnp.isfinite(a)))
+                passed = finite and err <= t
+                ok &= passed
+                log(f"check {variant} V={v} {shapes} S={s} H={heads} C={c} {jnp.dtype(dtype).name} "
+                    f"masked={masked} {points} {name}: rel err {err:.2e} (tol {t:.0e}) "
+                    f"{'PASS' if passed else 'FAIL'}")
     return ok
 
 
@@ -335,6 +398,73 @@ def forward_variants(jax, jnp, rows, reps, deadline, log, dtype="float32", point
         lines.append(f"| {e['variant']} | {e['block_q']} | {e['block_c'] or '—'} | {e['num_warps']} | "
                      + " | ".join(cells) + " |")
     return results, "\n".join(lines)
+
+
+def backward_variants(jax, jnp, rows, reps, deadline, log, point_modes=BACKWARD_POINTS):
+    """Backward kernel alone for every BACKWARD_SWEEP config, per row and point mode: median ms and the
+    largest rel err of the four gradients vs the XLA reference backward (fp32)."""
+    from geolrm_kernels import deformable_sample as ds
+    from geolrm_kernels import deformable_sample_backward_triton as window
+    from geolrm_kernels import deformable_sample_triton as tri
+
+    interpret = jax.default_backend() == "cpu"
+    results = []
+    for config in BACKWARD_SWEEP:
+        variant, block_q, size, warps, sort = config
+        results.append(dict(variant=variant, block_q=block_q, window=size, num_warps=warps, sort_queries=sort))
+    for v, lv, s in rows:
+        shapes = LEVEL_SETS[lv]
+        value, ref, offsets, weights, cot = jax_inputs(jax, jnp, v, shapes, s)
+        mask = jnp.ones(ref.shape[:3], bool)
+        refs, wants = {}, {}
+        reference = jax.jit(lambda *a, shapes=shapes: ds._reference_backward(*a[:5], shapes, a[5]))
+        for points in point_modes:
+            refs[points] = ref if points == "random" else jnp.asarray(model_reference_points(v, s, points))
+            wants[points] = reference(value, refs[points], offsets, weights, mask, cot)
+        for entry, (variant, block_q, size, warps, sort) in zip(results, BACKWARD_SWEEP, strict=True):
+            if variant == "atomic":
+                kernel = functools.partial(tri.backward, variant="atomic", block_q=block_q, num_warps=warps)
+            else:
+                kernel = functools.partial(window.backward, block_q=block_q, window=size, num_warps=warps,
+                                           sort_queries=sort)
+            f = jax.jit(lambda *a, kernel=kernel, shapes=shapes: kernel(*a[:5], shapes, a[5],
+                                                                         interpret=interpret))
+            for points in point_modes:
+                key = f"{v}|{lv}|{s}|{points}"
+                if time.time() > deadline:
+                    entry[key] = {"error": "skipped (time budget)"}
+                    continue
+                args = (value, refs[points], offsets, weights, mask, cot)
+                try:
+                    got = jax.block_until_ready(f(*args))
+                    err = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+                              for a, b in zip(got, wants[points], strict=True))
+                    del got
+                    entry[key] = {"ms": _median_time(lambda args=args, f=f: f(*args), jax.block_until_ready, reps),
+                                  "rel_err": err}
+                except Exception as error:  # a config that does not compile is reported, not fatal
+                    entry[key] = {"error": repr(error)[:300]}
+                log(f"backward {variant} block_q={block_q} window={size} warps={warps} sort={sort} "
+                    f"V={v} {lv} S={s} {points}: {entry[key]}")
+        del value, ref, offsets, weights, cot, refs, wants
+    keys = [f"{v}|{lv}|{s}|{points}" for v, lv, s in rows for points in point_modes]
+    head = "| variant | block_q | window | warps | sort | " + " | ".join(
+        "V={} {} S={} {}: ms (atomic÷this)".format(*k.split("|")) for k in keys) + " |"
+    lines = [head, "|---|---|---|---|---|" + "---|" * len(keys)]
+    for e in results:
+        cells = []
+        for k in keys:
+            r, old = e.get(k, {}), results[0].get(k, {})
+            if "ms" in r:
+                ratio = f"{old['ms'] / r['ms']:.2f}×" if "ms" in old else "—"
+                flag = "" if r["rel_err"] <= 1e-4 else f", ERR {r['rel_err']:.1e}"
+                cells.append(f"{r['ms']:.2f} ({ratio}){flag}")
+            else:
+                cells.append(r.get("error", "—")[:60])
+        lines.append(f"| {e['variant']} | {e['block_q']} | {e['window'] or '—'} | {e['num_warps']} | "
+                     f"{'—' if e['sort_queries'] is None else e['sort_queries']} | " + " | ".join(cells) + " |")
+    errors = [r["rel_err"] for e in results for k, r in e.items() if isinstance(r, dict) and "rel_err" in r]
+    return results, "\n".join(lines), bool(errors) and max(errors) <= 1e-4
 
 
 def bench_backward_variant(jax, inputs, shapes, reps, **kernel_kwargs):
@@ -437,9 +567,15 @@ def main(argv=None):
                         help=f"only the forward kernel variants of FORWARD_SWEEP (rows default {FORWARD_ROWS})")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="value dtype of --forward-variants (the model runs bfloat16)")
-    parser.add_argument("--points", default="random", choices=("random", "voxel"),
-                        help="reference points of --forward-variants: uniform random, or model-like "
-                             "(voxel-ordered anchors of a sphere shell projected into orbit views)")
+    parser.add_argument("--points", default="random", choices=POINT_MODES,
+                        help="reference points of the table and --forward-variants: uniform random, or model-like "
+                             "anchors of a sphere shell projected into orbit views (voxel) or the SV3D preset "
+                             "views, in raster (sv3d) or Morton (sv3d_morton) anchor order")
+    parser.add_argument("--backward-variants", action="store_true",
+                        help=f"only the backward kernel configs of BACKWARD_SWEEP on {BACKWARD_POINTS} points "
+                             f"(rows default {BACKWARD_ROWS})")
+    parser.add_argument("--backward", choices=("atomic", "window"),
+                        help="backward variant of the table's Pallas column (default: the kernel's default)")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--torch-json", help="reuse torch results written by an earlier run instead of measuring")
     parser.add_argument("--reps", type=int, default=5)
@@ -468,12 +604,13 @@ def main(argv=None):
 
     results = {**{impl: {} for impl in JAX_IMPLS}, "torch": {}}
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "argv": sys.argv}
-    if args.torch_json:
+    if args.torch_json and args.points == "random":  # torch ran on random points
         with open(args.torch_json) as f:
             torch_json = json.load(f)
         results["torch"] = torch_json["results"]
         meta["torch"] = torch_json["torch"] + f" (from {args.torch_json})"
-    elif not args.no_torch and not args.forward_variants:  # first, in its own process: JAX holds no memory yet
+    elif (not args.no_torch and not args.forward_variants and not args.backward_variants
+          and args.points == "random"):  # first, in its own process: JAX holds no memory yet; random points only
         path = os.path.join(args.out, "bench_deformable_torch.json")
         cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker", path, "--reps", str(args.reps),
                "--deadline", str(start + 0.3 * (deadline - start))]
@@ -506,6 +643,22 @@ def main(argv=None):
             f"{args.points} points, "
             f"B=1, H={HEADS}, C={CHANNELS}, {LEVELS}x{POINTS} points\n{text}")
         return 0 if meta.get("forward_check_passed", True) else 1
+    if args.backward_variants:  # check (optional) and time the backward kernels only, table last
+        ok = check_correctness(jax, jnp, ds, log) if args.check else True
+        rows = parse_rows(args.rows or BACKWARD_ROWS)
+        bwd_results, text, errors_ok = backward_variants(jax, jnp, rows, args.reps, deadline, log)
+        meta.update(check_passed=ok, backward_errors_ok=errors_ok)
+        with open(os.path.join(args.out, "bench_deformable_backward.json"), "w") as f:
+            json.dump({"meta": meta, "results": bwd_results}, f, indent=1)
+        log(f"\n{meta['device']}, jax {meta['jax']}, {meta['date']}, backward kernel alone, fp32, B=1, H={HEADS}, "
+            f"C={CHANNELS}, {LEVELS}x{POINTS} points, offsets N(0, 2 px)\n{text}")
+        return 0 if ok and errors_ok else 1
+    if args.backward:
+        from geolrm_kernels import deformable_sample_triton as tri
+
+        tri.BACKWARD_VARIANT = args.backward
+    meta["backward_variant"] = args.backward or "default"
+    meta["points"] = args.points
     if args.check:
         try:
             meta["check_passed"] = check_correctness(jax, jnp, ds, log)
@@ -549,7 +702,7 @@ def main(argv=None):
         if time.time() > deadline:
             log(f"V={v} {lv} S={s}: skipped (time budget)")
             continue
-        inputs = jax_inputs(jax, jnp, v, LEVEL_SETS[lv], s)
+        inputs = jax_inputs(jax, jnp, v, LEVEL_SETS[lv], s, points=args.points)
         kept = {}
         for impl in JAX_IMPLS:
             run_impl = impl

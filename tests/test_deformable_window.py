@@ -1,0 +1,97 @@
+"""Tests of the window-accumulating Pallas backward (geolrm_kernels.deformable_sample_backward_triton), run by the
+Pallas interpreter on CPU against the XLA reference's VJP, and of its Triton lowering (no GPU needed)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from geolrm_kernels import deformable_sample_backward_triton as window
+from geolrm_kernels import deformable_sample_triton as tri
+from geolrm_kernels.deformable_sample import deformable_sample
+from test_deformable_sample import _triton_ir, make_inputs, rel_err
+
+# Level 0: the default window is 8 x 8 pixels of a 9 x 12 map, so corners fall both inside and outside it
+# (per-sample fallback); level 1: the 4 x 4 window is the whole map (every in-image corner takes the matmul).
+SHAPES = ((9, 12), (4, 4))
+NAMES = ("out", "d_value", "d_reference_points", "d_offsets", "d_attention_weights")
+
+
+def _vjp_all(implementation, value, ref, offsets, weights, cot, **masks):
+    f = lambda *a: deformable_sample(*a, SHAPES, implementation=implementation, **masks)
+    out, vjp = jax.vjp(f, value, ref, offsets, weights)
+    return (out, *vjp(cot))
+
+
+def test_window_backward_through_the_op_matches_reference_fp32(monkeypatch):
+    """B = 2 x V = 3, a different view masked per scene (its reference points NaN), a masked query, points on
+    borders and outside the image, C = 24; block_q = 8 over Q = 16 (two blocks), queries in Morton order."""
+    monkeypatch.setattr(tri, "BACKWARD_VARIANT", "window")
+    value, ref, offsets, weights = make_inputs(20, b=2, v=3, q=16, heads=2, c=24, shapes=SHAPES, spread=0.5)
+    special = jnp.array([[0.0, 0.0], [1.0, 1.0], [0.5 / 12, 1.0], [-0.3, 0.5], [1.0, 0.5 / 9], [1.2, -0.2]])
+    ref = ref.at[:, :, :6].set(special)
+    view_mask = jnp.array([[True, False, True], [False, True, True]])
+    ref = jnp.where(view_mask[:, :, None, None], ref, jnp.nan)
+    query_mask = jnp.ones((2, 16), bool).at[0, 3].set(False).at[1, 9].set(False)
+    cot = jax.random.normal(jax.random.key(3), (2, 3, 16, 2, 24))
+    masks = dict(view_mask=view_mask, query_mask=query_mask)
+    got = _vjp_all("pallas_interpret", value, ref, offsets, weights, cot, **masks)
+    want = _vjp_all("xla", value, ref, offsets, weights, cot, **masks)
+    for name, g, w, tol in zip(NAMES, got, want, (1e-5,) + (1e-4,) * 4, strict=True):
+        assert g.shape == w.shape and g.dtype == w.dtype, name
+        assert rel_err(g, w) <= tol, (name, rel_err(g, w))
+    d_value = np.asarray(got[1])
+    assert np.all(d_value[0, 1] == 0) and np.all(d_value[1, 0] == 0)  # masked views
+    assert np.abs(d_value[0, 0, :108]).max() > 0 and np.abs(d_value[0, 0, 108:]).max() > 0  # both levels
+    assert np.all(np.asarray(got[3])[0, 3] == 0) and np.all(np.asarray(got[4])[1, 9] == 0)  # masked queries
+
+
+def test_window_backward_bf16_values_non_pow2_channels_tiny_window():
+    """bf16 values and cotangent, C = 40 (64 lanes), 2 x 2 windows (almost every corner takes the per-sample
+    fallback), the callers' query order; vs the fp32 reference on the same bf16-rounded inputs."""
+    value, ref, offsets, weights = make_inputs(21, v=2, q=8, heads=2, c=40, shapes=SHAPES, dtype=jnp.bfloat16)
+    mask = jnp.ones(ref.shape[:3], bool)
+    cot = jax.random.normal(jax.random.key(4), (1, 2, 8, 2, 40)).astype(jnp.bfloat16)
+    got = jax.jit(lambda *a: window.backward(*a[:5], SHAPES, a[5], interpret=True, window=2,
+                                             sort_queries=False))(value, ref, offsets, weights, mask, cot)
+    from geolrm_kernels.deformable_sample import _reference_backward
+
+    want = _reference_backward(value.astype(jnp.float32), ref, offsets, weights, mask, SHAPES,
+                               cot.astype(jnp.float32))
+    assert got[0].dtype == jnp.bfloat16 and got[1].dtype == jnp.float32
+    for name, g, w in zip(NAMES[1:], got, want, strict=True):
+        assert rel_err(jnp.asarray(g, jnp.float32), w) <= 1e-2, (name, rel_err(jnp.asarray(g, jnp.float32), w))
+
+
+def test_spatial_query_order_is_a_permutation_grouping_close_points():
+    """Two clusters of points, interleaved in the input order: the order lists each cluster contiguously
+    (key from two views), and queries masked in both key views come last."""
+    rng = np.random.default_rng(0)
+    q = 32
+    cluster = np.arange(q) % 2  # 0, 1, 0, 1, ...
+    view0 = np.where(cluster[:, None] == 0, 0.2, 0.7) + rng.uniform(0, 0.02, (q, 2))
+    view1 = np.where(cluster[:, None] == 0, 0.6, 0.1) + rng.uniform(0, 0.02, (q, 2))
+    ref = jnp.asarray(np.stack([view0, view0, view1, view1])[None], jnp.float32)  # V=4: key views 0 and 1
+    mask = jnp.ones((1, 4, q), bool).at[0, :2, 5].set(False)
+    order = np.asarray(window.spatial_query_order(ref, mask))[0]
+    assert sorted(order.tolist()) == list(range(q)) and order.dtype == np.int32
+    assert order[-1] == 5
+    first = cluster[order[:-1]]  # 31 queries: clusters of 16 and 15
+    run = int(np.sum(first == first[0]))
+    assert run in (15, 16) and np.all(first[:run] == first[0]) and np.all(first[run:] != first[0])
+
+
+def test_window_backward_lowering_for_cuda():
+    """Triton IR: per level, 4 corner atomics (fallback) + 1 window atomic, all relaxed fp32 adds, and one
+    tf32x3 dot per level; the dispatcher's variant="window" runs this kernel, unknown variants fail."""
+    import re
+
+    value, ref, offsets, weights = make_inputs(22, q=40, heads=2, c=24, shapes=SHAPES)
+    mask = jnp.ones(ref.shape[:3], bool)
+    cot = jnp.ones((1, 2, 40, 2, 24))
+    ir = _triton_ir(lambda *a: tri.backward(*a[:5], SHAPES, a[5], variant="window", debug=True),
+                    value, ref, offsets, weights, mask, cot)
+    assert "deformable_sample_bwd_window" in ir
+    assert re.findall(r"tt\.atomic_rmw (\w+), (\w+),", ir) == [("fadd", "relaxed")] * 5 * len(SHAPES)
+    dots = re.findall(r"tt\.dot .*inputPrecision = (\w+) : tensor<(\d+)x(\d+)xf32>", ir)
+    assert dots == [("tf32x3", "64", "32"), ("tf32x3", "16", "32")], dots  # (wy*wx, block_q) per level
+    with pytest.raises(ValueError, match="backward variant"):
+        tri.backward(value, ref, offsets, weights, mask, SHAPES, cot, variant="sorted")

@@ -36,8 +36,10 @@ from geolrm_jax.render.rasterize import (
     rasterize_tiles,
 )
 
+# List entries per step and warps per program (one 16x16 tile); read at trace time, so a benchmark can sweep them.
 CHUNK = 32
 NUM_WARPS = 8
+BACKWARD_NUM_WARPS = 8
 # How the backward sums the per-(tile, Gaussian) gradient rows: "atomic" adds them into (10, N) with atomics
 # (memory O(N), order-nondeterministic in the last bits, like the CUDA rasterizer); "segment" writes one row
 # per list entry (10, capacity) and sums with a segment sum in XLA (deterministic, memory O(capacity)).
@@ -115,8 +117,9 @@ def _tile_spec():
 
 
 def forward_pallas(feats, ids, tile_start, tile_end, height: int, width: int, *, interpret: bool = False,
-                   chunk: int = CHUNK) -> TileImage:
-    """Pallas forward over all tiles of one camera; same contract as `forward_xla`."""
+                   chunk: int | None = None) -> TileImage:
+    """Pallas forward over all tiles of one camera; same contract as `forward_xla` (chunk None = CHUNK)."""
+    chunk = chunk or CHUNK
     grid_x, grid_y = tiles_grid(height, width)
     num_tiles = grid_x * grid_y
     f32 = jax.ShapeDtypeStruct((num_tiles, PIXELS), jnp.float32)
@@ -194,12 +197,13 @@ def _backward_kernel(start_ref, end_ref, ids_ref, feats_ref, trans_ref, last_ref
 
 
 def backward_pallas(feats, ids, tile_start, tile_end, out: TileImage, cot: TileImage, height: int, width: int,
-                    cuda_gradient: bool, *, interpret: bool = False, chunk: int = CHUNK,
+                    cuda_gradient: bool, *, interpret: bool = False, chunk: int | None = None,
                     accumulate: str | None = None):
     """Pallas back-to-front backward; same contract as `backward_xla`: d loss / d feats (N, 10).
 
-    accumulate: "atomic" or "segment" (see `ACCUMULATE`, the default).
+    accumulate: "atomic" or "segment" (see `ACCUMULATE`, the default); chunk None = CHUNK.
     """
+    chunk = chunk or CHUNK
     accumulate = accumulate or ACCUMULATE
     if accumulate not in ("atomic", "segment"):
         raise ValueError(f"accumulate must be 'atomic' or 'segment', got {accumulate!r}")
@@ -216,7 +220,7 @@ def backward_pallas(feats, ids, tile_start, tile_end, out: TileImage, cot: TileI
         grid=(num_tiles,),
         in_specs=[pl.no_block_spec] * 4 + [_tile_spec()] * 8 + [pl.no_block_spec],
         out_shape=jax.ShapeDtypeStruct((NUM_FEATURES, rows), jnp.float32),
-        compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=1),
+        compiler_params=plgpu.CompilerParams(num_warps=BACKWARD_NUM_WARPS, num_stages=1),
         interpret=interpret,
         # Zero-initialized output: entries past a tile's last blended one are never written.
         input_output_aliases={12: 0},

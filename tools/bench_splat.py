@@ -89,8 +89,16 @@ def _cotangents(num_views: int, size: int):
             jax.random.normal(jax.random.fold_in(key, 2), (1, num_views, size, size)))
 
 
+KERNEL_DEFAULTS = (kernels.CHUNK, kernels.NUM_WARPS, kernels.BACKWARD_NUM_WARPS)
+
+
 def _configure(name: str) -> str:
-    """Implementation name -> render's `implementation`, setting the kernel/intersection module switches."""
+    """Implementation name -> render's `implementation`, setting the kernel/intersection module switches.
+
+    "pallas@C/F/B" is the Pallas path with CHUNK C, F forward warps and B backward warps (a tuning sweep)."""
+    name, _, tune = name.partition("@")
+    kernels.CHUNK, kernels.NUM_WARPS, kernels.BACKWARD_NUM_WARPS = (
+        tuple(int(x) for x in tune.split("/")) if tune else KERNEL_DEFAULTS)
     kernels.ACCUMULATE = "segment" if name == "pallas_segment" else "atomic"
     tiles.METHOD = "two_key" if name.endswith("two_key") else "auto"
     return {"pallas_segment": "pallas", "pallas_two_key": "pallas", "xla_two_key": "xla"}.get(name, name)
@@ -132,8 +140,15 @@ def bench_ours(name: str, g, c2w, K, size: int, capacity: int, cots, repeats: in
 
 
 def bench_stages(g, c2w, K, size: int, capacity: int, repeats: int) -> list[dict]:
-    """Forward split: projection, + tile intersection, whole forward (Pallas), per intersection method."""
+    """Forward split, cumulative: projection, + slots, + sort, + tile ranges (= intersection), whole forward.
+
+    The intersection steps run per camera under lax.map, as in `render`; the rasterization kernel is the whole
+    forward minus the intersection. For "two_key" only projection / intersection / forward are timed.
+    """
     bg = jnp.ones((3,), jnp.float32)
+    grid_x, grid_y = projection.tiles_grid(size, size)
+    num_tiles = grid_x * grid_y
+    rank_bits, _ = tiles.radix_bits(g.means.shape[1], num_tiles)
 
     def project(g, c2w, K):
         def one(cw, k):
@@ -141,10 +156,27 @@ def bench_stages(g, c2w, K, size: int, capacity: int, repeats: int) -> list[dict
                                                 projection.camera_from_c2w(cw, k), size, size)
         return jax.vmap(one)(c2w[0], K[0])
 
-    def project_intersect(g, c2w, K):
-        p = project(g, c2w, K)
-        return p, jax.lax.map(lambda q: tiles.intersect_tiles(*q, size, size, capacity),
-                              (p.means2d, p.radii, p.depths))
+    def per_camera(step):
+        def fn(g, c2w, K):
+            p = project(g, c2w, K)
+            return p, jax.lax.map(lambda q: step(*q), (p.means2d, p.radii, p.depths))
+        return fn
+
+    def slots(m, r, d):
+        return tiles._slots(m, r, size, size, capacity)
+
+    def slots_searchsorted(m, r, d):  # the owner search of the previous version, for comparison
+        rect = projection.tile_rect(m, r, grid_x, grid_y)
+        counts = jnp.where(r > 0, (rect[:, 2] - rect[:, 0]) * (rect[:, 3] - rect[:, 1]), 0)
+        gid = jnp.searchsorted(jnp.cumsum(counts), jnp.arange(capacity, dtype=jnp.int32), side="right")
+        return jnp.minimum(gid, m.shape[0] - 1)
+
+    def slots_sort(m, r, d):
+        gid, tile, valid, _ = tiles._slots(m, r, size, size, capacity)
+        return tiles.radix_sorted(gid, tile, valid, d, r, rank_bits, num_tiles)
+
+    def intersect(m, r, d):
+        return tiles.intersect_tiles(m, r, d, size, size, capacity)
 
     def forward(g, c2w, K):
         o = render(g, c2w, K, size, size, bg, capacity=capacity, implementation="pallas")
@@ -153,11 +185,16 @@ def bench_stages(g, c2w, K, size: int, capacity: int, repeats: int) -> list[dict
     rows = []
     for method in ("radix", "two_key"):
         _configure("pallas_two_key" if method == "two_key" else "pallas")
+        stages: list = [("projection", project)]
+        if method == "radix":
+            stages += [("+slots", per_camera(slots)), ("+sort", per_camera(slots_sort)),
+                       ("searchsorted_owner", per_camera(slots_searchsorted))]
+        stages += [("intersection", per_camera(intersect)), ("forward", forward)]
         row = {"method": method}
-        for stage, fn in (("projection", project), ("projection+intersection", project_intersect),
-                          ("forward", forward)):
-            try:
-                row[stage + "_ms"] = 1e3 * _median_time(jax.jit(fn), (g, c2w, K), repeats)
+        for stage, fn in stages:
+            try:  # a fresh function per method: jit must retrace (tiles.METHOD is read at trace time)
+                fresh = lambda *a, fn=fn: fn(*a)
+                row[stage + "_ms"] = 1e3 * _median_time(jax.jit(fresh), (g, c2w, K), repeats)
             except Exception as err:
                 row[stage + "_error"] = f"{type(err).__name__}: {str(err)[:300]}"
         rows.append(row)
@@ -180,7 +217,7 @@ def bench_setting(num: int, num_views: int, size: int, implementations, repeats:
             row, arrays = gsplat_bench.bench(gsplat, g, c2w, K, size, cots, repeats,
                                              packed=name != "gsplat_unpacked")
             if ours is not None and arrays:
-                row["vs_ours"] = gsplat_bench.compare(ours, arrays)
+                row["vs_ours"] = gsplat_bench.compare(ours, arrays, quats=g.quats[0])
         else:
             row, arrays = bench_ours(name, g, c2w, K, size, capacity, cots, repeats)
             if ours is None and arrays:
@@ -241,15 +278,21 @@ def print_table(rows: list[dict]) -> None:
                   + " |")
     split = [r for r in rows if r.get("stages")]
     if split:
-        print("\n| Gaussians | views x size | intersection | projection ms | + intersection ms | forward ms "
-              "| intersection ms | rasterize ms |")
+        print("\nForward split (cumulative ms; the step's own time in brackets)\n")
+        print("| Gaussians | views x size | intersection | projection | + slots | + sort | + tile ranges "
+              "(= intersection) | forward (rasterize) |")
         print("|---|---|---|---|---|---|---|---|")
         for r in split:
-            p, pi, f = (r.get(k + "_ms") for k in ("projection", "projection+intersection", "forward"))
-            d = lambda a, b: f"{a - b:.1f}" if a is not None and b is not None else "-"
-            fmt = lambda x: f"{x:.1f}" if x is not None else "-"
-            print(f"| {r['gaussians']} | {r['views']} x {r['size']}² | {r['method']} | {fmt(p)} | {fmt(pi)} | "
-                  f"{fmt(f)} | {d(pi, p)} | {d(f, pi)} |")
+            cells, prev = [], 0.0
+            for k in ("projection", "+slots", "+sort", "intersection", "forward"):
+                v = r.get(k + "_ms")
+                cells.append("-" if v is None else f"{v:.1f} ({v - prev:.1f})")
+                prev = prev if v is None else v
+            print(f"| {r['gaussians']} | {r['views']} x {r['size']}² | {r['method']} | " + " | ".join(cells) + " |")
+        for r in split:
+            if "searchsorted_owner_ms" in r:
+                print(f"\nprojection + slot owners by searchsorted (the previous version): "
+                      f"{r['searchsorted_owner_ms']:.1f} ms (vs + slots above)")
 
 
 def main(argv=None) -> int:
@@ -264,7 +307,10 @@ def main(argv=None) -> int:
                         help="skip the pure-JAX rows above this many Gaussians (they take seconds per call)")
     parser.add_argument("--gsplat-so", default=None,
                         help="folder holding a prebuilt gsplat_cuda.so (else gsplat JIT-compiles on import)")
-    parser.add_argument("--stages", action="store_true", help="also time projection / intersection / raster")
+    parser.add_argument("--stages", action="store_true",
+                        help="also time projection / intersection / raster (first setting only)")
+    parser.add_argument("--sweep", default="", help="extra Pallas rows at the first setting only, e.g. "
+                        "'pallas@32/4/4,pallas@16/4/4' (CHUNK/forward warps/backward warps)")
     parser.add_argument("--json", default=None, help="write all rows to this file")
     args = parser.parse_args(argv)
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}")
@@ -273,7 +319,7 @@ def main(argv=None) -> int:
     if any(i.startswith("gsplat") for i in impls):
         gsplat, reason = gsplat_bench.load(args.gsplat_so)
         print(f"gsplat: {'loaded ' + gsplat.__version__ if gsplat else 'skipped: ' + reason}", flush=True)
-    rows, start = [], time.perf_counter()
+    rows, start, first = [], time.perf_counter(), True
     for num in (int(s) for s in args.sizes.split(",")):
         for setting in args.settings.split(","):
             if time.perf_counter() - start > args.budget_s:
@@ -281,7 +327,10 @@ def main(argv=None) -> int:
                 continue
             views, size = (int(v) for v in setting.split("x"))
             todo = [i for i in impls if not (i.startswith("xla") and num > args.xla_max_gaussians)]
-            rows += bench_setting(num, views, size, todo, args.repeats, gsplat, args.stages)
+            if first and args.sweep:
+                todo += args.sweep.split(",")
+            rows += bench_setting(num, views, size, todo, args.repeats, gsplat, args.stages and first)
+            first = False
             if args.json:
                 with open(args.json, "w") as f:
                     json.dump(rows, f, indent=1)

@@ -79,7 +79,7 @@ def bench(gsplat, g, c2w, K, size: int, cots, repeats: int, packed: bool = True)
     import torch
 
     dev = torch.device("cuda")
-    t = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32, device=dev)
+    t = lambda x: torch.as_tensor(np.array(x), dtype=torch.float32, device=dev)
     viewmats, Ks = (t(x) for x in cameras(c2w[0], K[0], size, size))
     fields = [t(x[0]) for x in (g.means, g.quats, g.scales, g.opacities, g.rgbs)]
     num_views = viewmats.shape[0]
@@ -87,10 +87,14 @@ def bench(gsplat, g, c2w, K, size: int, cots, repeats: int, packed: bool = True)
     row, arrays = {}, {}
 
     def render(means, quats, scales, opacities, rgbs):
+        # gsplat 1.5.3's packed mode asserts backgrounds of shape (channels,) against (C, channels): there the
+        # background is added here instead (C + (1 - alpha) bg, the same value).
         colors, alphas, _ = gsplat.rasterization(
             means, quats, scales, opacities, rgbs, viewmats, Ks, size, size, near_plane=0.2, eps2d=0.3,
-            radius_clip=0.0, packed=packed, backgrounds=bg, render_mode="RGB+D", rasterize_mode="classic")
-        return colors[..., :3], alphas[..., 0], colors[..., 3]
+            radius_clip=0.0, packed=packed, backgrounds=None if packed else bg, render_mode="RGB+D",
+            rasterize_mode="classic")
+        rgb = colors[..., :3] + (1.0 - alphas) * bg[:, None, None, :] if packed else colors[..., :3]
+        return rgb, alphas[..., 0], colors[..., 3]
 
     try:
         with torch.no_grad():
@@ -129,8 +133,17 @@ def bench(gsplat, g, c2w, K, size: int, cots, repeats: int, packed: bool = True)
     return row, arrays
 
 
-def compare(ours: dict, theirs: dict) -> dict:
-    """name -> (||ours - theirs|| / ||theirs||, max |ours - theirs|) for the images and gradients both have."""
+def compare(ours: dict, theirs: dict, quats=None) -> dict:
+    """name -> (||ours - theirs|| / ||theirs||, max |ours - theirs|) for the images and gradients both have.
+
+    gsplat normalizes the quaternions inside (ours, as the original, does not), so for unit quaternions its
+    gradient is ours projected on the tangent space, g - (g . q) q: with `quats` (N, 4) ours is projected first.
+    """
+    ours = dict(ours)
+    if quats is not None and "grad_quats" in ours:
+        q = np.asarray(quats, np.float64)
+        g = np.asarray(ours["grad_quats"], np.float64)
+        ours["grad_quats"] = g - np.sum(g * q, -1, keepdims=True) * q
     out = {}
     for name in ("rgb", "alpha", "depth", "grad_means", "grad_scales", "grad_quats", "grad_opacities",
                  "grad_rgbs"):

@@ -47,26 +47,61 @@ def sort_u32(keys):
 
 
 def _slots(means2d, radii, height: int, width: int, capacity: int):
-    """Slot -> (Gaussian id, tile id, valid); slots handed out in Gaussian order, rectangles row-major."""
+    """Slot -> (Gaussian id, tile id, valid), and the total count; slots handed out in Gaussian order.
+
+    Gaussian g owns slots [offsets[g] - counts[g], offsets[g]); its local index enumerates its tile rectangle
+    row-major, as CUDA does. The owner of each slot is found without a search: every Gaussian with tiles writes
+    its id at its first slot, and a running max fills the rest (a Gaussian with no tiles starts where the next
+    one does, with a smaller id, so it loses).
+    """
     grid_x, grid_y = tiles_grid(height, width)
     num_tiles = grid_x * grid_y
+    num = means2d.shape[0]
     rect = tile_rect(means2d, radii, grid_x, grid_y)
     rect_w = jnp.where(radii > 0, rect[:, 2] - rect[:, 0], 0)
     rect_h = jnp.where(radii > 0, rect[:, 3] - rect[:, 1], 0)
     counts = rect_w * rect_h
     offsets = jnp.cumsum(counts)  # inclusive
     total = offsets[-1]
-    # Slot s belongs to the Gaussian g with offsets[g-1] <= s < offsets[g]; its local index enumerates the
-    # rectangle row-major, as CUDA does.
+    first = offsets - counts
+    ids = jnp.arange(num, dtype=jnp.int32)
+    target = jnp.where((counts > 0) & (first < capacity), first, capacity)
+    owner = jnp.zeros((capacity,), jnp.int32).at[target].max(ids, mode="drop")
+    gid = jax.lax.cummax(owner)
     slots = jnp.arange(capacity, dtype=jnp.int32)
-    gid = jnp.searchsorted(offsets, slots, side="right").astype(jnp.int32)
     valid = slots < total
-    gid = jnp.minimum(gid, means2d.shape[0] - 1)
-    local = slots - (offsets[gid] - counts[gid])
+    local = slots - first[gid]
     w = jnp.maximum(rect_w[gid], 1)
     tile = rect[gid, 1] * grid_x + rect[gid, 0] + (local // w) * grid_x + local % w
     tile = jnp.where(valid, tile, num_tiles)
     return gid, tile, valid, total
+
+
+def tile_ranges(tile_sorted, num_tiles: int):
+    """(tile_start, tile_end), each (num_tiles,) int32, of a sorted tile-id vector (ids >= num_tiles unused).
+
+    Equal to searchsorted left/right: the last entry of each present tile scatters its position + 1, and a
+    running max over the tiles carries it through absent ones.
+    """
+    capacity = tile_sorted.shape[0]
+    following = jnp.concatenate([tile_sorted[1:], jnp.full((1,), num_tiles, tile_sorted.dtype)])
+    is_last = (tile_sorted != following) & (tile_sorted < num_tiles)
+    target = jnp.where(is_last, tile_sorted, num_tiles)
+    positions = jnp.arange(1, capacity + 1, dtype=jnp.int32)
+    tile_end = jax.lax.cummax(jnp.zeros((num_tiles,), jnp.int32).at[target].set(positions, mode="drop"))
+    tile_start = jnp.concatenate([jnp.zeros((1,), jnp.int32), tile_end[:-1]])
+    return tile_start, tile_end
+
+
+def radix_sorted(gid, tile, valid, depths, radii, rank_bits: int, num_tiles: int):
+    """Slots sorted by (tile, depth rank) with one uint32 key sort -> (gaussian id, tile id, used) per slot."""
+    order, rank = depth_rank(depths, radii)
+    key = (tile.astype(jnp.uint32) << rank_bits) | rank[gid].astype(jnp.uint32)
+    key = sort_u32(jnp.where(valid, key, jnp.uint32(ALL_ONES)))
+    used = key != jnp.uint32(ALL_ONES)
+    tile_sorted = jnp.where(used, key >> rank_bits, num_tiles).astype(jnp.int32)
+    gid_sorted = order[(key & jnp.uint32((1 << rank_bits) - 1)).astype(jnp.int32)]
+    return gid_sorted, tile_sorted, used
 
 
 def depth_rank(depths, radii):
@@ -109,19 +144,12 @@ def intersect_tiles(means2d, radii, depths, height: int, width: int, capacity: i
     gid, tile, valid, total = _slots(means2d, radii, height, width, capacity)
 
     if method == "radix":
-        order, rank = depth_rank(depths, radii)
-        key = (tile.astype(jnp.uint32) << rank_bits) | rank[gid].astype(jnp.uint32)
-        key = sort_u32(jnp.where(valid, key, jnp.uint32(ALL_ONES)))
-        used = key != jnp.uint32(ALL_ONES)
-        tile_sorted = jnp.where(used, key >> rank_bits, num_tiles).astype(jnp.int32)
-        gid_sorted = order[(key & jnp.uint32((1 << rank_bits) - 1)).astype(jnp.int32)]
+        gid_sorted, tile_sorted, used = radix_sorted(gid, tile, valid, depths, radii, rank_bits, num_tiles)
     else:
         key_depth = jnp.where(valid, depths[gid], 0.0)
         tile_sorted, _, gid_sorted = jax.lax.sort((tile, key_depth, gid), num_keys=2, is_stable=True)
         used = tile_sorted < num_tiles
-    tile_ids = jnp.arange(num_tiles, dtype=jnp.int32)
-    tile_start = jnp.searchsorted(tile_sorted, tile_ids, side="left").astype(jnp.int32)
-    tile_end = jnp.searchsorted(tile_sorted, tile_ids, side="right").astype(jnp.int32)
+    tile_start, tile_end = tile_ranges(tile_sorted, num_tiles)
     overflow = jnp.maximum(total - capacity, 0).astype(jnp.int32)
     return TileLists(gaussian_ids=jnp.where(used, gid_sorted, 0), tile_start=tile_start,
                      tile_end=tile_end, overflow=overflow, num_intersections=total.astype(jnp.int32))

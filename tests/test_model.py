@@ -294,3 +294,39 @@ def test_bias_in_matmul_dense_equals_dense(dtype, tol):
     np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=tol, atol=tol * np.abs(want).max())
     same_tree = jax.eval_shape(BiasInMatmulDense(16, dtype).init, jax.random.PRNGKey(0), with_bias_columns(x))
     assert jax.tree.map(lambda a: a.shape, same_tree) == jax.tree.map(lambda a: a.shape, params)
+
+
+def test_gelu_erf_is_torch_gelu():
+    from geolrm_jax.model.dinov2 import gelu_erf
+
+    x = np.random.default_rng(0).normal(size=4096).astype(np.float32) * 4
+    x[:4] = [0.0, -12.0, 12.0, 1e-3]
+    want = np.asarray(jax.nn.gelu(jnp.asarray(x), approximate=False))  # erfc form, same function
+    got = np.asarray(gelu_erf(jnp.asarray(x)))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=2e-6)
+    assert gelu_erf(jnp.asarray(x, jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+def test_inference_variables_give_identical_bf16_outputs():
+    from geolrm_jax.model.geolrm import inference_variables
+
+    config = model_config.tiny_model_config()
+    config.dtype = "bfloat16"
+    from geolrm_jax import reconstruct
+
+    variables = reconstruct.random_variables(config, seed=1)
+    cast = inference_variables(variables, config)
+    kernels = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(cast)[0]
+               if str(getattr(path[-1], "key", "")) == "kernel"]
+    assert kernels and all(k.dtype == jnp.bfloat16 for k in kernels)
+    biases = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(cast)[0]
+              if str(getattr(path[-1], "key", "")) == "bias"]
+    assert biases and all(b.dtype == jnp.float32 for b in biases)
+    images, c2ws, ks, mask = tiny_inputs(batch=1, views=2)
+    model = GeoLRM(config)
+    out_a = run_fast_compiled(model.apply, variables, images, c2ws, ks, mask)
+    out_b = run_fast_compiled(model.apply, cast, images, c2ws, ks, mask)
+    for a, b in zip(jax.tree.leaves(out_a), jax.tree.leaves(out_b), strict=True):
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+    same = inference_variables(variables, model_config.tiny_model_config())  # float32 config: nothing cast
+    assert all(x.dtype == y.dtype for x, y in zip(jax.tree.leaves(same), jax.tree.leaves(variables), strict=True))

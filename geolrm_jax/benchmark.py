@@ -295,6 +295,13 @@ def _variables(model_config: str, overrides: tuple[str, ...], seed: int):
     return reconstruct.random_variables(apply_overrides(convert.config_from_arg(model_config), list(overrides)), seed)
 
 
+def inference_variables(variables, config):
+    """The variables as `reconstruct.Reconstructor` holds them (weights pre-cast to the compute dtype)."""
+    from geolrm_jax.model.geolrm import inference_variables as cast
+
+    return cast(variables, config)
+
+
 def run(args) -> list[dict]:
     """All configurations (dtype-major, then size, then views); stops starting new ones past ``--budget-s``
     and rewrites ``--out`` after each, so a run cut short keeps what it measured."""
@@ -312,7 +319,8 @@ def run(args) -> list[dict]:
                 else:
                     config = apply_overrides(convert.config_from_arg(args.model_config), args.set)
                     config.dtype = dtype
-                    variables = _variables(args.model_config, tuple(args.set), args.seed)
+                    variables = inference_variables(_variables(args.model_config, tuple(args.set), args.seed),
+                                                    config)
                     rows.append(bench_one(config, variables, views, size, args.repeats, args.anchors))
                 print(f"done: {views} views, {size} px, {dtype}: {1e3 * rows[-1]['total_s']:.1f} ms "
                       f"({time.perf_counter() - start:.0f} s elapsed)", file=sys.stderr, flush=True)

@@ -154,8 +154,8 @@ def model_predictor(args) -> tuple[Predictor, str, bool]:
     def predict(images, c2w, K):
         batch = (jnp.asarray(images)[None], jnp.asarray(c2w)[None], jnp.asarray(K)[None],
                  jnp.ones((1, len(images)), bool))
-        anchors, mask = model.propose(variables, *batch)
-        return jax.block_until_ready(model.reconstruct(variables, *batch, anchors, mask))
+        anchors, mask = model.propose(model.variables, *batch)
+        return jax.block_until_ready(model.reconstruct(model.variables, *batch, anchors, mask))
 
     return predict, weights, checkpoint is None
 

@@ -186,10 +186,10 @@ class Reconstructor:
     def __init__(self, config, variables):
         import jax
 
-        from geolrm_jax.model.geolrm import GeoLRM
+        from geolrm_jax.model.geolrm import GeoLRM, inference_variables
         from geolrm_jax.model.proposal import select_anchors
 
-        self.variables = variables
+        self.variables = inference_variables(variables, config)  # pass these to propose / reconstruct
         key = config.to_json_best_effort(sort_keys=True)
         if key not in _COMPILED_STAGES:
             model = GeoLRM(config)
@@ -315,10 +315,10 @@ def run(args) -> dict:
     batch = (jnp.asarray(views.images)[None], jnp.asarray(views.c2w)[None], jnp.asarray(views.K)[None],
              jnp.ones((1, num_views), bool))
     t0 = stage(stages[2])
-    anchors, anchor_mask = jax.block_until_ready(model.propose(variables, *batch))
+    anchors, anchor_mask = jax.block_until_ready(model.propose(model.variables, *batch))
     done(stages[2], t0)
     t0 = stage(stages[3])
-    gaussians = jax.block_until_ready(model.reconstruct(variables, *batch, anchors, anchor_mask))
+    gaussians = jax.block_until_ready(model.reconstruct(model.variables, *batch, anchors, anchor_mask))
     done(stages[3], t0)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)

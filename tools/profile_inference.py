@@ -71,11 +71,16 @@ def profile_stage(fn, args, repeats: int, hlo_path: str | None = None):
         with open(hlo_path, "w") as f:
             f.write(compiled.as_text())
     out = jax.block_until_ready(compiled(*args))
-    times = []
+    times, dispatch = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
+        pending = compiled(*args)
+        dispatch.append(time.perf_counter() - t0)
+        jax.block_until_ready(pending)
         times.append(time.perf_counter() - t0)
+    leaves = len(jax.tree.leaves(args))
+    print(f"  [{getattr(fn, '__name__', 'fn')}] {leaves} argument arrays, dispatch (call returns) "
+          f"{1e3 * statistics.median(dispatch):.2f} ms, wall {1e3 * statistics.median(times):.2f} ms", flush=True)
     with tempfile.TemporaryDirectory() as trace_dir:
         jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
         for _ in range(repeats):

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from geolrm_jax.geometry import fov_to_intrinsics, orbit_c2w
-from geolrm_jax.render import projection, tiles
+from geolrm_jax.render import projection, rasterize, tiles
 from geolrm_jax.render.gaussians import Gaussians
 from geolrm_jax.render.splat import render
 
@@ -139,7 +139,8 @@ def bench_ours(name: str, g, c2w, K, size: int, capacity: int, cots, repeats: in
     return row, arrays
 
 
-def bench_stages(g, c2w, K, size: int, capacity: int, repeats: int) -> list[dict]:
+def bench_stages(g, c2w, K, size: int, capacity: int, repeats: int,
+                 methods=("radix", "two_key")) -> list[dict]:
     """Forward split, cumulative: projection, + slots, + sort, + tile ranges (= intersection), whole forward.
 
     The intersection steps run per camera under lax.map, as in `render`; the rasterization kernel is the whole
@@ -182,8 +183,35 @@ def bench_stages(g, c2w, K, size: int, capacity: int, repeats: int) -> list[dict
         o = render(g, c2w, K, size, size, bg, capacity=capacity, implementation="pallas")
         return o.rgb, o.alpha, o.depth
 
+    def raster_inputs(g, c2w, K):
+        p, lists = per_camera(intersect)(g, c2w, K)
+        pack = jax.vmap(rasterize.pack_features, in_axes=(0, 0, None, None, 0))
+        return pack(p.means2d, p.conics, g.opacities[0], g.rgbs[0], p.depths), lists
+
+    def kernel_forward(feats, lists):
+        return jax.vmap(lambda f, i, s, e: kernels.forward_pallas(f, i, s, e, size, size))(
+            feats, lists.gaussian_ids, lists.tile_start, lists.tile_end)
+
+    def kernel_backward(feats, lists, out, cot):
+        return jax.vmap(lambda f, i, s, e, o, c: kernels.backward_pallas(f, i, s, e, o, c, size, size, False))(
+            feats, lists.gaussian_ids, lists.tile_start, lists.tile_end, out, cot)
+
     rows = []
-    for method in ("radix", "two_key"):
+    _configure("pallas")
+    try:  # the two Pallas kernels alone, on the lists of the radix method
+        feats, lists = jax.jit(raster_inputs)(g, c2w, K)
+        out = jax.jit(kernel_forward)(feats, lists)
+        noise = lambda x, i: jax.random.normal(jax.random.PRNGKey(10 + i), x.shape, x.dtype)
+        cot = out._replace(color=noise(out.color, 0), weight=noise(out.weight, 1), depth=noise(out.depth, 2),
+                           transmittance=noise(out.transmittance, 3))
+        rows.append({"method": "kernels",
+                     "kernel_forward_ms": 1e3 * _median_time(jax.jit(kernel_forward), (feats, lists), repeats),
+                     "kernel_backward_ms": 1e3 * _median_time(jax.jit(kernel_backward), (feats, lists, out, cot),
+                                                              repeats)})
+        del feats, lists, out, cot
+    except Exception as err:
+        rows.append({"method": "kernels", "error": f"{type(err).__name__}: {str(err)[:300]}"})
+    for method in methods:
         _configure("pallas_two_key" if method == "two_key" else "pallas")
         stages: list = [("projection", project)]
         if method == "radix":
@@ -203,7 +231,7 @@ def bench_stages(g, c2w, K, size: int, capacity: int, repeats: int) -> list[dict
 
 
 def bench_setting(num: int, num_views: int, size: int, implementations, repeats: int, gsplat,
-                  stages: bool) -> list[dict]:
+                  stages: tuple[str, ...] = ()) -> list[dict]:
     g = geolrm_gaussians(num)
     c2w, K = cameras(num_views)
     capacity = _capacity_for(g, c2w, K, size)
@@ -226,7 +254,7 @@ def bench_setting(num: int, num_views: int, size: int, implementations, repeats:
         print(json.dumps(row), flush=True)
         rows.append(row)
     if stages:
-        for row in bench_stages(g, c2w, K, size, capacity, repeats):
+        for row in bench_stages(g, c2w, K, size, capacity, repeats, stages):
             row = {**setting, "stages": True, **row}
             print(json.dumps(row), flush=True)
             rows.append(row)
@@ -283,6 +311,8 @@ def print_table(rows: list[dict]) -> None:
               "(= intersection) | forward (rasterize) |")
         print("|---|---|---|---|---|---|---|---|")
         for r in split:
+            if r["method"] == "kernels":
+                continue
             cells, prev = [], 0.0
             for k in ("projection", "+slots", "+sort", "intersection", "forward"):
                 v = r.get(k + "_ms")
@@ -290,6 +320,9 @@ def print_table(rows: list[dict]) -> None:
                 prev = prev if v is None else v
             print(f"| {r['gaussians']} | {r['views']} x {r['size']}² | {r['method']} | " + " | ".join(cells) + " |")
         for r in split:
+            if "kernel_forward_ms" in r:
+                print(f"\nPallas kernels alone (vmapped over the cameras): forward {r['kernel_forward_ms']:.1f} ms, "
+                      f"backward {r['kernel_backward_ms']:.1f} ms")
             if "searchsorted_owner_ms" in r:
                 print(f"\nprojection + slot owners by searchsorted (the previous version): "
                       f"{r['searchsorted_owner_ms']:.1f} ms (vs + slots above)")
@@ -307,8 +340,9 @@ def main(argv=None) -> int:
                         help="skip the pure-JAX rows above this many Gaussians (they take seconds per call)")
     parser.add_argument("--gsplat-so", default=None,
                         help="folder holding a prebuilt gsplat_cuda.so (else gsplat JIT-compiles on import)")
-    parser.add_argument("--stages", action="store_true",
-                        help="also time projection / intersection / raster (first setting only)")
+    parser.add_argument("--stages", nargs="?", const="radix,two_key", default="",
+                        help="also time projection / intersection / raster (first setting only) for these "
+                        "intersection methods (default radix,two_key)")
     parser.add_argument("--sweep", default="", help="extra Pallas rows at the first setting only, e.g. "
                         "'pallas@32/4/4,pallas@16/4/4' (CHUNK/forward warps/backward warps)")
     parser.add_argument("--json", default=None, help="write all rows to this file")
@@ -329,7 +363,8 @@ def main(argv=None) -> int:
             todo = [i for i in impls if not (i.startswith("xla") and num > args.xla_max_gaussians)]
             if first and args.sweep:
                 todo += args.sweep.split(",")
-            rows += bench_setting(num, views, size, todo, args.repeats, gsplat, args.stages and first)
+            stages = tuple(args.stages.split(",")) if args.stages and first else ()
+            rows += bench_setting(num, views, size, todo, args.repeats, gsplat, stages)
             first = False
             if args.json:
                 with open(args.json, "w") as f:

@@ -5,8 +5,8 @@ own fp32 atomics: V*Q*H*NL*P*4 corners*C adds (16.9 G at V=21, S=16384), the cos
 kernel instead accumulates, per program and per (view, level), the contributions that land in a small
 window of the value map in registers and adds the window with one atomic add per touched pixel:
 
-- queries are visited in a spatially coherent order (:func:`spatial_query_order`: a 3-D Morton key of the
-  query's reference points in two views), so that the block_q queries of a program sample nearby pixels;
+- queries are visited in a spatially coherent order (``deformable_sample_triton.spatial_query_order``: a
+  Morton key of the query's reference points in two views), so that a program's queries sample nearby pixels;
 - for each (view, level) the window is the (wy, wx) pixels around the block's mean reference point,
   clamped into the map (wy, wx powers of two, at most the map's size);
 - for each point and bilinear corner in the window, ``M[pixel, query] += a * bilinear`` on an fp32
@@ -49,34 +49,6 @@ def window_shape(level_shape, size=WINDOW_SIZE):
     return min(size, _floor_pow2(level_shape[0])), min(size, _floor_pow2(level_shape[1]))
 
 
-def _morton_interleave(coords, bits):
-    code = jnp.zeros(coords[0].shape, jnp.int32)
-    for bit in range(bits):
-        for j, c in enumerate(coords):
-            code = code | (((c >> bit) & 1) << (len(coords) * bit + j))
-    return code
-
-
-def spatial_query_order(reference_points, mask):
-    """(B, Q) int32 permutation of the queries that lists spatially close queries together.
-
-    Key: Morton code of (u, v) in view 0 and u in view V // 4 (10 bits each): two views with different
-    directions separate points that one view superimposes (front and back of an object), so the key
-    approximates 3-D locality. Queries masked in both views go last. Only the speed depends on the order.
-    """
-    b, v, q, _ = reference_points.shape
-    views = (0, v // 4) if v > 1 else (0,)
-    coords = []
-    for i, view in enumerate(views):
-        uv = reference_points[:, view].astype(jnp.float32)
-        uv = jnp.where(mask[:, view, :, None], uv, 0.0)
-        quantized = jnp.clip(jnp.nan_to_num(uv) * 1023.0, 0.0, 1023.0).astype(jnp.int32)
-        coords += [quantized[..., 0], quantized[..., 1]] if i == 0 else [quantized[..., 0]]
-    code = _morton_interleave(coords, 10)
-    code = jnp.where(jnp.any(mask[:, list(views)], axis=1), code, jnp.int32(2 ** 31 - 1))
-    return jnp.argsort(code, axis=-1, stable=True).astype(jnp.int32)
-
-
 def _window_backward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, order_ref, g_ref, _dv_in,
                             d_value_ref, d_ref_ref, d_off_ref, d_attn_ref, *, dims, shapes, windows, block_q,
                             c_pad, interpret, value_atomic_add, precision):
@@ -84,9 +56,7 @@ def _window_backward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, ord
     v_count, q_count, length, heads, c, nl, p = dims
     h = pl.program_id(0)
     b = pl.program_id(2)
-    slot = pl.program_id(1) * block_q + jnp.arange(block_q, dtype=jnp.int32)
-    q_in = slot < q_count
-    qc = order_ref[b * q_count + jnp.minimum(slot, q_count - 1)]  # the queries this program owns
+    q, q_in, qc = tri._program_queries(order_ref, b, q_count, block_q)  # q: store index, qc: clipped
     point_base = ((b * q_count + qc) * heads + h) * (nl * p)
     ch = jnp.arange(c_pad, dtype=jnp.int32)
     ch_in = ch < c
@@ -166,14 +136,14 @@ def _window_backward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, ord
                 touched = jnp.max(jnp.where(weights != 0.0, 1, 0), axis=1) > 0
                 value_atomic_add(d_value_ref, (window_rows, window_cols), d_window,
                                  mask=touched[:, None] & ch_in[None, :])
-        ref_index = ((bv * q_count + qc) * heads + h) * 2
+        ref_index = ((bv * q_count + q) * heads + h) * 2
         plgpu.store(d_ref_ref.at[ref_index], d_ref_u, mask=q_in)
         plgpu.store(d_ref_ref.at[ref_index + 1], d_ref_v, mask=q_in)
         return d_attn_acc, d_u_acc, d_v_acc
 
     zeros = jnp.zeros((block_q, nl * p), jnp.float32)
     d_attn_acc, d_u_acc, d_v_acc = lax.fori_loop(0, v_count, view_step, (zeros, zeros, zeros))
-    index = point_base[:, None] + point_col
+    index = (((b * q_count + q) * heads + h) * (nl * p))[:, None] + point_col
     store_mask = jnp.broadcast_to(q_in[:, None], index.shape)
     plgpu.store(d_attn_ref.at[index], d_attn_acc, mask=store_mask)
     plgpu.store(d_off_ref.at[index * 2], d_u_acc, mask=store_mask)
@@ -181,12 +151,13 @@ def _window_backward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, ord
 
 
 def backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g, *, interpret=False,
-             block_q=None, window=None, num_warps=None, sort_queries=True, relaxed=None, debug=False):
+             block_q=None, window=None, num_warps=None, sort_queries=None, relaxed=None, debug=False):
     """Gradients (d_value, d_reference_points, d_offsets, d_attention_weights), as
     ``deformable_sample_triton.backward``, with window-accumulated d_value.
 
     ``block_q`` (>= 16 on GPU: the matmul's K), ``window`` (max window side) and ``num_warps`` default to
-    WINDOW_BLOCK_Q / WINDOW_SIZE / WINDOW_NUM_WARPS; ``sort_queries=False`` keeps the callers' query order.
+    WINDOW_BLOCK_Q / WINDOW_SIZE / WINDOW_NUM_WARPS; ``sort_queries`` (default
+    ``deformable_sample_triton.SORT_QUERIES``): visit the queries in ``spatial_query_order``.
     """
     b, v, length, heads, c = value.shape
     dims = tri._dims(value, offsets)
@@ -211,10 +182,7 @@ def backward(value, reference_points, offsets, attention_weights, mask, spatial_
         _window_backward_kernel, dims=dims, shapes=shapes, windows=windows, block_q=block_q,
         c_pad=max(16, tri._next_pow2(c)), interpret=interpret, precision=precision,
         value_atomic_add=tri._relaxed_atomic_add if relaxed else plgpu.atomic_add)
-    if sort_queries:
-        order = spatial_query_order(reference_points, mask)
-    else:
-        order = jnp.broadcast_to(jnp.arange(q, dtype=jnp.int32), (b, q))
+    order = tri.query_order(reference_points, mask, tri.SORT_QUERIES if sort_queries is None else sort_queries)
     f32 = lambda n: jax.ShapeDtypeStruct((n,), jnp.float32)
     value_2d, ref_flat, off_flat, attn_flat, mask_flat = tri._flat_inputs(value, reference_points, offsets,
                                                                           attention_weights, mask)

@@ -55,6 +55,9 @@ FORWARD_CONFIGS = {"per_head": (FORWARD_BLOCK_Q, None, FORWARD_NUM_WARPS), "per_
                    "all_heads": (8, 256, 4)}
 BACKWARD_BLOCK_Q = 16
 BACKWARD_NUM_WARPS = 4
+# Programs take their queries in spatial_query_order (forward and backward): a 2-view Morton key, so that a
+# block's queries sample nearby pixels (docs/deformable.md, "Query order").
+SORT_QUERIES = True
 # Backward variants: "atomic" (below: per-sample d_value atomics) and "window" (deformable_sample_backward_triton:
 # d_value accumulated per program in a pixel window by a matmul, per-sample atomics only outside it).
 # BACKWARD_VARIANT is what the op runs (docs/deformable.md, "Window backward").
@@ -153,19 +156,63 @@ def relaxed_atomics_status() -> tuple[bool, str | None]:
     return True, None
 
 
+def _morton_interleave(coords, bits):
+    code = jnp.zeros(coords[0].shape, jnp.int32)
+    for bit in range(bits):
+        for j, c in enumerate(coords):
+            code = code | (((c >> bit) & 1) << (len(coords) * bit + j))
+    return code
+
+
+def spatial_query_order(reference_points, mask):
+    """(B, Q) int32 permutation of the queries that lists spatially close queries together.
+
+    Key: Morton code of (u, v) in view 0 and u in view V // 4 (10 bits each): two views with different
+    directions separate points that one view superimposes (front and back of an object), so the key
+    approximates 3-D locality. Queries masked in both views go last. Only the speed depends on the order:
+    the programs of a kernel then read and atomically add to nearby pixels (cache and atomic-unit locality).
+    """
+    b, v, q, _ = reference_points.shape
+    views = (0, v // 4) if v > 1 else (0,)
+    coords = []
+    for i, view in enumerate(views):
+        uv = jnp.where(mask[:, view, :, None], reference_points[:, view].astype(jnp.float32), 0.0)
+        quantized = jnp.clip(jnp.nan_to_num(uv) * 1023.0, 0.0, 1023.0).astype(jnp.int32)
+        coords += [quantized[..., 0], quantized[..., 1]] if i == 0 else [quantized[..., 0]]
+    code = _morton_interleave(coords, 10)
+    code = jnp.where(jnp.any(mask[:, list(views)], axis=1), code, jnp.int32(2 ** 31 - 1))
+    return jnp.argsort(code, axis=-1, stable=True).astype(jnp.int32)
+
+
+def query_order(reference_points, mask, sort_queries):
+    """spatial_query_order, or the identity (B, Q) when sort_queries is False."""
+    if sort_queries:
+        return spatial_query_order(reference_points, mask)
+    b, q = mask.shape[0], mask.shape[2]
+    return jnp.broadcast_to(jnp.arange(q, dtype=jnp.int32), (b, q))
+
+
 def _next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
-def _program_setup(ref_ref, mask_ref, *, dims, block_q):
+def _program_queries(order_ref, b, q_count, block_q):
+    """(store index, in range, clipped query index) of this program's block_q slots of the query order.
+
+    Slots past Q keep their unclipped index for (masked) stores, as without an order."""
+    slot = pl.program_id(1) * block_q + jnp.arange(block_q, dtype=jnp.int32)
+    q_in = slot < q_count
+    qc = order_ref[b * q_count + jnp.minimum(slot, q_count - 1)]
+    return jnp.where(q_in, qc, slot), q_in, qc
+
+
+def _program_setup(ref_ref, mask_ref, order_ref, *, dims, block_q):
     """Query indices of this program and its per-query reference point / validity."""
     v_count, q_count, _, heads, c, nl, p = dims
     h = pl.program_id(0)
     bv = pl.program_id(2)
     b = bv // v_count
-    q = pl.program_id(1) * block_q + jnp.arange(block_q, dtype=jnp.int32)
-    q_in = q < q_count
-    qc = jnp.minimum(q, q_count - 1)
+    q, q_in, qc = _program_queries(order_ref, b, q_count, block_q)
     valid = q_in & (mask_ref[bv * q_count + qc] != 0)
     ref_u = ref_ref[(bv * q_count + qc) * 2]
     ref_v = ref_ref[(bv * q_count + qc) * 2 + 1]
@@ -182,10 +229,11 @@ def _point(off_ref, attn_ref, point_index, valid, ref_u, ref_v):
     return a, u, v
 
 
-def _forward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, out_ref, *, dims, shapes, block_q, unroll):
+def _forward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, order_ref, out_ref, *, dims, shapes, block_q,
+                    unroll):
     v_count, q_count, length, heads, c, nl, p = dims
     h, bv, q, q_in, valid, ref_u, ref_v, point_base, ch, ch_in = _program_setup(
-        ref_ref, mask_ref, dims=dims, block_q=block_q)
+        ref_ref, mask_ref, order_ref, dims=dims, block_q=block_q)
     # Unclipped channel columns keep the loads contiguous and 16-byte vectorizable; lanes ch >= C are masked.
     cols = jnp.broadcast_to((h * c + ch)[None, :], (block_q, ch.shape[0]))
     acc = jnp.zeros((block_q, ch.shape[0]), jnp.float32)
@@ -208,8 +256,8 @@ def _forward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, out_ref, *,
     plgpu.store(out_ref.at[out_rows, cols], acc.astype(out_ref.dtype), mask=q_in[:, None] & ch_in[None, :])
 
 
-def _forward_all_heads_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, out_ref, *, dims, shapes,
-                              block_q, block_c):
+def _forward_all_heads_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, _order_ref, out_ref, *, dims,
+                              shapes, block_q, block_c):
     """One program: block_q queries of one (b, v) x block_c consecutive channels of the flat H*C axis.
 
     Each lane's head is channel // C, so every lane gathers its own (query, head)'s offsets and weight (lanes of
@@ -246,8 +294,8 @@ def _forward_all_heads_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, o
     plgpu.store(out_ref.at[out_rows, cols], acc.astype(out_ref.dtype), mask=q_in[:, None] & col_in)
 
 
-def _backward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, g_ref, _dv_in, d_value_ref, d_ref_ref,
-                     d_off_ref, d_attn_ref, *, dims, shapes, block_q, interpret, value_atomic_add):
+def _backward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, order_ref, g_ref, _dv_in, d_value_ref,
+                     d_ref_ref, d_off_ref, d_attn_ref, *, dims, shapes, block_q, interpret, value_atomic_add):
     """One program: block_q queries of one (b, h), looping over all V views.
 
     d_attention_weights and d_offsets (summed over views) live in (block_q, NL*P) registers and are stored
@@ -257,9 +305,7 @@ def _backward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, g_ref, _dv
     v_count, q_count, length, heads, c, nl, p = dims
     h = pl.program_id(0)
     b = pl.program_id(2)
-    q = pl.program_id(1) * block_q + jnp.arange(block_q, dtype=jnp.int32)
-    q_in = q < q_count
-    qc = jnp.minimum(q, q_count - 1)
+    q, q_in, qc = _program_queries(order_ref, b, q_count, block_q)
     point_base = ((b * q_count + qc) * heads + h) * (nl * p)
     ch = jnp.arange(_next_pow2(c), dtype=jnp.int32)
     ch_in = ch < c
@@ -308,14 +354,14 @@ def _backward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, g_ref, _dv
 
             d_attn_acc, d_u_acc, d_v_acc, d_ref_u, d_ref_v = lax.fori_loop(
                 0, p, point_step, (d_attn_acc, d_u_acc, d_v_acc, d_ref_u, d_ref_v))
-        ref_index = ((bv * q_count + qc) * heads + h) * 2  # d_reference_points per head: (B, V, Q, H, 2)
+        ref_index = ((bv * q_count + q) * heads + h) * 2  # d_reference_points per head: (B, V, Q, H, 2)
         plgpu.store(d_ref_ref.at[ref_index], d_ref_u, mask=q_in)
         plgpu.store(d_ref_ref.at[ref_index + 1], d_ref_v, mask=q_in)
         return d_attn_acc, d_u_acc, d_v_acc
 
     zeros = jnp.zeros((block_q, nl * p), jnp.float32)
     d_attn_acc, d_u_acc, d_v_acc = lax.fori_loop(0, v_count, view_step, (zeros, zeros, zeros))
-    index = point_base[:, None] + point_col  # (block_q, NL*P)
+    index = (((b * q_count + q) * heads + h) * (nl * p))[:, None] + point_col  # (block_q, NL*P)
     store_mask = jnp.broadcast_to(q_in[:, None], index.shape)
     plgpu.store(d_attn_ref.at[index], d_attn_acc, mask=store_mask)
     plgpu.store(d_off_ref.at[index * 2], d_u_acc, mask=store_mask)
@@ -338,8 +384,11 @@ def _dims(value, offsets):
 
 
 def forward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, *, interpret=False,
-            variant=None, block_q=None, block_c=None, num_warps=None):
+            variant=None, block_q=None, block_c=None, num_warps=None, sort_queries=None):
     """(B, V, Q, H, C) output in value.dtype; mask is (B, V, Q) bool.
+
+    ``sort_queries`` (default SORT_QUERIES): programs take their queries in :func:`spatial_query_order`
+    (per_head variants; "all_heads" ignores the order).
 
     ``variant``: one of FORWARD_VARIANTS (default FORWARD_VARIANT); ``block_q`` / ``block_c`` / ``num_warps``
     default to FORWARD_CONFIGS[variant].
@@ -370,12 +419,13 @@ def forward(value, reference_points, offsets, attention_weights, mask, spatial_s
         compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=1),
         interpret=interpret,
         name="deformable_sample_fwd" if variant == "per_head" else f"deformable_sample_fwd_{variant}",
-    )(*_flat_inputs(value, reference_points, offsets, attention_weights, mask))
+    )(*_flat_inputs(value, reference_points, offsets, attention_weights, mask),
+      query_order(reference_points, mask, SORT_QUERIES if sort_queries is None else sort_queries).reshape(-1))
     return out.reshape(b, v, q, heads, c)
 
 
 def backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g, *, interpret=False,
-             block_q=None, num_warps=None, relaxed=None, debug=False, variant=None):
+             block_q=None, num_warps=None, relaxed=None, debug=False, variant=None, sort_queries=None):
     """Gradients (d_value, d_reference_points, d_offsets, d_attention_weights) in the inputs' dtypes.
 
     ``variant``: one of BACKWARD_VARIANTS (default BACKWARD_VARIANT); "window" runs
@@ -384,7 +434,9 @@ def backward(value, reference_points, offsets, attention_weights, mask, spatial_
     ``relaxed``: d_value atomics with relaxed memory ordering (default: whenever available, see
     :func:`relaxed_atomics_status`); False uses ``plgpu.atomic_add`` (acquire-release), for comparison.
     ``debug``: ``pallas_call(debug=True)``, which prints the kernel's jaxpr and Triton IR when it is lowered.
+    ``sort_queries`` (default SORT_QUERIES): programs take their queries in :func:`spatial_query_order`.
     """
+    sort_queries = SORT_QUERIES if sort_queries is None else sort_queries
     variant = variant or BACKWARD_VARIANT
     if variant not in BACKWARD_VARIANTS:
         raise ValueError(f"backward variant must be one of {BACKWARD_VARIANTS}, got {variant!r}")
@@ -393,7 +445,7 @@ def backward(value, reference_points, offsets, attention_weights, mask, spatial_
 
         return window.backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g,
                                interpret=interpret, block_q=block_q, num_warps=num_warps, relaxed=relaxed,
-                               debug=debug)
+                               debug=debug, sort_queries=sort_queries)
     b, v, length, heads, c = value.shape
     dims = _dims(value, offsets)
     q = dims[1]
@@ -415,13 +467,14 @@ def backward(value, reference_points, offsets, attention_weights, mask, spatial_
         out_shape=(jax.ShapeDtypeStruct((b * v * length, heads * c), jnp.float32),
                    f32(b * v * q * heads * 2), f32(offsets.size), f32(attention_weights.size)),
         grid=(heads, pl.cdiv(q, block_q), b),
-        input_output_aliases={6: 0},
+        input_output_aliases={7: 0},
         compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=1),
         interpret=interpret,
         debug=debug,
         name="deformable_sample_bwd",
     )(*_flat_inputs(value, reference_points, offsets, attention_weights, mask),
-      g.reshape(b * v * q, heads * c), jnp.zeros((b * v * length, heads * c), jnp.float32))
+      query_order(reference_points, mask, sort_queries).reshape(-1), g.reshape(b * v * q, heads * c),
+      jnp.zeros((b * v * length, heads * c), jnp.float32))
     d_ref = d_ref_heads.reshape(b, v, q, heads, 2).sum(axis=3)
     return (d_value.reshape(value.shape).astype(value.dtype),
             d_ref.astype(reference_points.dtype),

@@ -71,7 +71,7 @@ def test_spatial_query_order_is_a_permutation_grouping_close_points():
     view1 = np.where(cluster[:, None] == 0, 0.6, 0.1) + rng.uniform(0, 0.02, (q, 2))
     ref = jnp.asarray(np.stack([view0, view0, view1, view1])[None], jnp.float32)  # V=4: key views 0 and 1
     mask = jnp.ones((1, 4, q), bool).at[0, :2, 5].set(False)
-    order = np.asarray(window.spatial_query_order(ref, mask))[0]
+    order = np.asarray(tri.spatial_query_order(ref, mask))[0]
     assert sorted(order.tolist()) == list(range(q)) and order.dtype == np.int32
     assert order[-1] == 5
     first = cluster[order[:-1]]  # 31 queries: clusters of 16 and 15
@@ -95,3 +95,21 @@ def test_window_backward_lowering_for_cuda():
     assert dots == [("tf32x3", "64", "32"), ("tf32x3", "16", "32")], dots  # (wy*wx, block_q) per level
     with pytest.raises(ValueError, match="backward variant"):
         tri.backward(value, ref, offsets, weights, mask, SHAPES, cot, variant="sorted")
+
+
+def test_query_order_changes_nothing_but_the_order():
+    """The atomic backward and the forward give the same results with and without the spatial query order
+    (block_q = 4 over Q = 6: a block with slots past Q), and the order here is not the identity."""
+    value, ref, offsets, weights = make_inputs(23, v=2, q=6, heads=2, c=24, shapes=SHAPES)
+    mask = jnp.ones(ref.shape[:3], bool).at[0, 0, 2].set(False)
+    cot = jax.random.normal(jax.random.key(5), (1, 2, 6, 2, 24))
+    order = np.asarray(tri.spatial_query_order(ref, mask))[0]
+    assert sorted(order.tolist()) == list(range(6)) and order.tolist() != list(range(6))
+    results = {}
+    for sort in (False, True):
+        out = tri.forward(value, ref, offsets, weights, mask, SHAPES, interpret=True, block_q=4, sort_queries=sort)
+        grads = tri.backward(value, ref, offsets, weights, mask, SHAPES, cot, interpret=True, sort_queries=sort)
+        results[sort] = (out, *grads)
+    for name, a, b in zip(NAMES, results[False], results[True], strict=True):
+        assert rel_err(b, a) <= 1e-6, name
+    assert np.abs(np.asarray(results[True][1])).max() > 0

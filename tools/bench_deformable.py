@@ -56,12 +56,14 @@ FORWARD_SWEEP = (("per_head", 16, None, 4), ("per_head", 8, None, 4), ("per_head
                  ("per_head", 8, None, 2), ("per_head_unrolled", 16, None, 4), ("all_heads", 8, 256, 4),
                  ("all_heads", 4, 256, 4), ("all_heads", 8, 128, 4))
 FORWARD_ROWS = "6:448px:8192,21:448px:8192"
-# --backward-variants: backward kernel configs (variant, block_q, window, num_warps, sort_queries), the atomic
-# default first, each timed on random points and on model-like points in the model's (raster) and in Morton
-# anchor order.
-BACKWARD_SWEEP = (("atomic", 16, None, 4, None), ("window", 32, 16, 4, True), ("window", 32, 16, 4, False),
-                  ("window", 16, 16, 4, True), ("window", 64, 16, 4, True), ("window", 32, 8, 4, True),
-                  ("window", 32, 32, 8, True))
+# --backward-variants: kernel configs (variant, block_q, window, num_warps, sort_queries), each timed on random
+# points and on model-like points in the model's (raster) and in Morton anchor order. "atomic" / "window":
+# the backward kernels; "forward": the per_head forward kernel (query order on / off). Ratios are against the
+# first row of the same kind (the previous defaults: unsorted). Measured on an H100 on 2026-11-25 04:06 UTC
+# and dropped since (slower everywhere): window (32, 16, 4), (32, 16, 4, unsorted), (64, 16, 4), (32, 32, 8).
+BACKWARD_SWEEP = (("atomic", 16, None, 4, False), ("atomic", 16, None, 4, True), ("atomic", 32, None, 4, True),
+                  ("window", 32, 8, 4, True), ("window", 16, 8, 4, True), ("window", 16, 16, 4, True),
+                  ("forward", 16, None, 4, False), ("forward", 16, None, 4, True))
 BACKWARD_POINTS = ("random", "sv3d", "sv3d_morton")
 BACKWARD_ROWS = "21:560px:16384,6:560px:8192"
 # JAX implementations in the table: Pallas, Pallas forward + XLA backward ("hybrid"), XLA reference.
@@ -401,8 +403,8 @@ def forward_variants(jax, jnp, rows, reps, deadline, log, dtype="float32", point
 
 
 def backward_variants(jax, jnp, rows, reps, deadline, log, point_modes=BACKWARD_POINTS):
-    """Backward kernel alone for every BACKWARD_SWEEP config, per row and point mode: median ms and the
-    largest rel err of the four gradients vs the XLA reference backward (fp32)."""
+    """Kernel alone for every BACKWARD_SWEEP config, per row and point mode: median ms and the largest rel
+    err of the four gradients (forward: of the output) vs the XLA reference (fp32)."""
     from geolrm_kernels import deformable_sample as ds
     from geolrm_kernels import deformable_sample_backward_triton as window
     from geolrm_kernels import deformable_sample_triton as tri
@@ -418,17 +420,26 @@ def backward_variants(jax, jnp, rows, reps, deadline, log, point_modes=BACKWARD_
         mask = jnp.ones(ref.shape[:3], bool)
         refs, wants = {}, {}
         reference = jax.jit(lambda *a, shapes=shapes: ds._reference_backward(*a[:5], shapes, a[5]))
+        reference_fwd = jax.jit(lambda *a, shapes=shapes: ds._reference_forward(*a[:5], shapes))
         for points in point_modes:
             refs[points] = ref if points == "random" else jnp.asarray(model_reference_points(v, s, points))
             wants[points] = reference(value, refs[points], offsets, weights, mask, cot)
+            wants["forward", points] = (reference_fwd(value, refs[points], offsets, weights, mask),)
         for entry, (variant, block_q, size, warps, sort) in zip(results, BACKWARD_SWEEP, strict=True):
-            if variant == "atomic":
-                kernel = functools.partial(tri.backward, variant="atomic", block_q=block_q, num_warps=warps)
+            if variant == "forward":
+                kernel = functools.partial(tri.forward, variant="per_head", block_q=block_q, num_warps=warps,
+                                           sort_queries=sort)
+            elif variant == "atomic":
+                kernel = functools.partial(tri.backward, variant="atomic", block_q=block_q, num_warps=warps,
+                                           sort_queries=sort)
             else:
                 kernel = functools.partial(window.backward, block_q=block_q, window=size, num_warps=warps,
                                            sort_queries=sort)
-            f = jax.jit(lambda *a, kernel=kernel, shapes=shapes: kernel(*a[:5], shapes, a[5],
-                                                                         interpret=interpret))
+            if variant == "forward":
+                f = jax.jit(lambda *a, kernel=kernel, shapes=shapes: (kernel(*a[:5], shapes, interpret=interpret),))
+            else:
+                f = jax.jit(lambda *a, kernel=kernel, shapes=shapes: kernel(*a[:5], shapes, a[5],
+                                                                             interpret=interpret))
             for points in point_modes:
                 key = f"{v}|{lv}|{s}|{points}"
                 if time.time() > deadline:
@@ -438,7 +449,8 @@ def backward_variants(jax, jnp, rows, reps, deadline, log, point_modes=BACKWARD_
                 try:
                     got = jax.block_until_ready(f(*args))
                     err = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
-                              for a, b in zip(got, wants[points], strict=True))
+                              for a, b in zip(got, wants["forward", points] if variant == "forward"
+                                              else wants[points], strict=True))
                     del got
                     entry[key] = {"ms": _median_time(lambda args=args, f=f: f(*args), jax.block_until_ready, reps),
                                   "rel_err": err}
@@ -449,12 +461,13 @@ def backward_variants(jax, jnp, rows, reps, deadline, log, point_modes=BACKWARD_
         del value, ref, offsets, weights, cot, refs, wants
     keys = [f"{v}|{lv}|{s}|{points}" for v, lv, s in rows for points in point_modes]
     head = "| variant | block_q | window | warps | sort | " + " | ".join(
-        "V={} {} S={} {}: ms (atomic÷this)".format(*k.split("|")) for k in keys) + " |"
+        "V={} {} S={} {}: ms (first÷this)".format(*k.split("|")) for k in keys) + " |"
     lines = [head, "|---|---|---|---|---|" + "---|" * len(keys)]
     for e in results:
         cells = []
+        first = next(f for f in results if (f["variant"] == "forward") == (e["variant"] == "forward"))
         for k in keys:
-            r, old = e.get(k, {}), results[0].get(k, {})
+            r, old = e.get(k, {}), first.get(k, {})
             if "ms" in r:
                 ratio = f"{old['ms'] / r['ms']:.2f}×" if "ms" in old else "—"
                 flag = "" if r["rel_err"] <= 1e-4 else f", ERR {r['rel_err']:.1e}"

@@ -330,3 +330,20 @@ def test_inference_variables_give_identical_bf16_outputs():
         np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
     same = inference_variables(variables, model_config.tiny_model_config())  # float32 config: nothing cast
     assert all(x.dtype == y.dtype for x, y in zip(jax.tree.leaves(same), jax.tree.leaves(variables), strict=True))
+
+
+@pytest.mark.parametrize("patch, cin, use_bias", [(4, 9, False), (14, 3, True)])
+def test_patch_conv_equals_strided_conv(patch, cin, use_bias):
+    from geolrm_jax.model.dinov2 import PatchConv
+
+    rng = np.random.default_rng(patch)
+    x = jnp.asarray(rng.normal(size=(2, 2 * patch, 3 * patch, cin)), jnp.float32)
+    conv = nn.Conv(16, (patch, patch), strides=(patch, patch), padding="VALID", use_bias=use_bias)
+    params = conv.init(jax.random.PRNGKey(0), x)
+    params = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+    want = np.asarray(conv.apply(params, x))
+    got = np.asarray(PatchConv(16, patch, use_bias=use_bias).apply(params, x))
+    assert got.shape == want.shape == (2, 2, 3, 16)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        PatchConv(16, patch).init(jax.random.PRNGKey(0), x[:, 1:])

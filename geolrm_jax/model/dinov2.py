@@ -109,6 +109,32 @@ class Dinov2Layer(nn.Module):
                     ).astype(jnp.float32)
 
 
+class PatchConv(nn.Module):
+    """nn.Conv with kernel = stride = `patch` and VALID padding (same parameters: `kernel` (p, p, in, out),
+    optional `bias`, same initializers), computed as one matrix product over non-overlapping patches:
+    (N, H, W, C) -> (N, H/p, W/p, features). cuDNN ran these few-channel strided convolutions through
+    padding kernels and an unaligned implicit GEMM, several times slower than the plain product."""
+
+    features: int
+    patch: int
+    use_bias: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        n, h, w, c = x.shape
+        p = self.patch
+        if h % p or w % p:
+            raise ValueError(f"PatchConv: input {h}x{w} is not a multiple of the patch size {p}")
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (p, p, c, self.features))
+        patches = x.astype(self.dtype).reshape(n, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+        y = jnp.dot(patches.reshape(n, h // p, w // p, p * p * c),
+                    kernel.reshape(p * p * c, self.features).astype(self.dtype))
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
+        return y
+
+
 class Dinov2Backbone(nn.Module):
     """HF Dinov2Backbone last feature map. Input: ImageNet-normalized images (N, H, W, 3).
 
@@ -128,8 +154,7 @@ class Dinov2Backbone(nn.Module):
     @nn.compact
     def __call__(self, x):
         n = x.shape[0]
-        x = nn.Conv(self.hidden, (self.patch, self.patch), strides=(self.patch, self.patch), padding="VALID",
-                    dtype=self.dtype, name="patch_embed")(x.astype(self.dtype))
+        x = PatchConv(self.hidden, self.patch, dtype=self.dtype, name="patch_embed")(x)
         gh, gw = x.shape[1], x.shape[2]
         x = x.reshape(n, gh * gw, self.hidden)
         cls = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, self.hidden))

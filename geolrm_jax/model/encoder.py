@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from geolrm_jax import geometry
-from geolrm_jax.model.dinov2 import Dinov2Backbone, imagenet_normalize
+from geolrm_jax.model.dinov2 import Dinov2Backbone, PatchConv, imagenet_normalize
 
 
 class ConvTranspose2d(nn.Module):
@@ -65,8 +65,7 @@ class HierarchicalEncoder(nn.Module):
         high = bn("deconv_bn")(ConvTranspose2d(cfg.feat_dim, dtype=self.dtype, name="deconv")(feats))
         rays = geometry.plucker_embedding(c2ws.reshape(b * v, 4, 4), Ks.reshape(b * v, 3, 3), h, w)
         low_in = jnp.concatenate([x, rays], axis=-1).astype(self.dtype)
-        low = nn.Conv(cfg.feat_dim, (4, 4), strides=(4, 4), padding="VALID", use_bias=False,
-                      dtype=self.dtype, name="low_conv")(low_in)
+        low = PatchConv(cfg.feat_dim, 4, use_bias=False, dtype=self.dtype, name="low_conv")(low_in)
         low = bn("low_bn")(low)
         shapes = ((low.shape[1], low.shape[2]), (high.shape[1], high.shape[2]))
         out = jnp.concatenate([low.reshape(b, v, -1, cfg.feat_dim), high.reshape(b, v, -1, cfg.feat_dim)], 2)

@@ -287,19 +287,16 @@ def apply_overrides(config, overrides: list[str]):
     return config
 
 
-@functools.lru_cache(maxsize=4)
-def _variables(model_config: str, overrides: tuple[str, ...], seed: int):
+@functools.lru_cache(maxsize=2)
+def _variables(model_config: str, overrides: tuple[str, ...], seed: int, dtype: str):
+    """Random variables as `reconstruct.Reconstructor` holds them: kernels in the compute dtype (cast on the
+    host, so the device never holds a float32 copy)."""
     from geolrm_jax import reconstruct
     from geolrm_jax.model import convert
 
-    return reconstruct.random_variables(apply_overrides(convert.config_from_arg(model_config), list(overrides)), seed)
-
-
-def inference_variables(variables, config):
-    """The variables as `reconstruct.Reconstructor` holds them (weights pre-cast to the compute dtype)."""
-    from geolrm_jax.model.geolrm import inference_variables as cast
-
-    return cast(variables, config)
+    config = apply_overrides(convert.config_from_arg(model_config), list(overrides))
+    config.dtype = dtype
+    return reconstruct.random_variables(config, seed, inference=True)
 
 
 def run(args) -> list[dict]:
@@ -319,8 +316,7 @@ def run(args) -> list[dict]:
                 else:
                     config = apply_overrides(convert.config_from_arg(args.model_config), args.set)
                     config.dtype = dtype
-                    variables = inference_variables(_variables(args.model_config, tuple(args.set), args.seed),
-                                                    config)
+                    variables = _variables(args.model_config, tuple(args.set), args.seed, dtype)
                     rows.append(bench_one(config, variables, views, size, args.repeats, args.anchors))
                 print(f"done: {views} views, {size} px, {dtype}: {1e3 * rows[-1]['total_s']:.1f} ms "
                       f"({time.perf_counter() - start:.0f} s elapsed)", file=sys.stderr, flush=True)

@@ -89,9 +89,10 @@ def load_variables(checkpoint: pathlib.Path, config):
     return variables
 
 
-def random_variables(config, seed: int = 0):
+def random_variables(config, seed: int = 0, inference: bool = False):
     """Seeded random weights with the shapes of ``GeoLRM(config)``: kernels and embeddings N(0, 0.02^2),
-    biases 0, norm scales 1, BatchNorm running mean 0 and variance 1.
+    biases 0, norm scales 1, BatchNorm running mean 0 and variance 1. ``inference``: kernels are cast to the
+    compute dtype on the host (as ``model.geolrm.inference_variables``), so no float32 copy reaches the device.
 
     Built with numpy from ``jax.eval_shape`` of the initializer, so nothing is compiled (``init`` itself
     runs the whole forward pass).
@@ -100,6 +101,7 @@ def random_variables(config, seed: int = 0):
     import jax.numpy as jnp
 
     from geolrm_jax.model.convert import expected_variables
+    from geolrm_jax.model.geolrm import compute_dtype
 
     shapes = expected_variables(config)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
@@ -113,6 +115,8 @@ def random_variables(config, seed: int = 0):
             value = np.ones(leaf.shape, np.float32)
         else:
             value = (0.02 * rng.standard_normal(leaf.shape)).astype(np.float32)
+        if inference and name == "kernel":
+            value = value.astype(compute_dtype(config))
         values.append(jnp.asarray(value))
     return jax.tree_util.tree_unflatten(treedef, values)
 
@@ -310,6 +314,7 @@ def run(args) -> dict:
         variables = load_variables(checkpoint, config)
         weights = f"{checkpoint} ({how}); architecture {config_name}"
     model = Reconstructor(config, variables)
+    del variables  # the Reconstructor holds its own copy, with kernels in the compute dtype
     done(stages[1], t0)
 
     batch = (jnp.asarray(views.images)[None], jnp.asarray(views.c2w)[None], jnp.asarray(views.K)[None],

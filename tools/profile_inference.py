@@ -168,7 +168,7 @@ def main(argv=None) -> int:
 
     config = benchmark.apply_overrides(convert.config_from_arg(args.model_config), args.set)
     config.dtype = args.dtype
-    variables = benchmark.inference_variables(benchmark._variables(args.model_config, tuple(args.set), 0), config)
+    variables = benchmark._variables(args.model_config, tuple(args.set), 0, args.dtype)
     print(f"device: {jax.local_devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}, "
           f"{args.size} px, {args.dtype}, anchors {args.anchors}, {' '.join(args.set)}", flush=True)
     everything = {}

@@ -55,3 +55,10 @@ def test_tool_runs_on_cpu(tmp_path):
     data = json.loads((tmp_path / "profile_bfloat16_surface.json").read_text())
     assert set(data["2"]) == {"encoder", "proposal", "reconstruction", "decoding", "end_to_end"}
     assert all(v["wall_s"] > 0 for v in data["2"].values())
+
+
+def test_idle_gaps_between_kernels():
+    events = [("a", 0.0, 10.0), ("b", 12.0, 5.0), ("c", 13.0, 20.0), ("d", 40.0, 1.0), ("e", 9000.0, 1.0)]
+    gaps = profile_inference.idle_gaps(events, min_gap_us=1.0, max_gap_us=100.0)
+    # a ends at 10, b starts at 12 (2 µs); c overlaps b and ends at 33, d starts at 40 (7 µs); e is a new run
+    assert gaps == {("a", "b"): (2.0, 1), ("c", "d"): (7.0, 1)}

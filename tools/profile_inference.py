@@ -46,8 +46,9 @@ def kernel_kind(name: str) -> str:
     return "other"
 
 
-def device_events(trace_dir: str):
-    """(name, duration in µs) of every complete event on a device process of the Perfetto trace in trace_dir."""
+def device_events(trace_dir: str, with_start: bool = False):
+    """(name, duration in µs) of every complete event on a device process of the Perfetto trace in trace_dir;
+    with_start: (name, start µs, duration µs), sorted by start."""
     paths = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
     if not paths:
         raise FileNotFoundError(f"no perfetto_trace.json.gz under {trace_dir}")
@@ -56,8 +57,25 @@ def device_events(trace_dir: str):
     events = data["traceEvents"] if isinstance(data, dict) else data
     device_pids = {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
                    and "/device:" in str(e.get("args", {}).get("name", ""))}
-    return [(e["name"], float(e.get("dur", 0.0))) for e in events
-            if e.get("ph") == "X" and e.get("pid") in device_pids]
+    picked = [e for e in events if e.get("ph") == "X" and e.get("pid") in device_pids]
+    if with_start:
+        return sorted((e["name"], float(e["ts"]), float(e.get("dur", 0.0))) for e in picked if "ts" in e)
+    return [(e["name"], float(e.get("dur", 0.0))) for e in picked]
+
+
+def idle_gaps(timed_events, min_gap_us: float = 5.0, max_gap_us: float = 5000.0):
+    """Device idle time between kernels, from (name, start µs, duration µs) events: {(kernel before, kernel
+    after): (total µs, count)} over gaps in [min_gap_us, max_gap_us] (longer gaps are between traced runs).
+    Overlapping kernels (several streams) count as busy."""
+    gaps = collections.defaultdict(lambda: [0.0, 0])
+    busy_until, last = None, None
+    for name, start, dur in sorted(timed_events, key=lambda e: e[1]):
+        if busy_until is not None and min_gap_us <= start - busy_until <= max_gap_us:
+            gaps[(last, name)][0] += start - busy_until
+            gaps[(last, name)][1] += 1
+        if busy_until is None or start + dur >= busy_until:
+            busy_until, last = start + dur, name
+    return {k: tuple(v) for k, v in gaps.items()}
 
 
 def profile_stage(fn, args, repeats: int, hlo_path: str | None = None):
@@ -87,6 +105,13 @@ def profile_stage(fn, args, repeats: int, hlo_path: str | None = None):
             jax.block_until_ready(compiled(*args))
         jax.profiler.stop_trace()
         events = device_events(trace_dir)
+        gaps = idle_gaps(device_events(trace_dir, with_start=True))
+    idle = sum(us for us, _ in gaps.values()) / repeats
+    print(f"  [{getattr(fn, '__name__', 'fn')}] device idle between kernels {idle / 1e3:.2f} ms/run; largest:",
+          flush=True)
+    for (before, after), (us, n) in sorted(gaps.items(), key=lambda kv: -kv[1][0])[:6]:
+        print(f"      {us / repeats / 1e3:6.3f} ms in {n / repeats:4.0f} gaps  {before[:50]} -> {after[:50]}",
+              flush=True)
     per_name = collections.defaultdict(lambda: [0.0, 0])
     for name, dur in events:
         per_name[name][0] += dur / repeats

@@ -64,6 +64,10 @@ FORWARD_ROWS = "6:448px:8192,21:448px:8192"
 BACKWARD_SWEEP = (("atomic", 16, None, 4, False), ("atomic", 16, None, 4, True), ("atomic", 32, None, 4, True),
                   ("window", 32, 8, 4, True), ("window", 16, 8, 4, True), ("window", 16, 16, 4, True),
                   ("forward", 16, None, 4, False), ("forward", 16, None, 4, True))
+# --backward-variants --backward-sweep blocks: block sizes / warps of the sorted atomic backward and forward.
+BACKWARD_SWEEP_BLOCKS = (("atomic", 16, None, 4, True), ("atomic", 8, None, 4, True), ("atomic", 8, None, 2, True),
+                         ("atomic", 16, None, 2, True), ("forward", 16, None, 4, True),
+                         ("forward", 8, None, 4, True), ("forward", 16, None, 2, True), ("forward", 8, None, 2, True))
 BACKWARD_POINTS = ("random", "sv3d", "sv3d_morton")
 BACKWARD_ROWS = "21:560px:16384,6:560px:8192"
 # JAX implementations in the table: Pallas, Pallas forward + XLA backward ("hybrid"), XLA reference.
@@ -402,7 +406,7 @@ def forward_variants(jax, jnp, rows, reps, deadline, log, dtype="float32", point
     return results, "\n".join(lines)
 
 
-def backward_variants(jax, jnp, rows, reps, deadline, log, point_modes=BACKWARD_POINTS):
+def backward_variants(jax, jnp, rows, reps, deadline, log, point_modes=BACKWARD_POINTS, sweep=BACKWARD_SWEEP):
     """Kernel alone for every BACKWARD_SWEEP config, per row and point mode: median ms and the largest rel
     err of the four gradients (forward: of the output) vs the XLA reference (fp32)."""
     from geolrm_kernels import deformable_sample as ds
@@ -411,7 +415,7 @@ def backward_variants(jax, jnp, rows, reps, deadline, log, point_modes=BACKWARD_
 
     interpret = jax.default_backend() == "cpu"
     results = []
-    for config in BACKWARD_SWEEP:
+    for config in sweep:
         variant, block_q, size, warps, sort = config
         results.append(dict(variant=variant, block_q=block_q, window=size, num_warps=warps, sort_queries=sort))
     for v, lv, s in rows:
@@ -425,7 +429,7 @@ def backward_variants(jax, jnp, rows, reps, deadline, log, point_modes=BACKWARD_
             refs[points] = ref if points == "random" else jnp.asarray(model_reference_points(v, s, points))
             wants[points] = reference(value, refs[points], offsets, weights, mask, cot)
             wants["forward", points] = (reference_fwd(value, refs[points], offsets, weights, mask),)
-        for entry, (variant, block_q, size, warps, sort) in zip(results, BACKWARD_SWEEP, strict=True):
+        for entry, (variant, block_q, size, warps, sort) in zip(results, sweep, strict=True):
             if variant == "forward":
                 kernel = functools.partial(tri.forward, variant="per_head", block_q=block_q, num_warps=warps,
                                            sort_queries=sort)
@@ -587,8 +591,12 @@ def main(argv=None):
     parser.add_argument("--backward-variants", action="store_true",
                         help=f"only the backward kernel configs of BACKWARD_SWEEP on {BACKWARD_POINTS} points "
                              f"(rows default {BACKWARD_ROWS})")
+    parser.add_argument("--backward-sweep", default="variants", choices=("variants", "blocks"),
+                        help="--backward-variants configs: BACKWARD_SWEEP or BACKWARD_SWEEP_BLOCKS")
     parser.add_argument("--backward", choices=("atomic", "window"),
                         help="backward variant of the table's Pallas column (default: the kernel's default)")
+    parser.add_argument("--block-q", help="block_q:num_warps of the table's Pallas backward and forward, e.g. "
+                                          "16:4,16:4 (default: the kernels' defaults)")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--torch-json", help="reuse torch results written by an earlier run instead of measuring")
     parser.add_argument("--reps", type=int, default=5)
@@ -659,7 +667,8 @@ def main(argv=None):
     if args.backward_variants:  # check (optional) and time the backward kernels only, table last
         ok = check_correctness(jax, jnp, ds, log) if args.check else True
         rows = parse_rows(args.rows or BACKWARD_ROWS)
-        bwd_results, text, errors_ok = backward_variants(jax, jnp, rows, args.reps, deadline, log)
+        sweep = BACKWARD_SWEEP_BLOCKS if args.backward_sweep == "blocks" else BACKWARD_SWEEP
+        bwd_results, text, errors_ok = backward_variants(jax, jnp, rows, args.reps, deadline, log, sweep=sweep)
         meta.update(check_passed=ok, backward_errors_ok=errors_ok)
         with open(os.path.join(args.out, "bench_deformable_backward.json"), "w") as f:
             json.dump({"meta": meta, "results": bwd_results}, f, indent=1)
@@ -670,6 +679,13 @@ def main(argv=None):
         from geolrm_kernels import deformable_sample_triton as tri
 
         tri.BACKWARD_VARIANT = args.backward
+    if args.block_q:
+        from geolrm_kernels import deformable_sample_triton as tri
+
+        (bwd_q, bwd_w), (fwd_q, fwd_w) = (map(int, part.split(":")) for part in args.block_q.split(","))
+        tri.BACKWARD_BLOCK_Q, tri.BACKWARD_NUM_WARPS = bwd_q, bwd_w
+        tri.FORWARD_CONFIGS = {**tri.FORWARD_CONFIGS, "per_head": (fwd_q, None, fwd_w)}
+        meta["block_q"] = args.block_q
     meta["backward_variant"] = args.backward or "default"
     meta["points"] = args.points
     if args.check:

@@ -4,8 +4,10 @@ Pipeline per camera (each stage its own module):
   projection.project_gaussians -> tiles.intersect_tiles (one sort, static capacity, overflow count)
   -> rasterize.rasterize (custom_vjp; Pallas Triton kernels on GPU, pure JAX on CPU/TPU)
   -> rgb = clamp(C + T bg, 0, 1) with a clamp whose derivative is 1 inside, as torch.clamp.
-Batched with vmap over cameras (C) and scenes (B). Math: ../shared/fixtures/splat_small/README.md, i.e. the
-rasterizer GeoLRM calls (3DGS diff-gaussian-rasterization, ashawkey's depth/alpha fork).
+Batched over scenes (B) and cameras (C): projection and rasterization with vmap, the tile intersection with
+lax.map over the B*C cameras (its sorts then stay 1-D, which XLA can run as CUB radix sorts on GPU).
+Math: ../shared/fixtures/splat_small/README.md, i.e. the rasterizer GeoLRM calls (3DGS
+diff-gaussian-rasterization, ashawkey's depth/alpha fork).
 
 Gradients flow to all `Gaussians` fields and to c2w. gradient="exact" (default) is the exact derivative of the
 forward; gradient="cuda" reproduces the original CUDA backward (straight-through 0.99 alpha clamp, and the

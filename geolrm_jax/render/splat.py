@@ -4,8 +4,9 @@ Pipeline per camera (each stage its own module):
   projection.project_gaussians -> tiles.intersect_tiles (one sort, static capacity, overflow count)
   -> rasterize.rasterize (custom_vjp; Pallas Triton kernels on GPU, pure JAX on CPU/TPU)
   -> rgb = clamp(C + T bg, 0, 1) with a clamp whose derivative is 1 inside, as torch.clamp.
-Batched over scenes (B) and cameras (C): projection and rasterization with vmap, the tile intersection with
-lax.map over the B*C cameras (its sorts then stay 1-D, which XLA can run as CUB radix sorts on GPU).
+Batched with vmap over scenes (B); per scene, projection and rasterization are vmapped over the cameras (C) and
+the tile intersection is lax.map-ped over them (its sorts then stay 1-D per scene, which XLA can run as CUB radix
+sorts on GPU).
 Math: ../shared/fixtures/splat_small/README.md, i.e. the rasterizer GeoLRM calls (3DGS
 diff-gaussian-rasterization, ashawkey's depth/alpha fork).
 
@@ -99,35 +100,34 @@ def render(gaussians: Gaussians, c2w, K, height: int, width: int, background, *,
     if gradient not in ("exact", "cuda"):
         raise ValueError(f"gradient must be 'exact' or 'cuda', got {gradient!r}")
     cuda = gradient == "cuda"
-    num_cameras = c2w.shape[1]
 
-    # The stages of `render_camera`, batched: projection and rasterization vmapped over (scene, camera); the
-    # tile intersection mapped sequentially over the B*C cameras, so that each of its sorts stays a 1-D sort
-    # (which XLA can give to CUB's radix sort on GPU; a vmapped sort would be a batched comparison sort).
-    def project(means, scales, quats, cw, k):
-        camera = projection.camera_from_c2w(cw, k)
-        return projection.project_gaussians(means, scales, quats, camera, height, width, cuda_gradient=cuda)
+    # The stages of `render_camera`, per scene: projection and rasterization vmapped over the cameras, the tile
+    # intersection mapped sequentially over them, so that each of its sorts stays 1-D for a single scene (XLA can
+    # give a 1-D sort to CUB's radix sort on GPU; a sort batched over cameras would be a comparison sort). Scenes
+    # are vmapped (their axis is the one a data-parallel mesh splits; per device it is usually 1).
+    def one_scene(g, bg, cws, ks):
+        def project(cw, k):
+            camera = projection.camera_from_c2w(cw, k)
+            return projection.project_gaussians(g[0], g[1], g[2], camera, height, width, cuda_gradient=cuda)
 
-    per_camera = jax.vmap(project, in_axes=(None, None, None, 0, 0))
-    proj = jax.vmap(per_camera)(gaussians.means, gaussians.scales, gaussians.quats, c2w, K)
-    flat = lambda x: x.reshape((num_scenes * num_cameras,) + x.shape[2:])
-    lists = jax.lax.map(
-        lambda p: tiles.intersect_tiles(p[0], p[1], p[2], height, width, capacity),
-        (flat(jax.lax.stop_gradient(proj.means2d)), flat(proj.radii), flat(jax.lax.stop_gradient(proj.depths))))
-    lists = jax.tree.map(lambda x: x.reshape((num_scenes, num_cameras) + x.shape[1:]), lists)
+        proj = jax.vmap(project)(cws, ks)
+        lists = jax.lax.map(
+            lambda p: tiles.intersect_tiles(p[0], p[1], p[2], height, width, capacity),
+            (jax.lax.stop_gradient(proj.means2d), proj.radii, jax.lax.stop_gradient(proj.depths)))
 
-    def raster(p, ids, start, end, opacities, rgbs, bg):
-        feats = rasterize.pack_features(p.means2d, p.conics, opacities, rgbs, p.depths)
-        out = rasterize.rasterize(feats, ids, start, end, height, width, cuda_gradient=cuda,
-                                  implementation=implementation)
-        image = functools.partial(rasterize.tiles_to_image, height=height, width=width)
-        rgb = _clamp01(image(out.color) + image(out.transmittance)[..., None] * bg)
-        return rgb, image(out.weight), image(out.depth)
+        def raster(p, ids, start, end):
+            feats = rasterize.pack_features(p.means2d, p.conics, g[3], g[4], p.depths)
+            out = rasterize.rasterize(feats, ids, start, end, height, width, cuda_gradient=cuda,
+                                      implementation=implementation)
+            image = functools.partial(rasterize.tiles_to_image, height=height, width=width)
+            rgb = _clamp01(image(out.color) + image(out.transmittance)[..., None] * bg)
+            return rgb, image(out.weight), image(out.depth)
 
-    raster_cameras = jax.vmap(raster, in_axes=(0, 0, 0, 0, None, None, None))
-    rgb, alpha, depth = jax.vmap(raster_cameras)(proj, lists.gaussian_ids, lists.tile_start, lists.tile_end,
-                                                 gaussians.opacities, gaussians.rgbs, background)
-    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, overflow=jnp.max(lists.overflow))
+        rgb, alpha, depth = jax.vmap(raster)(proj, lists.gaussian_ids, lists.tile_start, lists.tile_end)
+        return rgb, alpha, depth, jnp.max(lists.overflow)
+
+    rgb, alpha, depth, overflow = jax.vmap(one_scene)(tuple(gaussians), background, c2w, K)
+    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, overflow=jnp.max(overflow))
 
 
 def render_with_retry(gaussians: Gaussians, c2w, K, height: int, width: int, background, *,

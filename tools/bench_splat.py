@@ -1,7 +1,9 @@
 """GPU benchmark of the splatter: Pallas Triton path, pure-JAX (XLA) path and gsplat, side by side.
 
-    PYTHONUNBUFFERED=1 python tools/bench_splat.py [--json OUT.json] [--repeats 5] [--sizes 131072,524288]
-        [--implementations pallas,xla,gsplat] [--gsplat-so DIR] [--stages]
+    PYTHONUNBUFFERED=1 python tools/bench_splat.py [--json OUT.json] [--repeats 5] [--sizes 524288,131072]
+        [--implementations pallas,gsplat,gsplat_unpacked,xla] [--gsplat-so DIR] [--stages [radix,two_key]]
+        [--sweep pallas@16/8/8,...]
+    (on the GPU machine: bash tools/gpu_bench_splat.sh ARGS, which also installs gsplat and checks splat_small)
 
 Gaussians follow GeoLRM's output distribution: means uniform in the cube [-0.5, 0.5]^3, scales uniform in
 [0.001, 0.02] (GeoLRM clamps them at 0.02), random unit quaternions, opacities uniform in (0.05, 0.95), colours
@@ -21,9 +23,10 @@ what matches and what differs). Its times are medians of synchronized wall-clock
 allocator's peak, against our compiled footprint. The table also prints the difference between its images and
 ours, and the ratios ours / gsplat.
 
---stages times the forward's parts at each setting (projection; projection + tile intersection; the whole
-forward) for both intersection methods ("radix": one uint32 key sort; "two_key": the (tile, depth) comparison
-sort); the rasterization kernel is the difference.
+--stages times, at the first setting, the forward's parts cumulatively (projection; + slot owners; + depth rank
+and key sort; + tile ranges = intersection; the whole forward) for the given intersection methods ("radix": one
+uint32 key sort; "two_key": the (tile, depth) comparison sort), the intersection mapped over the cameras as in
+`render`, and the two Pallas kernels alone. --sweep adds Pallas rows with other CHUNK / warp counts.
 """
 from __future__ import annotations
 

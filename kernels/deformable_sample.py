@@ -45,8 +45,9 @@ from jax import lax
 
 IMPLEMENTATIONS = ("xla", "pallas", "pallas_xla_backward", "pallas_interpret")
 # What implementation=None runs on GPU: the fastest correct combination measured by
-# tools/bench_deformable.py at the model's shapes (H100, 2026-11-25, fwd+bwd at V=21, 140^2+80^2, S=16384:
-# "pallas" 95.0 ms, "pallas_xla_backward" 99.5 ms, "xla" 111.1 ms; see docs/deformable.md, "Performance").
+# tools/bench_deformable.py at the model's shapes (H100, 2026-11-25 04:22 UTC, fwd+bwd at V=21, 140^2+80^2,
+# S=16384, model-like SV3D points: "pallas" 37.1 ms, "pallas_xla_backward" 83.4 ms, "xla" 95.9 ms; random
+# points: 93.1 / 99.4 / 111.3 ms; see docs/deformable.md, "Performance").
 GPU_DEFAULT_IMPLEMENTATION = "pallas"
 # Locations of masked (b, v, q) entries are replaced by this, which is outside every image for all four
 # bilinear corners, so masked entries read nothing and get exactly zero gradients.

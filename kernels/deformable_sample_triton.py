@@ -11,6 +11,10 @@ pixels' rows of every head. One program owns block_q queries of one (b, v, h): f
 computes the four bilinear corners and gathers (block_q, C) rows with masked indexed loads. It keeps one
 (block_q, C) fp32 accumulator and writes the output once: no intermediate is larger than the output.
 
+Programs take their queries in ``spatial_query_order`` (a 2-view Morton key of the reference points, passed to
+the kernels as a (B*Q,) int32 permutation), so that a program's queries read and atomically add to nearby
+pixels; only the speed depends on it (``SORT_QUERIES``).
+
 Two further forward variants are kept selectable for comparison (``forward(..., variant=...)``, both measured
 slower on an H100): the same kernel with the point loop unrolled, and "all_heads", whose programs own
 block_q queries x block_c channels of the flat H*C axis (each lane's head = channel // C).
@@ -23,7 +27,9 @@ are fp32 adds with *relaxed* memory ordering (see :func:`relaxed_atomics_status`
 would order each one with acquire-release semantics. The Pallas interpreter discharges an atomic add as a
 gather plus scatter-*set* and does not accept masks, so in interpret mode the backward runs with
 block_q = 1 (the addresses of one atomic call are then distinct) and adds zeros instead of masking; on GPU
-the same kernel runs with masks and larger blocks.
+the same kernel runs with masks and larger blocks. A second backward, "window" (``BACKWARD_VARIANTS``,
+``deformable_sample_backward_triton``), accumulates d_value per program in a pixel window by a matmul; it
+is exact and selectable, measured slower.
 """
 from __future__ import annotations
 
@@ -40,7 +46,9 @@ from jax.experimental.pallas import triton as plgpu
 # Block sizes and warps: the fastest of tools/bench_deformable.py --sweep on an H100 (2026-11-25, V=21,
 # 140^2+80^2, S=16384, H=16, C=48). Forward block_q 16/32/64/128 -> 11.6/12.9/20.8/23.5 ms. Backward kernel
 # alone (views loop, relaxed d_value atomics) block_q 16/32/64 -> 84.0/84.5/155.9 ms (4 warps); with
-# acquire-release atomics at block_q 16: 146.9 ms.
+# acquire-release atomics at block_q 16: 146.9 ms. With the query order (04:26 UTC, model-like SV3D points):
+# backward (block_q, warps) (16, 4)/(8, 4)/(8, 2)/(16, 2) -> 30.5/30.9/30.8/32.1 ms, forward (16, 4)/(8, 4)/
+# (16, 2)/(8, 2) -> 7.05/7.20/8.27/7.03 ms.
 FORWARD_BLOCK_Q = 16
 FORWARD_NUM_WARPS = 4
 # Forward kernel variants (see forward()): "per_head" (one head per program, a fori_loop over the points),
@@ -56,11 +64,12 @@ FORWARD_CONFIGS = {"per_head": (FORWARD_BLOCK_Q, None, FORWARD_NUM_WARPS), "per_
 BACKWARD_BLOCK_Q = 16
 BACKWARD_NUM_WARPS = 4
 # Programs take their queries in spatial_query_order (forward and backward): a 2-view Morton key, so that a
-# block's queries sample nearby pixels (docs/deformable.md, "Query order").
+# block's queries sample nearby pixels (H100: backward 46.0 -> 31.8 ms at V=21, S=16384 on model-like points).
 SORT_QUERIES = True
 # Backward variants: "atomic" (below: per-sample d_value atomics) and "window" (deformable_sample_backward_triton:
 # d_value accumulated per program in a pixel window by a matmul, per-sample atomics only outside it).
-# BACKWARD_VARIANT is what the op runs (docs/deformable.md, "Window backward").
+# BACKWARD_VARIANT is what the op runs: "atomic", the faster on every measured input (H100, 2026-11-25; see
+# docs/deformable.md, "Query order and window backward").
 BACKWARD_VARIANTS = ("atomic", "window")
 BACKWARD_VARIANT = "atomic"
 

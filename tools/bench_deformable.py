@@ -26,6 +26,14 @@ side, each checked against the XLA reference; ``--check`` first checks every var
 ``--dtype bfloat16`` values (the model's) and ``--points voxel`` (model-like, voxel-ordered anchors projected
 into orbit views) as options; table printed last.
 
+``--points`` picks the reference points of the table (and of ``--forward-variants``): ``random`` (above),
+or model-like anchors of a sphere shell on a 128^3 grid projected into orbit views (``voxel``) or the SV3D
+preset views (``sv3d``: the model's raster anchor order; ``sv3d_morton``: Morton order); torch runs only on
+random points. ``--backward-variants`` times the backward kernels (atomic / window, query order on / off,
+``BACKWARD_SWEEP``; ``--backward-sweep blocks``: block sizes of the sorted kernels) and the forward kernel
+alone on random, sv3d and sv3d_morton points, each checked against the XLA reference; ``--backward`` and
+``--block-q`` set the table's Pallas backward variant and block sizes.
+
 Usage: ``python tools/bench_deformable.py [--quick | --rows V:LEVELS:S,...] [--check] [--sweep]
 [--torch-json FILE] [--out DIR]`` or ``... --forward-variants [--check] [--rows ...] [--dtype bfloat16]
 [--points voxel]``. torch runs in a subprocess first, so the two frameworks never hold device

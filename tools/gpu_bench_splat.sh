@@ -7,9 +7,9 @@
 # .splat-carry/gsplat/gsplat_cuda.so (or its split parts gsplat_cuda.so.part-*) or nvcc + ninja to compile gsplat
 # (TORCH_CUDA_ARCH_LIST=9.0, a few minutes; bounded by COMPILE_TIMEOUT). A copy of the splat_small fixtures in
 # .splat-carry/splat_small is checked with the Pallas kernels first (CHECK=0 skips it). Results go to $OUT (or
-# ./gpu-out): compile.log, check.log, bench.json and, after a compile, the .so in 15 MiB parts.
+# /tmp/gpu-bench-splat): compile.log, check.log, bench.json and, after a compile, the .so in 15 MiB parts.
 set -u
-OUT=${OUT:-$PWD/gpu-out}
+OUT=${OUT:-/tmp/gpu-bench-splat}
 mkdir -p "$OUT" /tmp/k /tmp/site
 export PYTHONPATH=$PWD:/tmp/k:/tmp/site PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 ln -sfn "$PWD/kernels" /tmp/k/geolrm_kernels

@@ -220,42 +220,48 @@ def _reference_backward(value, reference_points, offsets, attention_weights, mas
 # ----------------------------------------------------------------------------------------------------------
 # custom_vjp op shared by every implementation
 # ----------------------------------------------------------------------------------------------------------
-def _forward_impl(implementation, value, reference_points, offsets, attention_weights, mask, spatial_shapes):
+def _forward_impl(implementation, value, reference_points, offsets, attention_weights, mask, spatial_shapes,
+                  order):
     if implementation == "xla":
         return _reference_forward(value, reference_points, offsets, attention_weights, mask, spatial_shapes)
     from geolrm_kernels import deformable_sample_triton as tri
 
     return tri.forward(value, reference_points, offsets, attention_weights, mask, spatial_shapes,
-                       interpret=implementation == "pallas_interpret")
+                       interpret=implementation == "pallas_interpret", order=order)
 
 
-def _backward_impl(implementation, value, reference_points, offsets, attention_weights, mask, spatial_shapes, g):
+def _backward_impl(implementation, value, reference_points, offsets, attention_weights, mask, spatial_shapes, g,
+                   order):
     if implementation in ("xla", "pallas_xla_backward"):
         return _reference_backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g)
     from geolrm_kernels import deformable_sample_triton as tri
 
     return tri.backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g,
-                        interpret=implementation == "pallas_interpret")
+                        interpret=implementation == "pallas_interpret", order=order)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _deformable_sample_op(implementation, spatial_shapes, value, reference_points, offsets, attention_weights,
-                          mask):
+                          mask, order):
     return _forward_impl(implementation, value, reference_points, offsets, attention_weights, mask,
-                         spatial_shapes)
+                         spatial_shapes, order)
 
 
-def _op_fwd(implementation, spatial_shapes, value, reference_points, offsets, attention_weights, mask):
+def _op_fwd(implementation, spatial_shapes, value, reference_points, offsets, attention_weights, mask, order):
+    if order is None and implementation != "xla":  # one order for the forward and the backward kernel
+        from geolrm_kernels import deformable_sample_triton as tri
+
+        order = tri.resolve_query_order(None, reference_points, mask, None)
     out = _forward_impl(implementation, value, reference_points, offsets, attention_weights, mask,
-                        spatial_shapes)
-    return out, (value, reference_points, offsets, attention_weights, mask)
+                        spatial_shapes, order)
+    return out, (value, reference_points, offsets, attention_weights, mask, order)
 
 
 def _op_bwd(implementation, spatial_shapes, residuals, g):
-    value, reference_points, offsets, attention_weights, mask = residuals
+    value, reference_points, offsets, attention_weights, mask, order = residuals
     grads = _backward_impl(implementation, value, reference_points, offsets, attention_weights, mask,
-                           spatial_shapes, g)
-    return (*grads, None)
+                           spatial_shapes, g, order)
+    return (*grads, None, None)
 
 
 _deformable_sample_op.defvjp(_op_fwd, _op_bwd)
@@ -266,11 +272,32 @@ def default_implementation() -> str:
     return GPU_DEFAULT_IMPLEMENTATION if jax.default_backend() in ("gpu", "cuda", "rocm") else "xla"
 
 
+def kernel_query_order(reference_points, view_mask=None, query_mask=None, *, implementation=None):
+    """The order in which the GPU kernels visit the queries (speed only; see
+    ``deformable_sample_triton.spatial_query_order``), (B, Q) int32, or None where the implementation uses
+    none (XLA). Compute it once and pass it as ``query_order=`` to every :func:`deformable_sample` call that
+    shares these reference points and masks, e.g. all layers of a transformer: it costs a sort per call."""
+    implementation = implementation or default_implementation()
+    if implementation == "xla":
+        return None
+    from geolrm_kernels import deformable_sample_triton as tri
+
+    b, v, q = reference_points.shape[:3]
+    mask = jnp.ones((b, v, q), bool)
+    if view_mask is not None:
+        mask &= view_mask[:, :, None]
+    if query_mask is not None:
+        mask &= query_mask[:, None, :]
+    return tri.resolve_query_order(None, reference_points, mask, None)
+
+
 def deformable_sample(value, reference_points, offsets, attention_weights, spatial_shapes, view_mask=None,
-                      query_mask=None, *, implementation=None):
+                      query_mask=None, *, implementation=None, query_order=None):
     """Multi-view deformable bilinear sampling; see the module docstring for shapes and conventions.
 
-    Returns (B, V, Q, H, C) in ``value.dtype``.
+    Returns (B, V, Q, H, C) in ``value.dtype``. ``query_order`` (B, Q) int32: the kernels' visiting order
+    from :func:`kernel_query_order` (a permutation of the queries; only the speed depends on it), else computed
+    here when the implementation uses one.
     """
     shapes, mask = validate_inputs(value, reference_points, offsets, attention_weights, spatial_shapes,
                                    view_mask, query_mask)
@@ -280,8 +307,10 @@ def deformable_sample(value, reference_points, offsets, attention_weights, spati
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS} or None, got {implementation!r}")
     if mask is None:
         mask = jnp.ones(reference_points.shape[:3], bool)
+    if query_order is not None and query_order.shape != mask.shape[:1] + mask.shape[2:]:
+        raise ValueError(f"query_order must be (B, Q) = {mask.shape[:1] + mask.shape[2:]}, got {query_order.shape}")
     return _deformable_sample_op(implementation, shapes, value, reference_points, offsets, attention_weights,
-                                 mask)
+                                 mask, query_order)
 
 
 def deformable_sample_reference(value, reference_points, offsets, attention_weights, spatial_shapes,

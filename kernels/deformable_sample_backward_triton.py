@@ -151,7 +151,8 @@ def _window_backward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, ord
 
 
 def backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g, *, interpret=False,
-             block_q=None, window=None, num_warps=None, sort_queries=None, relaxed=None, debug=False):
+             block_q=None, window=None, num_warps=None, sort_queries=None, relaxed=None, debug=False,
+             order=None):
     """Gradients (d_value, d_reference_points, d_offsets, d_attention_weights), as
     ``deformable_sample_triton.backward``, with window-accumulated d_value.
 
@@ -182,7 +183,7 @@ def backward(value, reference_points, offsets, attention_weights, mask, spatial_
         _window_backward_kernel, dims=dims, shapes=shapes, windows=windows, block_q=block_q,
         c_pad=max(16, tri._next_pow2(c)), interpret=interpret, precision=precision,
         value_atomic_add=tri._relaxed_atomic_add if relaxed else plgpu.atomic_add)
-    order = tri.query_order(reference_points, mask, tri.SORT_QUERIES if sort_queries is None else sort_queries)
+    order = tri.resolve_query_order(order, reference_points, mask, sort_queries)
     f32 = lambda n: jax.ShapeDtypeStruct((n,), jnp.float32)
     value_2d, ref_flat, off_flat, attn_flat, mask_flat = tri._flat_inputs(value, reference_points, offsets,
                                                                           attention_weights, mask)

@@ -201,6 +201,13 @@ def query_order(reference_points, mask, sort_queries):
     return jnp.broadcast_to(jnp.arange(q, dtype=jnp.int32), (b, q))
 
 
+def resolve_query_order(order, reference_points, mask, sort_queries):
+    """The precomputed order when given, else query_order with sort_queries (default SORT_QUERIES)."""
+    if order is not None:
+        return order.astype(jnp.int32)
+    return query_order(reference_points, mask, SORT_QUERIES if sort_queries is None else sort_queries)
+
+
 def _next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
@@ -393,11 +400,12 @@ def _dims(value, offsets):
 
 
 def forward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, *, interpret=False,
-            variant=None, block_q=None, block_c=None, num_warps=None, sort_queries=None):
+            variant=None, block_q=None, block_c=None, num_warps=None, sort_queries=None, order=None):
     """(B, V, Q, H, C) output in value.dtype; mask is (B, V, Q) bool.
 
     ``sort_queries`` (default SORT_QUERIES): programs take their queries in :func:`spatial_query_order`
-    (per_head variants; "all_heads" ignores the order).
+    (per_head variants; "all_heads" ignores the order). ``order`` (B, Q) int32: that order precomputed
+    (:func:`query_order`), for calls that share reference points and mask (the layers of a transformer).
 
     ``variant``: one of FORWARD_VARIANTS (default FORWARD_VARIANT); ``block_q`` / ``block_c`` / ``num_warps``
     default to FORWARD_CONFIGS[variant].
@@ -429,12 +437,13 @@ def forward(value, reference_points, offsets, attention_weights, mask, spatial_s
         interpret=interpret,
         name="deformable_sample_fwd" if variant == "per_head" else f"deformable_sample_fwd_{variant}",
     )(*_flat_inputs(value, reference_points, offsets, attention_weights, mask),
-      query_order(reference_points, mask, SORT_QUERIES if sort_queries is None else sort_queries).reshape(-1))
+      resolve_query_order(order, reference_points, mask, sort_queries).reshape(-1))
     return out.reshape(b, v, q, heads, c)
 
 
 def backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g, *, interpret=False,
-             block_q=None, num_warps=None, relaxed=None, debug=False, variant=None, sort_queries=None):
+             block_q=None, num_warps=None, relaxed=None, debug=False, variant=None, sort_queries=None,
+             order=None):
     """Gradients (d_value, d_reference_points, d_offsets, d_attention_weights) in the inputs' dtypes.
 
     ``variant``: one of BACKWARD_VARIANTS (default BACKWARD_VARIANT); "window" runs
@@ -443,7 +452,8 @@ def backward(value, reference_points, offsets, attention_weights, mask, spatial_
     ``relaxed``: d_value atomics with relaxed memory ordering (default: whenever available, see
     :func:`relaxed_atomics_status`); False uses ``plgpu.atomic_add`` (acquire-release), for comparison.
     ``debug``: ``pallas_call(debug=True)``, which prints the kernel's jaxpr and Triton IR when it is lowered.
-    ``sort_queries`` (default SORT_QUERIES): programs take their queries in :func:`spatial_query_order`.
+    ``sort_queries`` (default SORT_QUERIES): programs take their queries in :func:`spatial_query_order`;
+    ``order``: that order precomputed (as in :func:`forward`).
     """
     sort_queries = SORT_QUERIES if sort_queries is None else sort_queries
     variant = variant or BACKWARD_VARIANT
@@ -454,7 +464,7 @@ def backward(value, reference_points, offsets, attention_weights, mask, spatial_
 
         return window.backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g,
                                interpret=interpret, block_q=block_q, num_warps=num_warps, relaxed=relaxed,
-                               debug=debug, sort_queries=sort_queries)
+                               debug=debug, sort_queries=sort_queries, order=order)
     b, v, length, heads, c = value.shape
     dims = _dims(value, offsets)
     q = dims[1]
@@ -482,7 +492,7 @@ def backward(value, reference_points, offsets, attention_weights, mask, spatial_
         debug=debug,
         name="deformable_sample_bwd",
     )(*_flat_inputs(value, reference_points, offsets, attention_weights, mask),
-      query_order(reference_points, mask, sort_queries).reshape(-1), g.reshape(b * v * q, heads * c),
+      resolve_query_order(order, reference_points, mask, sort_queries).reshape(-1), g.reshape(b * v * q, heads * c),
       jnp.zeros((b * v * length, heads * c), jnp.float32))
     d_ref = d_ref_heads.reshape(b, v, q, heads, 2).sum(axis=3)
     return (d_value.reshape(value.shape).astype(value.dtype),

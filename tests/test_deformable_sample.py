@@ -387,3 +387,32 @@ def test_hybrid_runs_pallas_forward_and_xla_backward():
     assert fwd_bwd("pallas_xla_backward").count(triton_call) == 1
     assert fwd_bwd("pallas").count(triton_call) == 2
     assert fwd_bwd("xla").count(triton_call) == 0
+
+
+def test_precomputed_query_order_changes_nothing_but_the_order():
+    from geolrm_kernels.deformable_sample import kernel_query_order
+
+    value, ref, offsets, weights = make_inputs(31, b=2, q=7)
+    view_mask = jnp.array([[True, True], [True, False]])
+    query_mask = jnp.array([[True] * 7, [True, False, True, True, True, True, True]])
+    order = kernel_query_order(ref, view_mask, query_mask, implementation="pallas_interpret")
+    assert order.shape == (2, 7) and order.dtype == jnp.int32
+    assert sorted(np.asarray(order[1]).tolist()) == list(range(7))
+    assert kernel_query_order(ref, implementation="xla") is None
+    reversed_order = jnp.broadcast_to(jnp.arange(6, -1, -1, dtype=jnp.int32), (2, 7))
+
+    def loss(impl, order):
+        def f(v, r, o, w):
+            out = deformable_sample(v, r, o, w, SHAPES, view_mask, query_mask, implementation=impl,
+                                    query_order=order)
+            return jnp.sum(out * jnp.cos(jnp.arange(out.size).reshape(out.shape)))
+        return jax.value_and_grad(f, argnums=(0, 1, 2, 3))
+
+    want_value, want_grads = loss("xla", None)(value, ref, offsets, weights)
+    for order_given in (order, reversed_order):
+        got_value, got_grads = loss("pallas_interpret", order_given)(value, ref, offsets, weights)
+        np.testing.assert_allclose(got_value, want_value, rtol=1e-5)
+        for got, want in zip(got_grads, want_grads, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="query_order must be"):
+        deformable_sample(value, ref, offsets, weights, SHAPES, query_order=order[:, :3])

@@ -21,6 +21,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from geolrm_kernels.deformable_sample import kernel_query_order
 
 from geolrm_jax import geometry
 from geolrm_jax.model.config import ffn_hidden_dim
@@ -180,7 +181,7 @@ class DeformableCrossAttention(nn.Module):
     sample_impl: str | None = None
 
     @nn.compact
-    def __call__(self, query, feats, ref_points, view_mask, query_mask):
+    def __call__(self, query, feats, ref_points, view_mask, query_mask, query_order=None):
         from geolrm_kernels.deformable_sample import deformable_sample
 
         b, s, _ = query.shape
@@ -197,7 +198,7 @@ class DeformableCrossAttention(nn.Module):
         logits = dense(self.heads * nl * p, name="attention_weights")(query).astype(jnp.float32)
         weights = jax.nn.softmax(logits.reshape(b, s, self.heads, nl * p), -1).reshape(b, s, self.heads, nl, p)
         sampled = deformable_sample(value, ref_points, offsets, weights, tuple(self.spatial_shapes),
-                                    view_mask, query_mask, implementation=self.sample_impl)
+                                    view_mask, query_mask, implementation=self.sample_impl, query_order=query_order)
         sampled = sampled.reshape(b, v, s, self.dim).astype(self.dtype)
         view_logits = dense(1, name="cross_view_weight")(sampled)[..., 0].astype(jnp.float32)  # (B, V, S)
         view_logits = jnp.where(view_mask[:, :, None], view_logits, -1e30)
@@ -231,7 +232,7 @@ class GeoTransformerBlock(nn.Module):
     attention_over_heads: bool = False
 
     @nn.compact
-    def __call__(self, x, cos, sin, query_mask, key_lengths, feats, ref_points, view_mask, inverse):
+    def __call__(self, x, cos, sin, query_mask, key_lengths, feats, ref_points, view_mask, inverse, query_order):
         norm = functools.partial(RMSNorm, self.norm_eps, self.dtype)
         sa = SelfAttention(self.dim, self.heads, self.dtype, self.attention_impl, self.attention_over_heads,
                            name="self_attention")(
@@ -241,7 +242,7 @@ class GeoTransformerBlock(nn.Module):
                                       self.sample_impl, name="cross_attention")(
             # float32 output: it is also the residual of the cross-attention (the original's `h.float()`)
             RMSNorm(self.norm_eps, jnp.float32, name="cross_attention_norm")(h), feats, ref_points, view_mask,
-            query_mask)
+            query_mask, query_order)
         ff = FeedForward(self.dim, self.dtype, name="feed_forward")(norm(name="ffn_norm")(ca))
         if self.is_mutable_collection("intermediates"):  # in the caller's token order
             unpermute = (lambda t: t) if inverse is None else functools.partial(take_tokens, idx=inverse)
@@ -283,6 +284,8 @@ class GeoTransformer(nn.Module):
             xyzs, query_mask = take_tokens(xyzs, perm), take_tokens(query_mask, perm)
             ref_points = take_tokens(ref_points, perm, axis=2)
             key_lengths = jnp.maximum(jnp.sum(query_mask, axis=1), 1).astype(jnp.int32)
+        # the sampling kernels' visiting order depends only on the points and masks: once for all layers
+        query_order = kernel_query_order(ref_points, view_mask, query_mask, implementation=self.sample_impl)
         token = self.param("query_token", nn.initializers.normal(1.0), (self.dim - 3,))
         h = jnp.concatenate([xyzs.astype(jnp.float32), jnp.broadcast_to(token, (b, s, self.dim - 3))], -1)
         cos, sin = rope3d_tables(rope_grid_index(xyzs, self.xyz_scale, self.grid_size), self.dim // self.heads)
@@ -290,10 +293,10 @@ class GeoTransformer(nn.Module):
         if self.remat:
             block = nn.remat(block, prevent_cse=False, policy=getattr(jax.checkpoint_policies, self.remat_policy))
         stack = nn.scan(block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
-                        in_axes=(nn.broadcast,) * 8, length=self.layers)
+                        in_axes=(nn.broadcast,) * 9, length=self.layers)
         h, _ = stack(self.dim, self.heads, self.num_points, tuple(self.spatial_shapes), self.norm_eps,
                      self.dtype, self.attention_impl, self.sample_impl, self.attention_over_heads, name="layers")(
             h, cos, sin, query_mask, key_lengths, with_bias_columns(feats.astype(self.dtype)), ref_points, view_mask,
-            inverse)
+            inverse, query_order)
         out = RMSNorm(self.norm_eps, self.dtype, name="norm")(h)
         return out if inverse is None else take_tokens(out, inverse)

@@ -347,3 +347,19 @@ def test_patch_conv_equals_strided_conv(patch, cin, use_bias):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
     with pytest.raises(ValueError, match="multiple of the patch size"):
         PatchConv(16, patch).init(jax.random.PRNGKey(0), x[:, 1:])
+
+
+def test_rope3d_rotates_each_third_by_its_axis_angle():
+    from geolrm_jax.model.transformer import apply_rope3d
+
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(2, 5, 3, 12)).astype(np.float32)
+    xyz = jnp.asarray(rng.uniform(-0.5, 0.5, size=(2, 5, 3)), jnp.float32)
+    cos, sin = rope3d_tables(rope_grid_index(xyz, 0.5, 16), 12)
+    got = np.asarray(apply_rope3d(jnp.asarray(x), cos, sin))
+    c, s = np.asarray(cos)[:, :, None], np.asarray(sin)[:, :, None]  # (B, S, 1, 3, Q)
+    xr = x.reshape(2, 5, 3, 3, 2, 2)
+    u, v = xr[..., 0, :], xr[..., 1, :]
+    want = np.stack([u * c - v * s, v * c + u * s], axis=-2).reshape(x.shape)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    assert np.abs(got - x).max() > 1e-2  # it did rotate

@@ -38,6 +38,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from geolrm_kernels.deformable_query_order import spatial_query_order
 from geolrm_kernels.deformable_sample import _MASKED_LOCATION, _level_starts, bilinear_corners
 from jax import lax
 from jax.experimental import pallas as pl
@@ -163,34 +164,6 @@ def relaxed_atomics_status() -> tuple[bool, str | None]:
     except Exception as err:  # noqa: BLE001 -- same: fall back to plgpu.atomic_add
         return False, repr(err)
     return True, None
-
-
-def _morton_interleave(coords, bits):
-    code = jnp.zeros(coords[0].shape, jnp.int32)
-    for bit in range(bits):
-        for j, c in enumerate(coords):
-            code = code | (((c >> bit) & 1) << (len(coords) * bit + j))
-    return code
-
-
-def spatial_query_order(reference_points, mask):
-    """(B, Q) int32 permutation of the queries that lists spatially close queries together.
-
-    Key: Morton code of (u, v) in view 0 and u in view V // 4 (10 bits each): two views with different
-    directions separate points that one view superimposes (front and back of an object), so the key
-    approximates 3-D locality. Queries masked in both views go last. Only the speed depends on the order:
-    the programs of a kernel then read and atomically add to nearby pixels (cache and atomic-unit locality).
-    """
-    b, v, q, _ = reference_points.shape
-    views = (0, v // 4) if v > 1 else (0,)
-    coords = []
-    for i, view in enumerate(views):
-        uv = jnp.where(mask[:, view, :, None], reference_points[:, view].astype(jnp.float32), 0.0)
-        quantized = jnp.clip(jnp.nan_to_num(uv) * 1023.0, 0.0, 1023.0).astype(jnp.int32)
-        coords += [quantized[..., 0], quantized[..., 1]] if i == 0 else [quantized[..., 0]]
-    code = _morton_interleave(coords, 10)
-    code = jnp.where(jnp.any(mask[:, list(views)], axis=1), code, jnp.int32(2 ** 31 - 1))
-    return jnp.argsort(code, axis=-1, stable=True).astype(jnp.int32)
 
 
 def query_order(reference_points, mask, sort_queries):

@@ -66,12 +66,8 @@ def _window_backward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, ord
     def view_step(view, acc):
         d_attn_acc, d_u_acc, d_v_acc = acc
         bv = b * v_count + view
-        valid = q_in & (mask_ref[bv * q_count + qc] != 0)
-        ref_u = ref_ref[(bv * q_count + qc) * 2]
-        ref_v = ref_ref[(bv * q_count + qc) * 2 + 1]
-        g_rows = jnp.broadcast_to((bv * q_count + qc)[:, None], cols.shape)
-        g = plgpu.load(g_ref.at[g_rows, cols], mask=q_in[:, None] & ch_in[None, :], other=0.0)
-        g = jnp.where(valid[:, None] & ch_in[None, :], g.astype(jnp.float32), 0.0)
+        valid, ref_u, ref_v, g = tri._view_cotangent(mask_ref, ref_ref, g_ref, bv=bv, q_count=q_count, q_in=q_in,
+                                                     qc=qc, cols=cols, ch_in=ch_in)
         count = jnp.maximum(jnp.sum(valid.astype(jnp.float32)), 1.0)
         mean_u = jnp.sum(jnp.where(valid, ref_u, 0.0)) / count
         mean_v = jnp.sum(jnp.where(valid, ref_v, 0.0)) / count
@@ -88,7 +84,7 @@ def _window_backward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, ord
 
             def point_step(point, carry, level=level, hl=hl, wl=wl, start=start, wy=wy, wx=wx, ox=ox, oy=oy,
                            window_pixel=window_pixel):
-                d_attn_acc, d_u_acc, d_v_acc, d_ref_u, d_ref_v, weights = carry
+                weights = carry[5]
                 a, u, v = tri._point(off_ref, attn_ref, point_base + level * p + point, valid, ref_u, ref_v)
                 g_sample = jnp.zeros((block_q,), jnp.float32)
                 g_du = jnp.zeros((block_q,), jnp.float32)
@@ -97,10 +93,8 @@ def _window_backward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, ord
                     rows = jnp.broadcast_to((bv * length + start + pixel)[:, None], cols.shape)
                     load_mask = inside[:, None] & ch_in[None, :]
                     sample = plgpu.load(value_ref.at[rows, cols], mask=load_mask, other=0.0)
-                    g_dot = jnp.sum(g * sample.astype(jnp.float32), axis=1)
-                    g_sample += bilinear * g_dot
-                    g_du += dbdu * g_dot
-                    g_dv += dbdv * g_dot
+                    g_sample, g_du, g_dv = tri._corner_gradient(g, sample, bilinear, dbdu, dbdv, g_sample, g_du,
+                                                                g_dv)
                     lx = pixel % wl - ox
                     ly = pixel // wl - oy
                     in_window = inside & (lx >= 0) & (lx < wx) & (ly >= 0) & (ly < wy)
@@ -115,13 +109,9 @@ def _window_backward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, ord
                     else:
                         fallback = (inside & ~in_window & q_in)[:, None] & ch_in[None, :]
                         value_atomic_add(d_value_ref, (rows, cols), contribution, mask=fallback)
-                one_hot = point_col == level * p + point
-                d_u = a * g_du
-                d_v = a * g_dv
-                return (d_attn_acc + jnp.where(one_hot, g_sample[:, None], 0.0),
-                        d_u_acc + jnp.where(one_hot, d_u[:, None], 0.0),
-                        d_v_acc + jnp.where(one_hot, d_v[:, None], 0.0),
-                        d_ref_u + d_u, d_ref_v + d_v, weights)
+                accumulators = tri._accumulate_point(carry[:5], point_col == level * p + point, a, g_sample, g_du,
+                                                     g_dv)
+                return (*accumulators, weights)
 
             weights = jnp.zeros((wy * wx, block_q), jnp.float32)
             d_attn_acc, d_u_acc, d_v_acc, d_ref_u, d_ref_v, weights = lax.fori_loop(
@@ -136,18 +126,14 @@ def _window_backward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, ord
                 touched = jnp.max(jnp.where(weights != 0.0, 1, 0), axis=1) > 0
                 value_atomic_add(d_value_ref, (window_rows, window_cols), d_window,
                                  mask=touched[:, None] & ch_in[None, :])
-        ref_index = ((bv * q_count + q) * heads + h) * 2
-        plgpu.store(d_ref_ref.at[ref_index], d_ref_u, mask=q_in)
-        plgpu.store(d_ref_ref.at[ref_index + 1], d_ref_v, mask=q_in)
+        tri._store_reference_gradient(d_ref_ref, d_ref_u, d_ref_v, bv=bv, q_count=q_count, q=q, heads=heads,
+                                      h=h, q_in=q_in)
         return d_attn_acc, d_u_acc, d_v_acc
 
     zeros = jnp.zeros((block_q, nl * p), jnp.float32)
     d_attn_acc, d_u_acc, d_v_acc = lax.fori_loop(0, v_count, view_step, (zeros, zeros, zeros))
-    index = (((b * q_count + q) * heads + h) * (nl * p))[:, None] + point_col
-    store_mask = jnp.broadcast_to(q_in[:, None], index.shape)
-    plgpu.store(d_attn_ref.at[index], d_attn_acc, mask=store_mask)
-    plgpu.store(d_off_ref.at[index * 2], d_u_acc, mask=store_mask)
-    plgpu.store(d_off_ref.at[index * 2 + 1], d_v_acc, mask=store_mask)
+    tri._store_point_gradients(d_attn_ref, d_off_ref, d_attn_acc, d_u_acc, d_v_acc, b=b, q_count=q_count, q=q,
+                               heads=heads, h=h, points=nl * p, point_col=point_col, q_in=q_in)
 
 
 def backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g, *, interpret=False,

@@ -305,18 +305,13 @@ def _backward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, order_ref,
     def view_step(view, acc):
         d_attn_acc, d_u_acc, d_v_acc = acc
         bv = b * v_count + view
-        valid = q_in & (mask_ref[bv * q_count + qc] != 0)
-        ref_u = ref_ref[(bv * q_count + qc) * 2]
-        ref_v = ref_ref[(bv * q_count + qc) * 2 + 1]
-        g_rows = jnp.broadcast_to((bv * q_count + qc)[:, None], cols.shape)
-        g = plgpu.load(g_ref.at[g_rows, cols], mask=q_in[:, None] & ch_in[None, :], other=0.0)
-        g = jnp.where(valid[:, None] & ch_in[None, :], g.astype(jnp.float32), 0.0)
+        valid, ref_u, ref_v, g = _view_cotangent(mask_ref, ref_ref, g_ref, bv=bv, q_count=q_count, q_in=q_in,
+                                                 qc=qc, cols=cols, ch_in=ch_in)
         d_ref_u = jnp.zeros((block_q,), jnp.float32)
         d_ref_v = jnp.zeros((block_q,), jnp.float32)
         for level, ((hl, wl), start) in enumerate(zip(shapes, _level_starts(shapes), strict=True)):
 
             def point_step(point, carry, level=level, hl=hl, wl=wl, start=start):
-                d_attn_acc, d_u_acc, d_v_acc, d_ref_u, d_ref_v = carry
                 a, u, v = _point(off_ref, attn_ref, point_base + level * p + point, valid, ref_u, ref_v)
                 g_sample = jnp.zeros((block_q,), jnp.float32)
                 g_du = jnp.zeros((block_q,), jnp.float32)
@@ -325,32 +320,63 @@ def _backward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, order_ref,
                     rows = jnp.broadcast_to((bv * length + start + pixel)[:, None], cols.shape)
                     load_mask = inside[:, None] & ch_in[None, :]
                     sample = plgpu.load(value_ref.at[rows, cols], mask=load_mask, other=0.0)
-                    g_dot = jnp.sum(g * sample.astype(jnp.float32), axis=1)
-                    g_sample += bilinear * g_dot
-                    g_du += dbdu * g_dot
-                    g_dv += dbdv * g_dot
+                    g_sample, g_du, g_dv = _corner_gradient(g, sample, bilinear, dbdu, dbdv, g_sample, g_du, g_dv)
                     contribution = jnp.where(inside, a * bilinear, 0.0)[:, None] * g
                     # Interpret mode: unmasked (masked-out lanes add exact zeros; out-of-bounds are dropped).
                     value_atomic_add(d_value_ref, (rows, cols), contribution,
                                      mask=None if interpret else load_mask & q_in[:, None])
-                one_hot = point_col == level * p + point
-                d_u = a * g_du
-                d_v = a * g_dv
-                return (d_attn_acc + jnp.where(one_hot, g_sample[:, None], 0.0),
-                        d_u_acc + jnp.where(one_hot, d_u[:, None], 0.0),
-                        d_v_acc + jnp.where(one_hot, d_v[:, None], 0.0),
-                        d_ref_u + d_u, d_ref_v + d_v)
+                return _accumulate_point(carry, point_col == level * p + point, a, g_sample, g_du, g_dv)
 
             d_attn_acc, d_u_acc, d_v_acc, d_ref_u, d_ref_v = lax.fori_loop(
                 0, p, point_step, (d_attn_acc, d_u_acc, d_v_acc, d_ref_u, d_ref_v))
-        ref_index = ((bv * q_count + q) * heads + h) * 2  # d_reference_points per head: (B, V, Q, H, 2)
-        plgpu.store(d_ref_ref.at[ref_index], d_ref_u, mask=q_in)
-        plgpu.store(d_ref_ref.at[ref_index + 1], d_ref_v, mask=q_in)
+        _store_reference_gradient(d_ref_ref, d_ref_u, d_ref_v, bv=bv, q_count=q_count, q=q, heads=heads, h=h,
+                                  q_in=q_in)
         return d_attn_acc, d_u_acc, d_v_acc
 
     zeros = jnp.zeros((block_q, nl * p), jnp.float32)
     d_attn_acc, d_u_acc, d_v_acc = lax.fori_loop(0, v_count, view_step, (zeros, zeros, zeros))
-    index = (((b * q_count + q) * heads + h) * (nl * p))[:, None] + point_col  # (block_q, NL*P)
+    _store_point_gradients(d_attn_ref, d_off_ref, d_attn_acc, d_u_acc, d_v_acc, b=b, q_count=q_count, q=q,
+                           heads=heads, h=h, points=nl * p, point_col=point_col, q_in=q_in)
+
+
+def _view_cotangent(mask_ref, ref_ref, g_ref, *, bv, q_count, q_in, qc, cols, ch_in):
+    """Per query of view bv: validity, reference (u, v), and the cotangent rows (block_q, C_pad) in fp32,
+    zero for invalid queries and padded channels."""
+    valid = q_in & (mask_ref[bv * q_count + qc] != 0)
+    ref_u = ref_ref[(bv * q_count + qc) * 2]
+    ref_v = ref_ref[(bv * q_count + qc) * 2 + 1]
+    g_rows = jnp.broadcast_to((bv * q_count + qc)[:, None], cols.shape)
+    g = plgpu.load(g_ref.at[g_rows, cols], mask=q_in[:, None] & ch_in[None, :], other=0.0)
+    g = jnp.where(valid[:, None] & ch_in[None, :], g.astype(jnp.float32), 0.0)
+    return valid, ref_u, ref_v, g
+
+
+def _corner_gradient(g, sample, bilinear, dbdu, dbdv, g_sample, g_du, g_dv):
+    """Add one bilinear corner to a point's (g·sample, d/du, d/dv) sums, each (block_q,)."""
+    g_dot = jnp.sum(g * sample.astype(jnp.float32), axis=1)
+    return g_sample + bilinear * g_dot, g_du + dbdu * g_dot, g_dv + dbdv * g_dot
+
+
+def _accumulate_point(accumulators, one_hot, a, g_sample, g_du, g_dv):
+    """Fold one point's sums into (d_attn, d_u, d_v) (block_q, NL·P) one-hot columns and d_ref_u/v (block_q,)."""
+    d_attn_acc, d_u_acc, d_v_acc, d_ref_u, d_ref_v = accumulators
+    d_u = a * g_du
+    d_v = a * g_dv
+    return (d_attn_acc + jnp.where(one_hot, g_sample[:, None], 0.0),
+            d_u_acc + jnp.where(one_hot, d_u[:, None], 0.0),
+            d_v_acc + jnp.where(one_hot, d_v[:, None], 0.0),
+            d_ref_u + d_u, d_ref_v + d_v)
+
+
+def _store_reference_gradient(d_ref_ref, d_ref_u, d_ref_v, *, bv, q_count, q, heads, h, q_in):
+    ref_index = ((bv * q_count + q) * heads + h) * 2  # d_reference_points per head: (B, V, Q, H, 2)
+    plgpu.store(d_ref_ref.at[ref_index], d_ref_u, mask=q_in)
+    plgpu.store(d_ref_ref.at[ref_index + 1], d_ref_v, mask=q_in)
+
+
+def _store_point_gradients(d_attn_ref, d_off_ref, d_attn_acc, d_u_acc, d_v_acc, *, b, q_count, q, heads, h,
+                           points, point_col, q_in):
+    index = (((b * q_count + q) * heads + h) * points)[:, None] + point_col  # (block_q, NL*P)
     store_mask = jnp.broadcast_to(q_in[:, None], index.shape)
     plgpu.store(d_attn_ref.at[index], d_attn_acc, mask=store_mask)
     plgpu.store(d_off_ref.at[index * 2], d_u_acc, mask=store_mask)

@@ -11,8 +11,7 @@ accumulation; the paper accumulates 8 of them per update).
 
 Peak memory: the device's peak_bytes_in_use (GPU; reset is not possible, so each setting runs in its own
 process) and XLA's compiled memory analysis (temp + arguments + outputs), which also works on CPU.
-Needs neither ml_collections nor clu/grain/tfds (a minimal ConfigDict stand-in is used when ml_collections is
-missing).
+Needs ml_collections (pure Python: carry its wheel where it is missing) but not clu/grain/tfds.
 """
 import argparse
 import json
@@ -21,36 +20,6 @@ import os
 import subprocess
 import sys
 import time
-import types
-
-
-class AttrDict(dict):
-    """dict with attribute access (the part of ml_collections.ConfigDict the model and optimizer use)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        for key, value in self.items():
-            if isinstance(value, dict) and not isinstance(value, AttrDict):
-                self[key] = AttrDict(value)
-
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError as e:
-            raise AttributeError(name) from e
-
-    def __setattr__(self, name, value):
-        self[name] = AttrDict(value) if isinstance(value, dict) and not isinstance(value, AttrDict) else value
-
-
-def ensure_ml_collections():
-    try:
-        import ml_collections  # noqa: F401
-    except ImportError:
-        shim = types.ModuleType("ml_collections")
-        shim.ConfigDict = AttrDict
-        shim.FieldReference = lambda value, field_type=None: value
-        sys.modules["ml_collections"] = shim
 
 
 def sphere_shell_occupancy(grid: int, capacity: int):
@@ -93,9 +62,9 @@ def make_batch(args, grid):
 
 def run_one(args, remat: bool) -> dict:
     """Compile and time the step in this process; returns a result row."""
-    ensure_ml_collections()
     import jax
     import jax.numpy as jnp
+    import ml_collections
 
     from geolrm_jax.model.config import official_model_config, tiny_model_config
     from geolrm_jax.train import steps
@@ -107,13 +76,13 @@ def run_one(args, remat: bool) -> dict:
     model.dtype = args.dtype
     model.remat = remat
     model.attention_over_heads = False  # configs/stage2.py: the original's bf16 / flash-attention path
-    config = AttrDict(
+    config = ml_collections.ConfigDict(dict(
         model=model,
         stage2=dict(anchors="ground_truth", num_anchors=args.anchors, render_capacity=args.render_capacity),
         loss=dict(mse=1.0, lpips=2.0, mask=1.0, depth=0.2, depth_tv=0.05),
         optim=dict(lr=1e-4, warmup_steps=12_000, total_steps=100_000, eta_min_ratio=0.001, b1=0.9, b2=0.95,
                    eps=1e-8, weight_decay=0.05, grad_clip=4.0, frozen=("proposal",)),
-    )
+    ))
     size = max(16, args.render_size)
     lpips_vars = LPIPS().init(jax.random.PRNGKey(1), jnp.zeros((1, size, size, 3)), jnp.zeros((1, size, size, 3)))
     task = Stage2Task(config, lpips_vars)

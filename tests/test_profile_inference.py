@@ -62,3 +62,9 @@ def test_idle_gaps_between_kernels():
     gaps = profile_inference.idle_gaps(events, min_gap_us=1.0, max_gap_us=100.0)
     # a ends at 10, b starts at 12 (2 µs); c overlaps b and ends at 33, d starts at 40 (7 µs); e is a new run
     assert gaps == {("a", "b"): (2.0, 1), ("c", "d"): (7.0, 1)}
+
+
+def test_run_spans_split_runs_at_long_gaps():
+    events = [("a", 0.0, 10.0), ("b", 12.0, 5.0), ("c", 9000.0, 4.0), ("d", 9004.0, 6.0), ("e", 9001.0, 2.0)]
+    assert profile_inference.run_spans(events, split_us=5000.0) == [17.0, 10.0]
+    assert profile_inference.run_spans([]) == []

@@ -78,13 +78,32 @@ def idle_gaps(timed_events, min_gap_us: float = 5.0, max_gap_us: float = 5000.0)
     return {k: tuple(v) for k, v in gaps.items()}
 
 
-def profile_stage(fn, args, repeats: int, hlo_path: str | None = None):
+def run_spans(timed_events, split_us: float = 5000.0):
+    """Device busy spans (first kernel start to last kernel end, µs) of the traced runs, from (name, start µs,
+    duration µs) events: a device idle gap longer than split_us starts a new run. Wall time minus the span is
+    host time that no kernel overlaps (dispatch before the first kernel, completion after the last)."""
+    spans, first, end = [], None, None
+    for _, start, dur in sorted(timed_events, key=lambda e: e[1]):
+        if end is not None and start - end > split_us:
+            spans.append(end - first)
+            first = None
+        first = start if first is None else first
+        end = start + dur if end is None else max(end, start + dur)
+    if first is not None:
+        spans.append(end - first)
+    return spans
+
+
+def profile_stage(fn, args, repeats: int, hlo_path: str | None = None, compiler_options: dict | None = None,
+                  label: str | None = None, with_stats: bool = False):
     """Compile fn, warm up, time `repeats` runs, then trace `repeats` more: (output, median wall s,
     {kernel name: (µs per run, launches per run)}). hlo_path: write the optimized HLO there (kernel names
-    in the trace are its fusion names)."""
+    in the trace are its fusion names). compiler_options: XLA options for this compilation. with_stats: also
+    return {"dispatch_s": median time until the call returns, "idle_s": device idle between kernels per run,
+    "arguments": number of argument arrays, "span_s": median device busy span of a run}."""
     import jax
 
-    compiled = jax.jit(fn).lower(*args).compile()
+    compiled = jax.jit(fn).lower(*args).compile(compiler_options=compiler_options or None)
     if hlo_path:
         with open(hlo_path, "w") as f:
             f.write(compiled.as_text())
@@ -97,7 +116,8 @@ def profile_stage(fn, args, repeats: int, hlo_path: str | None = None):
         jax.block_until_ready(pending)
         times.append(time.perf_counter() - t0)
     leaves = len(jax.tree.leaves(args))
-    print(f"  [{getattr(fn, '__name__', 'fn')}] {leaves} argument arrays, dispatch (call returns) "
+    label = label or getattr(fn, "__name__", "fn")
+    print(f"  [{label}] {leaves} argument arrays, dispatch (call returns) "
           f"{1e3 * statistics.median(dispatch):.2f} ms, wall {1e3 * statistics.median(times):.2f} ms", flush=True)
     with tempfile.TemporaryDirectory() as trace_dir:
         jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
@@ -105,9 +125,11 @@ def profile_stage(fn, args, repeats: int, hlo_path: str | None = None):
             jax.block_until_ready(compiled(*args))
         jax.profiler.stop_trace()
         events = device_events(trace_dir)
-        gaps = idle_gaps(device_events(trace_dir, with_start=True))
+        timed = device_events(trace_dir, with_start=True)
+        gaps = idle_gaps(timed)
+        spans = run_spans(timed)
     idle = sum(us for us, _ in gaps.values()) / repeats
-    print(f"  [{getattr(fn, '__name__', 'fn')}] device idle between kernels {idle / 1e3:.2f} ms/run; largest:",
+    print(f"  [{label}] device idle between kernels {idle / 1e3:.2f} ms/run; largest:",
           flush=True)
     for (before, after), (us, n) in sorted(gaps.items(), key=lambda kv: -kv[1][0])[:6]:
         print(f"      {us / repeats / 1e3:6.3f} ms in {n / repeats:4.0f} gaps  {before[:50]} -> {after[:50]}",
@@ -116,7 +138,12 @@ def profile_stage(fn, args, repeats: int, hlo_path: str | None = None):
     for name, dur in events:
         per_name[name][0] += dur / repeats
         per_name[name][1] += 1
-    return out, statistics.median(times), {k: (us, n / repeats) for k, (us, n) in per_name.items()}
+    kernels = {k: (us, n / repeats) for k, (us, n) in per_name.items()}
+    if with_stats:
+        return out, statistics.median(times), kernels, {"dispatch_s": statistics.median(dispatch),
+                                                         "idle_s": idle / 1e6, "arguments": leaves,
+                                                         "span_s": statistics.median(spans) / 1e6 if spans else None}
+    return out, statistics.median(times), kernels
 
 
 def profile(config, variables, views: int, size: int, repeats: int, anchors: str = "proposal",

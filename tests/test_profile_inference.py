@@ -64,7 +64,8 @@ def test_idle_gaps_between_kernels():
     assert gaps == {("a", "b"): (2.0, 1), ("c", "d"): (7.0, 1)}
 
 
-def test_run_spans_split_runs_at_long_gaps():
-    events = [("a", 0.0, 10.0), ("b", 12.0, 5.0), ("c", 9000.0, 4.0), ("d", 9004.0, 6.0), ("e", 9001.0, 2.0)]
-    assert profile_inference.run_spans(events, split_us=5000.0) == [17.0, 10.0]
-    assert profile_inference.run_spans([]) == []
+def test_run_spans_split_runs_at_the_longest_gaps():
+    events = [("a", 0.0, 10.0), ("b", 12.0, 5.0), ("c", 900.0, 4.0), ("d", 904.0, 6.0), ("e", 901.0, 2.0)]
+    assert profile_inference.run_spans(events, runs=2) == [17.0, 10.0]
+    assert profile_inference.run_spans(events, runs=1) == [910.0]
+    assert profile_inference.run_spans([], runs=3) == []

@@ -5,15 +5,15 @@
 
 Each variant is one set of XLA compiler options (``jax.jit(...).lower(...).compile(compiler_options=...)``),
 e.g. ``--variant no_command_buffers=xla_gpu_enable_command_buffer:`` (an empty value disables XLA's CUDA-graph
-command buffers). ``--variant default=`` compiles with the library's inference options
-(``geolrm_jax.model.geolrm.INFERENCE_COMPILER_OPTIONS``) and ``xla`` (XLA's own defaults, when those options
-are not empty) always come first. The variants are timed in interleaved rounds (``--rounds`` × ``--repeats`` calls each,
-median of all), then each is traced once with ``tools/profile_inference.py``'s profiler for device kernel
-time, idle gaps between kernels and the device busy span; wall − span is host time no kernel overlaps.
+command buffers). ``default`` (the library's ``geolrm_jax.model.geolrm.INFERENCE_COMPILER_OPTIONS``) and
+``xla`` (XLA's own defaults, when those options are not empty) always come first. The variants are timed in
+interleaved rounds (``--rounds`` × ``--repeats`` calls each, median of all), then each is traced once with
+``tools/profile_inference.py``'s profiler.
 
 The table gives per view count: wall ms (median), ratio to the first variant, dispatch ms (until the call
-returns), device kernel ms, idle ms between kernels, wall − span ms. Same random weights and inputs as
-``geolrm-jax bench`` (``geolrm_jax.benchmark``).
+returns), device kernel ms, the device busy span of a run (first kernel start to last kernel end), idle time
+inside it (span − kernels) and host-only time (wall − span: before the first kernel and after the last).
+Same random weights and inputs as ``geolrm-jax bench`` (``geolrm_jax.benchmark``).
 """
 from __future__ import annotations
 
@@ -69,6 +69,10 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--out", help="write the rows as JSON here")
     p.add_argument("--dump-hlo", metavar="DIR", help="write each variant's optimized HLO here")
+    p.add_argument("--trace-dir", help="also keep a Perfetto trace of the first variant's runs here")
+    p.add_argument("--argument-overhead", action="store_true",
+                   help="also time a trivial program that takes the model's variables (all argument arrays) "
+                        "against one that takes only the images: the per-call cost of passing the weights")
     args = p.parse_args(argv)
     try:
         extra = [parse_variant(v) for v in args.variant]
@@ -113,26 +117,54 @@ def main(argv=None) -> int:
                          "compiler_options": options, "wall_s": statistics.median(times[name]),
                          "device_kernels_s": sum(us for us, _ in kernels.values()) / 1e6,
                          "launches": sum(n for _, n in kernels.values()), **stats})
+        if args.trace_dir:
+            os.makedirs(args.trace_dir, exist_ok=True)
+            jax.profiler.start_trace(os.path.join(args.trace_dir, f"{views}v"), create_perfetto_trace=True)
+            time_calls(compiled[variants[0][0]], inputs, 3)
+            jax.profiler.stop_trace()
         if args.out:
             with open(args.out, "w") as f:
                 json.dump(rows, f, indent=1)
     print(format_table(rows))
+    if args.argument_overhead:
+        print(argument_overhead(variables, benchmark.example_inputs(min(args.views), args.size)[0], args.repeats))
     return 0
+
+
+def argument_overhead(variables, images, repeats: int) -> str:
+    """Wall time per call of `images + 1` compiled with and without the model's variables as extra (unused)
+    arguments: the host cost of passing every weight array on each call."""
+    import jax
+
+    with_vars = jax.jit(lambda v, x: x + 1).lower(variables, images).compile()
+    without = jax.jit(lambda x: x + 1).lower(images).compile()
+    n = len(jax.tree.leaves(variables))
+    lines = [f"{'arguments':>10} | {'ms/call':>8}"]
+    for label, call in ((str(n + 1), lambda: with_vars(variables, images)), ("1", lambda: without(images))):
+        jax.block_until_ready(call())
+        times = []
+        for _ in range(5 * repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(call())
+            times.append(time.perf_counter() - t0)
+        lines.append(f"{label:>10} | {1e3 * statistics.median(times):>8.3f}")
+    return "\n".join(lines)
 
 
 def format_table(rows: list[dict]) -> str:
     def ms(x):
         return "n/a" if x is None else f"{1e3 * x:.2f}"
 
-    head = (f"{'views':>5} {'variant':>22} | {'wall ms':>8} {'ratio':>6} | {'dispatch':>8} {'kernels':>8} "
-            f"{'idle':>6} {'wall-span':>9} {'launches':>8}")
+    head = (f"{'views':>5} {'variant':>24} | {'wall ms':>8} {'ratio':>6} | {'dispatch':>8} {'kernels':>8} "
+            f"{'span':>7} {'in-run idle':>11} {'host-only':>9} {'launches':>8}")
     lines = [head, "-" * len(head)]
     first = {}
     for r in rows:
         base = first.setdefault(r["views"], r["wall_s"])
         span = r.get("span_s")
-        lines.append(f"{r['views']:>5} {r['variant']:>22} | {ms(r['wall_s']):>8} {r['wall_s'] / base:>6.3f} | "
-                     f"{ms(r['dispatch_s']):>8} {ms(r['device_kernels_s']):>8} {ms(r['idle_s']):>6} "
+        lines.append(f"{r['views']:>5} {r['variant']:>24} | {ms(r['wall_s']):>8} {r['wall_s'] / base:>6.3f} | "
+                     f"{ms(r['dispatch_s']):>8} {ms(r['device_kernels_s']):>8} {ms(span):>7} "
+                     f"{ms(None if span is None else span - r['device_kernels_s']):>11} "
                      f"{ms(None if span is None else r['wall_s'] - span):>9} {r['launches']:>8.0f}")
     return "\n".join(lines)
 

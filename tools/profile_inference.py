@@ -78,20 +78,23 @@ def idle_gaps(timed_events, min_gap_us: float = 5.0, max_gap_us: float = 5000.0)
     return {k: tuple(v) for k, v in gaps.items()}
 
 
-def run_spans(timed_events, split_us: float = 5000.0):
-    """Device busy spans (first kernel start to last kernel end, µs) of the traced runs, from (name, start µs,
-    duration µs) events: a device idle gap longer than split_us starts a new run. Wall time minus the span is
-    host time that no kernel overlaps (dispatch before the first kernel, completion after the last)."""
-    spans, first, end = [], None, None
+def run_spans(timed_events, runs: int):
+    """Device busy spans (first kernel start to last kernel end, µs) of `runs` traced back-to-back runs, from
+    (name, start µs, duration µs) events: the runs-1 longest idle gaps separate the runs. Wall time minus the
+    span is host time that no kernel overlaps (dispatch before the first kernel, completion after the last)."""
+    intervals, end = [], None
     for _, start, dur in sorted(timed_events, key=lambda e: e[1]):
-        if end is not None and start - end > split_us:
-            spans.append(end - first)
-            first = None
-        first = start if first is None else first
-        end = start + dur if end is None else max(end, start + dur)
-    if first is not None:
-        spans.append(end - first)
-    return spans
+        if end is None or start > end:
+            intervals.append([start, start + dur])
+        else:
+            intervals[-1][1] = max(intervals[-1][1], start + dur)
+        end = intervals[-1][1]
+    if not intervals or runs < 1:
+        return []
+    gaps = sorted(range(1, len(intervals)), key=lambda i: intervals[i][0] - intervals[i - 1][1])
+    cuts = sorted(gaps[len(gaps) - (runs - 1):]) if runs > 1 else []
+    bounds = [0, *cuts, len(intervals)]
+    return [intervals[b - 1][1] - intervals[a][0] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def profile_stage(fn, args, repeats: int, hlo_path: str | None = None, compiler_options: dict | None = None,
@@ -127,7 +130,7 @@ def profile_stage(fn, args, repeats: int, hlo_path: str | None = None, compiler_
         events = device_events(trace_dir)
         timed = device_events(trace_dir, with_start=True)
         gaps = idle_gaps(timed)
-        spans = run_spans(timed)
+        spans = run_spans(timed, repeats)
     idle = sum(us for us, _ in gaps.values()) / repeats
     print(f"  [{label}] device idle between kernels {idle / 1e3:.2f} ms/run; largest:",
           flush=True)

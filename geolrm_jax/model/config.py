@@ -14,7 +14,7 @@ Fields:
   remat_policy:   name of a `jax.checkpoint_policies` member used when remat is on.
   attention_impl: `jax.nn.dot_product_attention` implementation: None = cuDNN on GPU when dtype/shape allow,
                   XLA otherwise; or "xla" / "cudnn".
-  sample_impl:    `deformable_sample` implementation (None = automatic by backend); `view_softmax_pool` follows it.
+  sample_impl:    `deformable_sample` implementation (None = automatic by backend).
   norm_eps:       RMSNorm eps (1e-5 in the original).
   attention_over_heads: True reproduces the original's float32 self-attention code path (an H×H softmax over
                   the heads of each token followed by a token-scrambling reshape, see

@@ -26,7 +26,7 @@ from geolrm_kernels.deformable_sample import kernel_query_order
 from geolrm_jax import geometry
 from geolrm_jax.model.config import ffn_hidden_dim
 from geolrm_jax.model.dinov2 import attention
-from geolrm_jax.model.layers import BiasInMatmulDense, DenseParams, with_bias_columns
+from geolrm_jax.model.layers import BiasInMatmulDense, with_bias_columns
 
 NUM_LEVELS = 2
 
@@ -139,13 +139,6 @@ class SelfAttention(nn.Module):
         return dense(name="wo")(out.reshape(b, s, self.dim))
 
 
-def pool_implementation(sample_impl: str | None) -> str | None:
-    """The `view_softmax_pool` implementation that goes with a `deformable_sample` one (config.sample_impl)."""
-    if sample_impl is None or sample_impl in ("xla", "pallas_interpret"):
-        return sample_impl
-    return "pallas"  # "pallas" and "pallas_xla_backward"
-
-
 class DeformableCrossAttention(nn.Module):
     """Multi-view deformable cross-attention (original MSDCAWrapper + MSDeformableAttention3D).
 
@@ -164,7 +157,6 @@ class DeformableCrossAttention(nn.Module):
     @nn.compact
     def __call__(self, query, feats, ref_points, view_mask, query_mask, query_order=None):
         from geolrm_kernels.deformable_sample import deformable_sample
-        from geolrm_kernels.view_softmax_pool import view_softmax_pool
 
         b, s, _ = query.shape
         v, length = feats.shape[1], feats.shape[2]
@@ -182,10 +174,10 @@ class DeformableCrossAttention(nn.Module):
         sampled = deformable_sample(value, ref_points, offsets, weights, tuple(self.spatial_shapes),
                                     view_mask, query_mask, implementation=self.sample_impl, query_order=query_order)
         sampled = sampled.reshape(b, v, s, self.dim).astype(self.dtype)
-        # softmax over the views of Linear(dim, 1) logits, then the weighted sum: one pass over `sampled`
-        view_kernel, view_bias = DenseParams(1, name="cross_view_weight")(self.dim)
-        fused = view_softmax_pool(sampled, view_kernel[:, 0].astype(self.dtype), view_bias, view_mask,
-                                  implementation=pool_implementation(self.sample_impl))
+        view_logits = dense(1, name="cross_view_weight")(sampled)[..., 0].astype(jnp.float32)  # (B, V, S)
+        view_logits = jnp.where(view_mask[:, :, None], view_logits, -1e30)
+        view_w = jax.nn.softmax(view_logits, axis=1)
+        fused = jnp.einsum("bvs,bvsd->bsd", view_w, sampled.astype(jnp.float32)).astype(self.dtype)
         return dense(self.dim, name="output_proj")(fused) + query
 
 

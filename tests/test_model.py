@@ -281,7 +281,7 @@ def test_transformer_with_scattered_anchor_mask_equals_the_valid_subset():
 
 @pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-6), (jnp.bfloat16, 1e-2)])
 def test_bias_in_matmul_dense_equals_dense(dtype, tol):
-    from geolrm_jax.model.layers import BiasInMatmulDense, with_bias_columns
+    from geolrm_jax.model.transformer import BiasInMatmulDense, with_bias_columns
 
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.normal(size=(2, 5, 24)), jnp.float32)

@@ -16,8 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from geolrm_jax.model.layers import DenseParams, dense_bias_in_matmul, with_bias_columns
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -97,11 +95,8 @@ class Dinov2Layer(nn.Module):
         b, t, _ = x.shape
         hd = self.hidden // self.heads
         y = nn.LayerNorm(epsilon=self.eps, dtype=self.dtype, name="norm1")(x)
-        # q, k, v as one product with their biases inside: they go straight into cuDNN attention, so a bias
-        # added afterwards would be three more passes over them
-        qkv = dense_bias_in_matmul(with_bias_columns(y), [DenseParams(self.hidden, name=n)(self.hidden)
-                                                          for n in ("q_proj", "k_proj", "v_proj")], self.dtype)
-        q, k, v = (a.reshape(b, t, self.heads, hd) for a in jnp.split(qkv, 3, axis=-1))
+        q, k, v = (dense(self.hidden, name=n)(y).reshape(b, t, self.heads, hd)
+                   for n in ("q_proj", "k_proj", "v_proj"))
         y = attention(q, k, v, implementation=self.attention_impl).reshape(b, t, self.hidden)
         y = dense(self.hidden, name="o_proj")(y)
         # the residual stream stays float32; branches are computed in `dtype`

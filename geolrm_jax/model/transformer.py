@@ -26,7 +26,6 @@ from geolrm_kernels.deformable_sample import kernel_query_order
 from geolrm_jax import geometry
 from geolrm_jax.model.config import ffn_hidden_dim
 from geolrm_jax.model.dinov2 import attention
-from geolrm_jax.model.layers import BiasInMatmulDense, with_bias_columns
 
 NUM_LEVELS = 2
 
@@ -137,6 +136,34 @@ class SelfAttention(nn.Module):
         else:
             out = masked_token_attention(q, k, v, key_mask, self.attention_impl)
         return dense(name="wo")(out.reshape(b, s, self.dim))
+
+
+BIAS_COLUMNS = 8  # [1, 0, ..., 0] appended to the image features: keeps the contraction a multiple of 8
+
+
+def with_bias_columns(feats):
+    """feats (..., C) -> (..., C + BIAS_COLUMNS) = [feats, 1, 0, ..., 0], the input of `BiasInMatmulDense`."""
+    extra = jnp.zeros(feats.shape[:-1] + (BIAS_COLUMNS,), feats.dtype).at[..., 0].set(1)
+    return jnp.concatenate([feats, extra], axis=-1)
+
+
+class BiasInMatmulDense(nn.Module):
+    """nn.Dense (same parameters `kernel` (C, F) and `bias` (F,), same initializers) on inputs that carry
+    their own ones column (`with_bias_columns`): y = [x, 1, 0…] @ [kernel; bias; 0…].
+
+    The bias is added inside the matrix product, so no separate elementwise pass over the output is needed
+    where the output goes straight into a custom call (the value maps: one full read and write per layer)."""
+
+    features: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_with_bias_columns):
+        c = x_with_bias_columns.shape[-1] - BIAS_COLUMNS
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (c, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        w = jnp.concatenate([kernel, bias[None], jnp.zeros((BIAS_COLUMNS - 1, self.features), kernel.dtype)])
+        return jnp.dot(x_with_bias_columns.astype(self.dtype), w.astype(self.dtype))
 
 
 class DeformableCrossAttention(nn.Module):

@@ -27,6 +27,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
@@ -34,6 +35,7 @@ IMPLEMENTATIONS = ("pallas", "pallas_interpret", "xla")
 MASKED_LOGIT = -1e30
 BLOCK_S = 8  # queries per program
 NUM_WARPS = 4
+UNROLL_VIEWS = True
 
 
 def view_softmax_pool_reference(x, w, bias, view_mask):
@@ -45,7 +47,7 @@ def view_softmax_pool_reference(x, w, bias, view_mask):
     return jnp.einsum("bvs,bvsd->bsd", weights, x32).astype(x.dtype)
 
 
-def _kernel(x_ref, w_ref, bias_ref, mask_ref, out_ref, *, views, length, dim, block_s):
+def _kernel(x_ref, w_ref, bias_ref, mask_ref, out_ref, *, views, length, dim, block_s, unroll):
     b = pl.program_id(1)
     s = pl.program_id(0) * block_s + jnp.arange(block_s, dtype=jnp.int32)
     s_in = s < length
@@ -55,10 +57,9 @@ def _kernel(x_ref, w_ref, bias_ref, mask_ref, out_ref, *, views, length, dim, bl
     cols = jnp.broadcast_to(d[None, :], tile_mask.shape)
     w = plgpu.load(w_ref.at[d], mask=d_in, other=0.0).astype(jnp.float32)
     bias = bias_ref[0].astype(jnp.float32)
-    m = jnp.full((block_s,), -jnp.inf, jnp.float32)
-    denom = jnp.zeros((block_s,), jnp.float32)
-    acc = jnp.zeros(tile_mask.shape, jnp.float32)
-    for v in range(views):  # V is small and static
+
+    def view_step(v, carry):
+        m, denom, acc = carry
         rows = jnp.broadcast_to(((b * views + v) * length + s)[:, None], tile_mask.shape)
         xv = plgpu.load(x_ref.at[rows, cols], mask=tile_mask, other=0.0).astype(jnp.float32)
         logit = jnp.sum(xv * w[None, :], axis=1) + bias
@@ -66,19 +67,28 @@ def _kernel(x_ref, w_ref, bias_ref, mask_ref, out_ref, *, views, length, dim, bl
         m_new = jnp.maximum(m, logit)
         scale = jnp.exp(m - m_new)
         p = jnp.exp(logit - m_new)
-        denom = denom * scale + p
-        acc = acc * scale[:, None] + p[:, None] * xv
-        m = m_new
+        return m_new, denom * scale + p, acc * scale[:, None] + p[:, None] * xv
+
+    carry = (jnp.full((block_s,), -jnp.inf, jnp.float32), jnp.zeros((block_s,), jnp.float32),
+             jnp.zeros(tile_mask.shape, jnp.float32))
+    if unroll:
+        for v in range(views):
+            carry = view_step(v, carry)
+    else:
+        carry = lax.fori_loop(0, views, view_step, carry)
+    _, denom, acc = carry
     out_rows = jnp.broadcast_to((b * length + s)[:, None], tile_mask.shape)
     plgpu.store(out_ref.at[out_rows, cols], (acc / denom[:, None]).astype(out_ref.dtype), mask=tile_mask)
 
 
 def view_softmax_pool_pallas(x, w, bias, view_mask, *, interpret: bool = False, block_s: int | None = None,
-                             num_warps: int | None = None):
-    """The Pallas (Triton) forward; same contract as the reference. No gradient of its own."""
+                             num_warps: int | None = None, unroll: bool | None = None):
+    """The Pallas (Triton) forward; same contract as the reference. No gradient of its own.
+    block_s queries per program (all D channels), num_warps, unroll: the view loop unrolled (else a loop)."""
     b, v, s, d = x.shape
     block_s = block_s or BLOCK_S
-    kernel = functools.partial(_kernel, views=v, length=s, dim=d, block_s=block_s)
+    unroll = UNROLL_VIEWS if unroll is None else unroll
+    kernel = functools.partial(_kernel, views=v, length=s, dim=d, block_s=block_s, unroll=unroll)
     out = pl.pallas_call(
         kernel,
         out_shape=jax.ShapeDtypeStruct((b * s, d), x.dtype),

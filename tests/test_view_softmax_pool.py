@@ -103,3 +103,13 @@ def test_bad_shapes_name_the_arguments():
         view_softmax_pool(x, w[:-1], bias, mask)
     with pytest.raises(ValueError, match="implementation"):
         view_softmax_pool(x, w, bias, mask, implementation="cuda")
+
+
+@pytest.mark.parametrize("block_s, unroll", [(1, False), (2, True), (4, False)])
+def test_kernel_settings_agree(block_s, unroll):
+    from geolrm_kernels.view_softmax_pool import view_softmax_pool_pallas
+
+    x, w, bias, mask = make_inputs(10, s=7, d=24)
+    got = view_softmax_pool_pallas(x, w, bias, mask, interpret=True, block_s=block_s, unroll=unroll)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(view_softmax_pool_reference(x, w, bias, mask)),
+                               rtol=1e-5, atol=1e-5)

@@ -1,11 +1,13 @@
 """Cross-view softmax pooling (``geolrm_kernels.view_softmax_pool``): Pallas kernel vs the XLA reference.
 
     python tools/bench_view_pool.py [--views 6 21] [--anchors 8192] [--dim 768] [--dtype bfloat16] [--repeats 20]
-        [--block-s 4 8 16] [--out results.json]
+        [--configs 8:4:unroll 2:2:loop ...] [--out results.json]
 
-Forward time (median of ``--repeats`` synchronized calls after a warm-up), achieved bandwidth (compulsory bytes:
-x read once, the output written once) and the error of each against the float32 reference, side by side with
-ratios to XLA. The shapes are the reconstruction transformer's: x = the per-view sampled features (1, V, S, D).
+Candidates: the XLA ops the cross-attention used before the kernel ("model ops": nn.Dense(1) logits in the
+compute dtype), the float32-logit reference, and the kernel at each --configs setting. Forward time (median of
+``--repeats`` synchronized calls after a warm-up), achieved bandwidth (compulsory bytes: x read once, the
+output written once) and the error against the float32 reference, side by side with ratios to the first.
+The shapes are the reconstruction transformer's: x = the per-view sampled features (1, V, S, D).
 """
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ def main(argv=None) -> int:
     p.add_argument("--dim", type=int, default=768)
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--block-s", type=int, nargs="+", default=[8])
+    p.add_argument("--configs", nargs="+", default=["8:4:unroll"],
+                   help="kernel settings BLOCK_S:NUM_WARPS:unroll|loop (the view loop unrolled or not)")
     p.add_argument("--out")
     args = p.parse_args(argv)
 
@@ -47,6 +50,12 @@ def main(argv=None) -> int:
     from geolrm_kernels import view_softmax_pool as vp
 
     dtype = jnp.dtype(args.dtype)
+
+    def model_ops(x, w, bias, mask):
+        """What the cross-attention ran before: nn.Dense(1) in the compute dtype, masked softmax, einsum."""
+        logits = (jnp.dot(x, w[:, None])[..., 0]).astype(jnp.float32) + bias
+        weights = jax.nn.softmax(jnp.where(mask[:, :, None], logits, -1e30), axis=1)
+        return jnp.einsum("bvs,bvsd->bsd", weights, x.astype(jnp.float32)).astype(x.dtype)
     print(f"device: {jax.local_devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}, "
           f"S={args.anchors}, D={args.dim}, {args.dtype}, median of {args.repeats}")
     on_gpu = jax.default_backend() == "gpu"
@@ -59,10 +68,12 @@ def main(argv=None) -> int:
         mask = jnp.ones((1, views), bool)
         want = np.asarray(vp.view_softmax_pool_reference(x.astype(jnp.float32), w.astype(jnp.float32), bias, mask))
         nbytes = x.size * x.dtype.itemsize + x.size // views * x.dtype.itemsize
-        candidates = [("xla", jax.jit(vp.view_softmax_pool_reference))]
-        for block_s in args.block_s if on_gpu else []:
-            candidates.append((f"pallas (block_s {block_s})",
-                               jax.jit(functools.partial(vp.view_softmax_pool_pallas, block_s=block_s))))
+        candidates = [("xla (model ops)", jax.jit(model_ops)),
+                      ("xla (reference)", jax.jit(vp.view_softmax_pool_reference))]
+        for config in args.configs if on_gpu else []:
+            block_s, warps, loop = config.split(":")
+            candidates.append((f"pallas {config}", jax.jit(functools.partial(
+                vp.view_softmax_pool_pallas, block_s=int(block_s), num_warps=int(warps), unroll=loop == "unroll"))))
         base = None
         for name, fn in candidates:
             seconds = timed(fn, (x, w, bias, mask), args.repeats)

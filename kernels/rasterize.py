@@ -2,13 +2,19 @@
 
 One program per 16x16 tile (a 256-pixel vector per program); the tile's depth-sorted list
 `ids[tile_start[t]:tile_end[t]]` is walked in chunks of `CHUNK` entries, gathering the per-Gaussian features
-(10, N) in the kernel. Inside a chunk the sequential compositing rule (skip alpha < 1/255, stop before blending
-when T (1 - alpha) < 1e-4) is evaluated in closed form over a (256, CHUNK) block with cumulative sums of
-log(1 - alpha) (Triton has a cumsum scan but no cumprod). A tile stops as soon as all its pixels are done.
+(10, N) in the kernel (the next chunk's loads are issued before the current chunk is computed). Inside a chunk
+the sequential compositing rule (skip alpha < 1/255, stop before blending when T (1 - alpha) < 1e-4) is
+evaluated in closed form over a (256, CHUNK) block with a cumulative sum of log(1 - alpha) (Triton has a
+cumsum scan but no cumprod). A tile stops as soon as all its pixels are done.
 
-The backward walks the same chunks back to front, rebuilding T before each entry from the saved final T and
-carrying the suffix sum of weight x cotangent (no per-pixel list is stored). Per-Gaussian gradients are summed
-over tiles with atomic adds into (10, N) (default), or, with ACCUMULATE = "segment", written as one row per list
+The forward's sums over the chunk axis (colour, weight, depth) are one matrix product on the tensor cores
+(3-pass TF32, float32 accuracy), [C, W, D] += w (256, CHUNK) @ [r, g, b, 1, z] (CHUNK, 16), accumulated over the
+chunks, instead of five cross-lane reductions per chunk.
+
+The backward walks chunks of `BACKWARD_CHUNK` entries back to front, rebuilding T before each entry from the
+saved final T and carrying the suffix sum of weight x cotangent (no per-pixel list is stored). Its 10 sums over
+the 256 pixels per Gaussian are done `BACKWARD_GROUP` at a time (stacked into one reduction), and summed over tiles
+with relaxed atomic adds into (10, N) (default), or, with ACCUMULATE = "segment", written as one row per list
 entry (10, capacity) and summed deterministically with a segment sum in XLA.
 
 Contracts are those of `geolrm_jax.render.rasterize` (`forward_xla` / `backward_xla`); `rasterize` below is the
@@ -37,15 +43,64 @@ from geolrm_jax.render.rasterize import (
 )
 
 # List entries per step and warps per program (one 16x16 tile); read at trace time, so a benchmark can sweep them.
-# H100, 512k Gaussians, 8 x 448² (docs/splatter.md): 16 / 4 / 8 measured faster than 32 / 8 / 8 (fwd 14.6 vs
-# 16.1 ms, fwd+bwd 32.5 vs 35.2 ms); 4 backward warps or chunks of 64 were much slower.
 CHUNK = 16
+BACKWARD_CHUNK = 16
 NUM_WARPS = 4
 BACKWARD_NUM_WARPS = 8
 # How the backward sums the per-(tile, Gaussian) gradient rows: "atomic" adds them into (10, N) with atomics
 # (memory O(N), order-nondeterministic in the last bits, like the CUDA rasterizer); "segment" writes one row
 # per list entry (10, capacity) and sums with a segment sum in XLA (deterministic, memory O(capacity)).
 ACCUMULATE = "atomic"
+# Sweep switches (benchmark only): relaxed atomics (Pallas' own atomic_add is acquire-release), next-chunk
+# prefetch, the forward's colour sums as a matrix product ("dot") or five reductions ("reduce"), and how many
+# of the backward's 10 per-Gaussian sums share one cross-warp reduction (1, 2 or 4).
+RELAXED_ATOMICS = True
+PREFETCH = True
+FORWARD_SUMS = "dot"
+BACKWARD_GROUP = 1
+BACKWARD_TRANSPOSED = False  # (chunk, 256) blocks in the backward: in-thread scans, cross-lane pixel sums
+MATRIX_COLUMNS = 16  # width of the forward's per-Gaussian feature matrix (tl.dot needs >= 16)
+
+
+def _relaxed_atomic_add():
+    """`plgpu.atomic_add` with relaxed memory order (a fire-and-forget `red` instead of an acquire-release
+    `atom`), as a copy of Pallas' atomic primitive whose Triton lowering asks for MemSemantic.RELAXED.
+
+    Uses Pallas internals; returns None when they are not there (then the acquire-release add is used)."""
+    try:
+        from jax._src import core as jax_core
+        from jax._src import tree_util
+        from jax._src.lib.triton import dialect as tt_dialect
+        from jax._src.pallas.triton import lowering as tl
+        from jax._src.pallas.triton import primitives as tp
+        from jax._src.state import discharge as state_discharge
+        from jax._src.state import primitives as state_primitives
+
+        prim = jax_core.Primitive("splat_atomic_add_relaxed")
+        prim.def_effectful_abstract_eval(tp._atomic_abstract_eval)
+        state_discharge.register_discharge_rule(prim)(tp._atomic_rmw_discharge_rule)
+        relaxed = functools.partial(tl._atomic_rmw, semantic=tt_dialect.MemSemantic.RELAXED)
+
+        def lowering(ctx, *args, **params):
+            acq_rel, tl._atomic_rmw = tl._atomic_rmw, relaxed  # the rule calls lowering._atomic_rmw(op, ptr, ...)
+            try:
+                return tp._atomic_lowering_rule(ctx, *args, **params)
+            finally:
+                tl._atomic_rmw = acq_rel
+
+        tl.register_lowering(prim)(lowering)
+
+        def add(ref, idx, val):
+            x_ref, transforms = state_primitives.get_ref_and_transforms(ref, idx, "atomic_rmw")
+            flat, tree = tree_util.tree_flatten((x_ref, transforms, val, None))
+            return prim.bind(*flat, args_tree=tree, atomic_type=tp.AtomicOpType.ADD)
+
+        return add
+    except (ImportError, AttributeError):
+        return None
+
+
+_ATOMIC_ADD_RELAXED = _relaxed_atomic_add()
 
 
 def _pixel_coords(t, grid_x: int, height: int, width: int):
@@ -56,66 +111,134 @@ def _pixel_coords(t, grid_x: int, height: int, width: int):
     return px.astype(jnp.float32), py.astype(jnp.float32), inside
 
 
-def _load_chunk(ids_ref, feats_ref, start, end, k, chunk: int, with_ids: bool = False):
-    """Positions (chunk,), in-list mask, and the 10 feature vectors (chunk,) of list entries start + k*chunk..."""
+def _load_chunk(ids_ref, feats_ref, start, end, k, chunk: int):
+    """Positions (chunk,), in-list mask, the 10 feature vectors (chunk,) and the ids of entries start + k*chunk..."""
     pos = start + k * chunk + jax.lax.broadcasted_iota(jnp.int32, (chunk,), 0)
-    in_list = pos < end
+    in_list = (pos < end) & (pos >= start)
     gid = plgpu.load(ids_ref.at[pos], mask=in_list, other=0)
-    feats = [plgpu.load(feats_ref.at[j, gid], mask=in_list, other=0.0) for j in range(NUM_FEATURES)]
-    return (pos, in_list, feats, gid) if with_ids else (pos, in_list, feats)
+    feats = tuple(plgpu.load(feats_ref.at[j, gid], mask=in_list, other=0.0) for j in range(NUM_FEATURES))
+    return pos, in_list, feats, gid
 
 
-def _alpha(feats, px, py):
-    mx, my, a, b, c, o = feats[:6]
-    dx = mx[None, :] - px[:, None]
-    dy = my[None, :] - py[:, None]
-    power = -0.5 * (a[None, :] * dx * dx + c[None, :] * dy * dy) - b[None, :] * dx * dy
-    raw = o[None, :] * jnp.exp(power)
-    return dx, dy, power, raw, jnp.minimum(raw, ALPHA_MAX)
+def _broadcasts(gaxis: int):
+    """(per-pixel, per-Gaussian) vector -> 2D block broadcasts, for blocks with the Gaussians on axis gaxis."""
+    lanes, rows = (lambda x: x[None, :]), (lambda x: x[:, None])
+    return (rows, lanes) if gaxis == 1 else (lanes, rows)
+
+
+def _alpha(feats, px, py, gaxis: int = 1):
+    pix, gau = _broadcasts(gaxis)
+    mx, my, a, b, c, o = (gau(x) for x in feats[:6])
+    dx, dy = mx - pix(px), my - pix(py)
+    power = -0.5 * (a * dx * dx + c * dy * dy) - b * dx * dy
+    gauss = jnp.exp(power)
+    raw = o * gauss
+    return dx, dy, power, gauss, raw, jnp.minimum(raw, ALPHA_MAX)
+
+
+def _columns(vectors, rows: int):
+    """(rows, MATRIX_COLUMNS) matrix whose column j is vectors[j] (a (rows,) vector, or a scalar), zeros after."""
+    col = jax.lax.broadcasted_iota(jnp.int32, (rows, MATRIX_COLUMNS), 1)
+    out = jnp.zeros((rows, MATRIX_COLUMNS), jnp.float32)
+    for j, v in enumerate(vectors):
+        v = v[:, None] if jnp.ndim(v) else v
+        out = out + jnp.where(col == j, v, 0.0)
+    return out
+
+
+def _column(matrix, j: int):
+    """Column j of a (rows, MATRIX_COLUMNS) matrix as a (rows,) vector."""
+    col = jax.lax.broadcasted_iota(jnp.int32, matrix.shape, 1)
+    return jnp.sum(jnp.where(col == j, matrix, 0.0), axis=1)
+
+
+def _dot(a, b, interpret: bool):
+    """a @ b in float32 accuracy: 3-pass TF32 on the GPU's tensor cores, plain float32 elsewhere."""
+    precision = jax.lax.Precision.HIGHEST if interpret else jax.lax.DotAlgorithmPreset.TF32_TF32_F32_X3
+    return jnp.dot(a, b, precision=precision, preferred_element_type=jnp.float32)
+
+
+def _pixel_sums(values, group: int, axis: int):
+    """Sums over the pixel axis of (256, chunk) or (chunk, 256) arrays (given as functions that build them, so
+    that only a group is alive at a time), `group` (1, 2 or 4) of them stacked into one reduction."""
+    if group not in (1, 2, 4):
+        raise ValueError(f"BACKWARD_GROUP must be 1, 2 or 4, got {group}")
+    sums = []
+    for i in range(0, len(values), group):
+        part = [v() for v in values[i:i + group]]
+        if len(part) == 1:
+            sums.append(jnp.sum(part[0], axis=axis))
+            continue
+        pairs = [jnp.stack(part[j:j + 2], axis=-1) for j in range(0, len(part), 2)]
+        block = pairs[0] if len(pairs) == 1 else jnp.stack(pairs, axis=-1)  # (256, chunk, 2[, 2])
+        total = jnp.sum(block, axis=axis)
+        halves = [total] if len(pairs) == 1 else [jnp.squeeze(h, -1) for h in jnp.split(total, 2, axis=-1)]
+        sums += [jnp.squeeze(q, -1) for h in halves for q in jnp.split(h, 2, axis=-1)]
+    return sums
 
 
 def _forward_kernel(start_ref, end_ref, ids_ref, feats_ref, c0_ref, c1_ref, c2_ref, w_ref, d_ref, t_ref,
-                    last_ref, count_ref, stop_ref, *, grid_x: int, height: int, width: int, chunk: int):
+                    last_ref, count_ref, stop_ref, *, grid_x: int, height: int, width: int, chunk: int,
+                    prefetch: bool, sums_by: str, interpret: bool):
     t = pl.program_id(0)
     start, end = start_ref[t], end_ref[t]
     px, py, inside = _pixel_coords(t, grid_x, height, width)
+    # "transposed": (chunk, 256) blocks, so the scan and the sums over the chunk stay within each thread;
+    # otherwise (256, chunk) blocks, the colour sums as a matrix product ("dot") or as reductions ("reduce").
+    gaxis = 0 if sums_by == "transposed" else 1
+    pix, gau = _broadcasts(gaxis)
     zeros = jnp.zeros((PIXELS,), jnp.float32)
     izeros = jnp.zeros((PIXELS,), jnp.int32)
     num_chunks = (end - start + chunk - 1) // chunk
-    init = (jnp.int32(0), zeros + 1.0, zeros, zeros, zeros, zeros, zeros, izeros, izeros, izeros,
+    load = functools.partial(_load_chunk, ids_ref, feats_ref, start, end, chunk=chunk)
+    sums = jnp.zeros((PIXELS, MATRIX_COLUMNS), jnp.float32) if sums_by == "dot" else (zeros,) * 5
+    init = (jnp.int32(0), load(0)[:3] if prefetch else (), zeros + 1.0, sums, izeros, izeros, izeros,
             jnp.where(inside, 0, 1))
 
     def cond(s):
         return (s[0] < num_chunks) & (jnp.min(s[-1]) == 0)
 
     def body(s):
-        k, trans, c0, c1, c2, wsum, dsum, last, count, stopped, done = s
-        pos, in_list, f = _load_chunk(ids_ref, feats_ref, start, end, k, chunk)
-        _, _, power, _, alpha = _alpha(f, px, py)
-        m = in_list[None, :] & (power <= 0) & (alpha >= ALPHA_MIN) & (done[:, None] == 0)
+        k, ahead, trans, sums, last, count, stopped, done = s
+        pos, in_list, f = ahead if prefetch else load(k)[:3]
+        ahead = load(k + 1)[:3] if prefetch else ()
+        _, _, power, _, _, alpha = _alpha(f, px, py, gaxis)
+        m = gau(in_list) & (power <= 0) & (alpha >= ALPHA_MIN) & (pix(done) == 0)
         log_1m = jnp.where(m, jnp.log(1.0 - alpha), 0.0)
-        t_incl = trans[:, None] * jnp.exp(jnp.cumsum(log_1m, axis=1))
-        fail = m & (t_incl < T_MIN)
-        keep = m & (jnp.cumsum(fail.astype(jnp.float32), axis=1) == 0)
-        log_keep = jnp.where(keep, log_1m, 0.0)
-        w = jnp.where(keep, alpha, 0.0) * trans[:, None] * jnp.exp(jnp.cumsum(log_keep, axis=1) - log_keep)
-        stop = jnp.max(fail.astype(jnp.int32), axis=1)
-        return (k + 1, trans * jnp.exp(jnp.sum(log_keep, axis=1)),
-                c0 + jnp.sum(w * f[6][None, :], axis=1), c1 + jnp.sum(w * f[7][None, :], axis=1),
-                c2 + jnp.sum(w * f[8][None, :], axis=1), wsum + jnp.sum(w, axis=1),
-                dsum + jnp.sum(w * f[9][None, :], axis=1),
-                jnp.maximum(last, jnp.max(jnp.where(keep, pos[None, :] + 1, 0), axis=1)),
-                count + jnp.sum(keep.astype(jnp.int32), axis=1), jnp.maximum(stopped, stop),
+        cum = jnp.cumsum(log_1m, axis=gaxis)
+        t_incl = pix(trans) * jnp.exp(cum)
+        # T after each blended entry only decreases along the chunk, so "no stop before j and none at j" is
+        # simply T_incl(j) >= 1e-4; and for those entries the cumulative sum equals that of the kept entries.
+        keep = m & (t_incl >= T_MIN)
+        w = jnp.where(keep, alpha, 0.0) * pix(trans) * jnp.exp(cum - log_1m)
+        stop = jnp.max((m & ~keep).astype(jnp.int32), axis=gaxis)
+        if sums_by == "dot":
+            ones = jnp.ones((chunk,), jnp.float32)
+            sums = sums + _dot(w, _columns((f[6], f[7], f[8], ones, f[9]), chunk), interpret)
+        else:
+            sums = tuple(acc + jnp.sum(w if v is None else w * gau(v), axis=gaxis)
+                         for acc, v in zip(sums, (f[6], f[7], f[8], None, f[9]), strict=True))
+        return (k + 1, ahead, trans * jnp.exp(jnp.sum(jnp.where(keep, log_1m, 0.0), axis=gaxis)), sums,
+                jnp.maximum(last, jnp.max(jnp.where(keep, gau(pos) + 1, 0), axis=gaxis)),
+                count + jnp.sum(keep.astype(jnp.int32), axis=gaxis), jnp.maximum(stopped, stop),
                 jnp.maximum(done, stop))
 
-    _, trans, c0, c1, c2, wsum, dsum, last, count, stopped, _ = jax.lax.while_loop(cond, body, init)
-    for ref, val in ((c0_ref, c0), (c1_ref, c1), (c2_ref, c2), (w_ref, wsum), (d_ref, dsum), (t_ref, trans),
-                     (last_ref, last), (count_ref, count), (stop_ref, stopped)):
+    _, _, trans, sums, last, count, stopped, _ = jax.lax.while_loop(cond, body, init)
+    if sums_by == "dot":
+        sums = tuple(_column(sums, j) for j in range(5))
+    for ref, val in ((c0_ref, sums[0]), (c1_ref, sums[1]), (c2_ref, sums[2]), (w_ref, sums[3]), (d_ref, sums[4]),
+                     (t_ref, trans), (last_ref, last), (count_ref, count), (stop_ref, stopped)):
         ref[...] = val
 
 
 def _tile_spec():
     return pl.BlockSpec((None, PIXELS), lambda t: (t, 0))
+
+
+def _forward_sums(chunk: int) -> str:
+    if FORWARD_SUMS not in ("dot", "reduce", "transposed"):
+        raise ValueError(f"FORWARD_SUMS must be 'dot', 'reduce' or 'transposed', got {FORWARD_SUMS!r}")
+    return "reduce" if FORWARD_SUMS == "dot" and chunk < MATRIX_COLUMNS else FORWARD_SUMS
 
 
 def forward_pallas(feats, ids, tile_start, tile_end, height: int, width: int, *, interpret: bool = False,
@@ -126,7 +249,8 @@ def forward_pallas(feats, ids, tile_start, tile_end, height: int, width: int, *,
     num_tiles = grid_x * grid_y
     f32 = jax.ShapeDtypeStruct((num_tiles, PIXELS), jnp.float32)
     i32 = jax.ShapeDtypeStruct((num_tiles, PIXELS), jnp.int32)
-    kernel = functools.partial(_forward_kernel, grid_x=grid_x, height=height, width=width, chunk=chunk)
+    kernel = functools.partial(_forward_kernel, grid_x=grid_x, height=height, width=width, chunk=chunk,
+                               prefetch=PREFETCH, sums_by=_forward_sums(chunk), interpret=interpret)
     outs = pl.pallas_call(
         kernel,
         grid=(num_tiles,),
@@ -143,7 +267,8 @@ def forward_pallas(feats, ids, tile_start, tile_end, height: int, width: int, *,
 
 def _backward_kernel(start_ref, end_ref, ids_ref, feats_ref, trans_ref, last_ref, gc0_ref, gc1_ref, gc2_ref,
                      gw_ref, gd_ref, gt_ref, zeros_ref, out_ref, *, grid_x: int, height: int, width: int, chunk: int,
-                     cuda_gradient: bool, atomic: bool, num: int):
+                     cuda_gradient: bool, atomic: bool, num: int, prefetch: bool, group: int, gaxis: int,
+                     atomic_add):
     t = pl.program_id(0)
     start, end = start_ref[t], end_ref[t]
     px, py, _ = _pixel_coords(t, grid_x, height, width)
@@ -151,51 +276,48 @@ def _backward_kernel(start_ref, end_ref, ids_ref, feats_ref, trans_ref, last_ref
     g_c = (gc0_ref[...], gc1_ref[...], gc2_ref[...])
     g_w, g_d = gw_ref[...], gd_ref[...]
     num_chunks = (jnp.maximum(jnp.max(last) - start, 0) + chunk - 1) // chunk
+    load = functools.partial(_load_chunk, ids_ref, feats_ref, start, end, chunk=chunk)
+    pix, gau = _broadcasts(gaxis)
 
     def body(i, s):
-        t_after, suffix = s
+        t_after, suffix, ahead = s
         k = num_chunks - 1 - i
-        pos, in_list, f, gid = _load_chunk(ids_ref, feats_ref, start, end, k, chunk, with_ids=True)
-        dx, dy, power, raw, alpha = _alpha(f, px, py)
-        keep = in_list[None, :] & (pos[None, :] < last[:, None]) & (power <= 0) & (alpha >= ALPHA_MIN)
+        pos, in_list, f, gid = ahead if prefetch else load(k)
+        ahead = load(k - 1) if prefetch else ()
+        dx, dy, power, gauss, raw, alpha = _alpha(f, px, py, gaxis)
+        keep = gau(in_list) & (gau(pos) < pix(last)) & (power <= 0) & (alpha >= ALPHA_MIN)
         one_minus = jnp.where(keep, 1.0 - alpha, 1.0)
         log_keep = jnp.log(one_minus)
-        total = jnp.sum(log_keep, axis=1)
+        total = jnp.sum(log_keep, axis=gaxis)
         # T before entry i = T after the chunk / prod_{j >= i} (1 - alpha_j).
-        t_before = t_after[:, None] * jnp.exp(jnp.cumsum(log_keep, axis=1) - log_keep - total[:, None])
+        t_before = pix(t_after) * jnp.exp(jnp.cumsum(log_keep, axis=gaxis) - log_keep - pix(total))
         w = jnp.where(keep, alpha, 0.0) * t_before
-        fval = (g_c[0][:, None] * f[6][None, :] + g_c[1][:, None] * f[7][None, :]
-                + g_c[2][:, None] * f[8][None, :] + g_w[:, None] + g_d[:, None] * f[9][None, :])
+        fval = (pix(g_c[0]) * gau(f[6]) + pix(g_c[1]) * gau(f[7]) + pix(g_c[2]) * gau(f[8]) + pix(g_w)
+                + pix(g_d) * gau(f[9]))
         wf = w * fval
-        later = suffix[:, None] + jnp.sum(wf, axis=1)[:, None] - jnp.cumsum(wf, axis=1)
+        wf_sum = jnp.sum(wf, axis=gaxis)
+        later = pix(suffix + wf_sum) - jnp.cumsum(wf, axis=gaxis)
         d_alpha = jnp.where(keep, t_before * fval - later / one_minus, 0.0)
         d_raw = d_alpha if cuda_gradient else jnp.where(raw < ALPHA_MAX, d_alpha, 0.0)
         d_power = d_raw * raw
-        a, b, c = f[2][None, :], f[3][None, :], f[4][None, :]
-        grads = (
-            jnp.sum(-d_power * (a * dx + b * dy), axis=0),
-            jnp.sum(-d_power * (c * dy + b * dx), axis=0),
-            jnp.sum(-0.5 * d_power * dx * dx, axis=0),
-            jnp.sum(-d_power * dx * dy, axis=0),
-            jnp.sum(-0.5 * d_power * dy * dy, axis=0),
-            jnp.sum(d_raw * jnp.exp(power), axis=0),
-            jnp.sum(w * g_c[0][:, None], axis=0),
-            jnp.sum(w * g_c[1][:, None], axis=0),
-            jnp.sum(w * g_c[2][:, None], axis=0),
-            jnp.sum(w * g_d[:, None], axis=0),
-        )
+        a, b, c = gau(f[2]), gau(f[3]), gau(f[4])
+        grads = _pixel_sums([lambda: -d_power * (a * dx + b * dy), lambda: -d_power * (c * dy + b * dx),
+                             lambda: -0.5 * d_power * dx * dx, lambda: -d_power * dx * dy,
+                             lambda: -0.5 * d_power * dy * dy, lambda: d_raw * gauss]
+                            + [lambda g=g: w * pix(g) for g in (*g_c, g_d)], group, 1 - gaxis)
         # Lanes past the list add their (zero) rows to distinct padding columns [num, num + chunk), so no mask
         # is needed (interpret mode has no masked atomics) and indices within one add are unique.
         target = jnp.where(in_list, gid, num + jax.lax.broadcasted_iota(jnp.int32, (chunk,), 0))
         for j, g in enumerate(grads):
             if atomic:
-                plgpu.atomic_add(out_ref, (j, target), g)
+                atomic_add(out_ref, (j, target), g)
             else:
                 plgpu.store(out_ref.at[j, pos], g, mask=in_list)
-        return t_after * jnp.exp(-total), suffix + jnp.sum(wf, axis=1)
+        return t_after * jnp.exp(-total), suffix + wf_sum, ahead
 
     del zeros_ref  # aliased to out_ref: entries past a tile's last blended one keep their 0
-    jax.lax.fori_loop(0, num_chunks, body, (trans, trans * gt_ref[...]))
+    ahead = load(num_chunks - 1) if prefetch else ()
+    jax.lax.fori_loop(0, num_chunks, body, (trans, trans * gt_ref[...], ahead))
 
 
 def backward_pallas(feats, ids, tile_start, tile_end, out: TileImage, cot: TileImage, height: int, width: int,
@@ -203,9 +325,9 @@ def backward_pallas(feats, ids, tile_start, tile_end, out: TileImage, cot: TileI
                     accumulate: str | None = None):
     """Pallas back-to-front backward; same contract as `backward_xla`: d loss / d feats (N, 10).
 
-    accumulate: "atomic" or "segment" (see `ACCUMULATE`, the default); chunk None = CHUNK.
+    accumulate: "atomic" or "segment" (see `ACCUMULATE`, the default); chunk None = BACKWARD_CHUNK.
     """
-    chunk = chunk or CHUNK
+    chunk = chunk or BACKWARD_CHUNK
     accumulate = accumulate or ACCUMULATE
     if accumulate not in ("atomic", "segment"):
         raise ValueError(f"accumulate must be 'atomic' or 'segment', got {accumulate!r}")
@@ -214,8 +336,10 @@ def backward_pallas(feats, ids, tile_start, tile_end, out: TileImage, cot: TileI
     num_tiles = grid_x * grid_y
     capacity, num = ids.shape[0], feats.shape[0]
     rows = num + chunk if atomic else capacity
+    atomic_add = _ATOMIC_ADD_RELAXED if RELAXED_ATOMICS and _ATOMIC_ADD_RELAXED else plgpu.atomic_add
     kernel = functools.partial(_backward_kernel, grid_x=grid_x, height=height, width=width, chunk=chunk,
-                               cuda_gradient=cuda_gradient, atomic=atomic, num=num)
+                               cuda_gradient=cuda_gradient, atomic=atomic, num=num, prefetch=PREFETCH,
+                               group=BACKWARD_GROUP, gaxis=0 if BACKWARD_TRANSPOSED else 1, atomic_add=atomic_add)
     f32 = lambda x: x.astype(jnp.float32)
     result = pl.pallas_call(
         kernel,

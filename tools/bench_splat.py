@@ -2,7 +2,7 @@
 
     PYTHONUNBUFFERED=1 python tools/bench_splat.py [--json OUT.json] [--repeats 5] [--sizes 524288,131072]
         [--implementations pallas,gsplat,gsplat_unpacked,xla] [--gsplat-so DIR] [--stages [radix,two_key]]
-        [--sweep pallas@16/8/8,...]
+        [--sweep pallas@16/8/8,pallas+reduce,...] [--profile]
     (on the GPU machine: bash tools/gpu_bench_splat.sh ARGS, which also installs gsplat and checks splat_small)
 
 Gaussians follow GeoLRM's output distribution: means uniform in the cube [-0.5, 0.5]^3, scales uniform in
@@ -92,16 +92,31 @@ def _cotangents(num_views: int, size: int):
             jax.random.normal(jax.random.fold_in(key, 2), (1, num_views, size, size)))
 
 
-KERNEL_DEFAULTS = (kernels.CHUNK, kernels.NUM_WARPS, kernels.BACKWARD_NUM_WARPS)
+KERNEL_DEFAULTS = (kernels.CHUNK, kernels.NUM_WARPS, kernels.BACKWARD_NUM_WARPS, kernels.BACKWARD_CHUNK)
+SWITCHES = ("RELAXED_ATOMICS", "PREFETCH", "FORWARD_SUMS", "BACKWARD_GROUP", "BACKWARD_TRANSPOSED")
+SWITCH_DEFAULTS = tuple(getattr(kernels, k) for k in SWITCHES)
+# "+option" suffixes of a Pallas row, each setting one of the kernels' switches (see geolrm_kernels.rasterize).
+OPTIONS = {"acqrel": ("RELAXED_ATOMICS", False), "noprefetch": ("PREFETCH", False),
+           "fdot": ("FORWARD_SUMS", "dot"), "freduce": ("FORWARD_SUMS", "reduce"),
+           "ftransposed": ("FORWARD_SUMS", "transposed"), "g1": ("BACKWARD_GROUP", 1), "g2": ("BACKWARD_GROUP", 2),
+           "g4": ("BACKWARD_GROUP", 4), "btransposed": ("BACKWARD_TRANSPOSED", True)}
 
 
 def _configure(name: str) -> str:
     """Implementation name -> render's `implementation`, setting the kernel/intersection module switches.
 
-    "pallas@C/F/B" is the Pallas path with CHUNK C, F forward warps and B backward warps (a tuning sweep)."""
+    "pallas@C/F/B[/BC]" is the Pallas path with forward CHUNK C, F forward warps, B backward warps and backward
+    chunk BC (default C... as the module); "+option" suffixes (OPTIONS) set the kernels' other switches."""
+    name, *options = name.split("+")
     name, _, tune = name.partition("@")
-    kernels.CHUNK, kernels.NUM_WARPS, kernels.BACKWARD_NUM_WARPS = (
-        tuple(int(x) for x in tune.split("/")) if tune else KERNEL_DEFAULTS)
+    sizes = [int(x) for x in tune.split("/")] if tune else []
+    (kernels.CHUNK, kernels.NUM_WARPS, kernels.BACKWARD_NUM_WARPS,
+     kernels.BACKWARD_CHUNK) = (*sizes, *KERNEL_DEFAULTS[len(sizes):])
+    for key, value in zip(SWITCHES, SWITCH_DEFAULTS, strict=True):
+        setattr(kernels, key, value)
+    for option in options:
+        if option != "tight":  # the capacity option, handled by bench_setting
+            setattr(kernels, *OPTIONS[option])
     kernels.ACCUMULATE = "segment" if name == "pallas_segment" else "atomic"
     tiles.METHOD = "two_key" if name.endswith("two_key") else "auto"
     return {"pallas_segment": "pallas", "pallas_two_key": "pallas", "xla_two_key": "xla"}.get(name, name)
@@ -143,11 +158,12 @@ def bench_ours(name: str, g, c2w, K, size: int, capacity: int, cots, repeats: in
 
 
 def bench_stages(g, c2w, K, size: int, capacity: int, repeats: int,
-                 methods=("radix", "two_key")) -> list[dict]:
+                 methods=("radix", "two_key"), profile: bool = False) -> list[dict]:
     """Forward split, cumulative: projection, + slots, + sort, + tile ranges (= intersection), whole forward.
 
     The intersection steps run per camera under lax.map, as in `render`; the rasterization kernel is the whole
     forward minus the intersection. For "two_key" only projection / intersection / forward are timed.
+    profile: only run each Pallas kernel twice, untimed (for a profiler such as ncu), and return no rows.
     """
     bg = jnp.ones((3,), jnp.float32)
     grid_x, grid_y = projection.tiles_grid(size, size)
@@ -207,7 +223,14 @@ def bench_stages(g, c2w, K, size: int, capacity: int, repeats: int,
         noise = lambda x, i: jax.random.normal(jax.random.PRNGKey(10 + i), x.shape, x.dtype)
         cot = out._replace(color=noise(out.color, 0), weight=noise(out.weight, 1), depth=noise(out.depth, 2),
                            transmittance=noise(out.transmittance, 3))
-        rows.append({"method": "kernels",
+        if profile:
+            for _ in range(2):
+                jax.block_until_ready(jax.jit(kernel_forward)(feats, lists))
+                jax.block_until_ready(jax.jit(kernel_backward)(feats, lists, out, cot))
+            return []
+        walked = jnp.maximum(jnp.max(out.last, axis=-1) - lists.tile_start, 0)
+        rows.append({"method": "kernels", "intersections": int(jnp.sum(lists.num_intersections)),
+                     "backward_chunks": int(jnp.sum((walked + kernels.BACKWARD_CHUNK - 1) // kernels.BACKWARD_CHUNK)),
                      "kernel_forward_ms": 1e3 * _median_time(jax.jit(kernel_forward), (feats, lists), repeats),
                      "kernel_backward_ms": 1e3 * _median_time(jax.jit(kernel_backward), (feats, lists, out, cot),
                                                               repeats)})
@@ -237,9 +260,9 @@ def bench_setting(num: int, num_views: int, size: int, implementations, repeats:
                   stages: tuple[str, ...] = ()) -> list[dict]:
     g = geolrm_gaussians(num)
     c2w, K = cameras(num_views)
-    capacity = _capacity_for(g, c2w, K, size)
+    capacity, needed = _capacity_for(g, c2w, K, size)
     cots = _cotangents(num_views, size)
-    setting = {"gaussians": num, "views": num_views, "size": size, "capacity": capacity}
+    setting = {"gaussians": num, "views": num_views, "size": size, "capacity": capacity, "needed": needed}
     rows, ours = [], None
     for name in implementations:
         if name.startswith("gsplat"):
@@ -250,22 +273,29 @@ def bench_setting(num: int, num_views: int, size: int, implementations, repeats:
             if ours is not None and arrays:
                 row["vs_ours"] = gsplat_bench.compare(ours, arrays, quats=g.quats[0])
         else:
-            row, arrays = bench_ours(name, g, c2w, K, size, capacity, cots, repeats)
+            # "+tight": the capacity rounded up from the need to a multiple of 2^16 instead of a power of two.
+            tight = "tight" in name.split("+")
+            cap = -(-needed // TIGHT_STEP) * TIGHT_STEP if tight else capacity
+            row, arrays = bench_ours(name, g, c2w, K, size, cap, cots, repeats)
+            row = {"capacity": cap, **row} if tight else row
             if ours is None and arrays:
                 ours = arrays
         row = {**setting, "implementation": name, **row}
         print(json.dumps(row), flush=True)
         rows.append(row)
     if stages:
-        for row in bench_stages(g, c2w, K, size, capacity, repeats, stages):
+        for row in bench_stages(g, c2w, K, size, capacity, repeats, tuple(m for m in stages if m != "kernels")):
             row = {**setting, "stages": True, **row}
             print(json.dumps(row), flush=True)
             rows.append(row)
     return rows
 
 
-def _capacity_for(g, c2w, K, size: int) -> int:
-    """Smallest power of two holding every camera's tile intersections."""
+TIGHT_STEP = 1 << 16
+
+
+def _capacity_for(g, c2w, K, size: int) -> tuple[int, int]:
+    """(smallest power of two holding every camera's tile intersections, the largest camera's count)."""
     @jax.jit
     def count(means, scales, quats, c2w, K):
         def one(cw, k):
@@ -275,7 +305,7 @@ def _capacity_for(g, c2w, K, size: int) -> int:
         return jax.vmap(one)(c2w, K)
 
     n = int(jnp.max(count(g.means[0], g.scales[0], g.quats[0], c2w[0], K[0])))
-    return int(2 ** int(np.ceil(np.log2(max(n, 1)))))
+    return int(2 ** int(np.ceil(np.log2(max(n, 1))))), n
 
 
 def print_table(rows: list[dict]) -> None:
@@ -325,7 +355,8 @@ def print_table(rows: list[dict]) -> None:
         for r in split:
             if "kernel_forward_ms" in r:
                 print(f"\nPallas kernels alone (vmapped over the cameras): forward {r['kernel_forward_ms']:.1f} ms, "
-                      f"backward {r['kernel_backward_ms']:.1f} ms")
+                      f"backward {r['kernel_backward_ms']:.1f} ms; {r['intersections']} tile intersections, "
+                      f"{r['backward_chunks']} chunks of {kernels.BACKWARD_CHUNK} walked by the backward")
             if "searchsorted_owner_ms" in r:
                 print(f"\nprojection + slot owners by searchsorted (the previous version): "
                       f"{r['searchsorted_owner_ms']:.1f} ms (vs + slots above)")
@@ -344,13 +375,21 @@ def main(argv=None) -> int:
     parser.add_argument("--gsplat-so", default=None,
                         help="folder holding a prebuilt gsplat_cuda.so (else gsplat JIT-compiles on import)")
     parser.add_argument("--stages", nargs="?", const="radix,two_key", default="",
-                        help="also time projection / intersection / raster (first setting only) for these "
-                        "intersection methods (default radix,two_key)")
+                        help="also time the Pallas kernels alone and projection / intersection / raster (first "
+                        "setting only) for these intersection methods (default radix,two_key; 'kernels': none)")
     parser.add_argument("--sweep", default="", help="extra Pallas rows at the first setting only, e.g. "
                         "'pallas@32/4/4,pallas@16/4/4' (CHUNK/forward warps/backward warps)")
+    parser.add_argument("--profile", action="store_true", help="only run the two Pallas kernels (default "
+                        "switches) twice at the first size and setting, for a profiler, and exit")
     parser.add_argument("--json", default=None, help="write all rows to this file")
     args = parser.parse_args(argv)
-    print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}")
+    print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, relaxed atomics available: "
+          f"{kernels._ATOMIC_ADD_RELAXED is not None}")
+    if args.profile:
+        views, size = (int(v) for v in args.settings.split(",")[0].split("x"))
+        g, (c2w, K) = geolrm_gaussians(int(args.sizes.split(",")[0])), cameras(views)
+        bench_stages(g, c2w, K, size, _capacity_for(g, c2w, K, size)[0], 1, (), profile=True)
+        return 0
     impls = args.implementations.split(",")
     gsplat = None
     if any(i.startswith("gsplat") for i in impls):

@@ -7,7 +7,8 @@
 # .splat-carry/gsplat/gsplat_cuda.so (or its split parts gsplat_cuda.so.part-*) or nvcc + ninja to compile gsplat
 # (TORCH_CUDA_ARCH_LIST=9.0, a few minutes; bounded by COMPILE_TIMEOUT). A copy of the splat_small fixtures in
 # .splat-carry/splat_small is checked with the Pallas kernels first (CHECK=0 skips it). Results go to $OUT (or
-# /tmp/gpu-bench-splat): compile.log, check.log, bench.json and, after a compile, the .so in 15 MiB parts.
+# /tmp/gpu-bench-splat): compile.log, check.log, bench.json, bench.log, ncu.txt (NCU=1) and, after a compile, the .so in
+# 15 MiB parts.
 set -u
 OUT=${OUT:-/tmp/gpu-bench-splat}
 mkdir -p "$OUT" /tmp/k /tmp/site
@@ -35,10 +36,20 @@ if [ ! -f "$SO_DIR/gsplat_cuda.so" ]; then
   if [ -f "$SO_DIR/gsplat_cuda.so" ]; then
     ls -la "$SO_DIR/gsplat_cuda.so"
     split -b 15M "$SO_DIR/gsplat_cuda.so" "$OUT/gsplat_cuda.so.part-"
+    rm -f "$OUT/compile.log"  # kept only when the compile fails (the device returns at most 8 files)
   fi
 fi
 wait
 if [ "${CHECK:-1}" = 1 ]; then echo "check_splat (pallas):"; tail -3 "$OUT/check.log"; fi
 GSPLAT_ARG=()
 [ -f "$SO_DIR/gsplat_cuda.so" ] && GSPLAT_ARG=(--gsplat-so "$SO_DIR")
-python3 tools/bench_splat.py "${GSPLAT_ARG[@]}" --json "$OUT/bench.json" "$@" 2>&1 | grep -v "^W0000\|^I0000"
+python3 tools/bench_splat.py "${GSPLAT_ARG[@]}" --json "$OUT/bench.json" "$@" 2>&1 | grep -v "^W0000\|^I0000" | tee "$OUT/bench.log"
+# NCU=1: an Nsight Compute profile of the two Pallas kernels (default switches, first size and setting) to
+# $OUT/ncu.txt, bounded by NCU_TIMEOUT seconds.
+if [ "${NCU:-0}" = 1 ]; then
+  timeout "${NCU_TIMEOUT:-150}" ncu --kernel-name regex:'splat|rasterize' --launch-count 4 --section SpeedOfLight \
+    --section LaunchStats --section Occupancy --section WarpStateStats --section InstructionStats \
+    --section SchedulerStats --section MemoryWorkloadAnalysis \
+    python3 tools/bench_splat.py --profile "$@" >"$OUT/ncu.txt" 2>&1
+  echo "ncu: rc=$?"; grep -E "splat|rasterize|Registers Per|Achieved Occupancy|Duration|Local|Stall" "$OUT/ncu.txt" | head -40
+fi

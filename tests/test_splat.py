@@ -188,23 +188,29 @@ def test_culled_and_padded_gaussians_give_no_nan_and_no_contribution():
 
 
 def test_radix_and_two_key_intersections_agree():
-    """The uint32 radix-key lists equal the (tile, depth) two-key sort's, with exact depth ties and overflow."""
+    """The uint32 radix-key lists equal the (tile, depth) two-key sort's, with exact depth ties and overflow;
+    with the keys written by the jnp slot owners and by the Pallas key kernel (interpret mode)."""
     g, c2w, K, size = _random_scene(7, num=400, size=48)
     g = g._replace(means=g.means.at[:80].set(g.means[80:160]))  # duplicated Gaussians: equal depths
     cam = projection.camera_from_c2w(c2w, K)
     proj = projection.project_gaussians(g.means, g.scales, g.quats, cam, size, size)
 
-    @functools.partial(jax.jit, static_argnums=(0, 1))
-    def lists(method, capacity):
-        return tiles.intersect_tiles(proj.means2d, proj.radii, proj.depths, size, size, capacity, method)
+    @functools.partial(jax.jit, static_argnums=(0, 1, 2))
+    def lists(method, capacity, keys="xla"):
+        tiles.KEYS = keys  # read at trace time
+        try:
+            return tiles.intersect_tiles(proj.means2d, proj.radii, proj.depths, size, size, capacity, method)
+        finally:
+            tiles.KEYS = None
 
     full = lists("two_key", 1 << 13)
     total = int(full.num_intersections)
     assert int(full.overflow) == 0 and total > 500
     for capacity in (1 << 13, total // 2):
-        a, b = lists("radix", capacity), lists("two_key", capacity)
-        for x, y in zip(a, b, strict=True):
-            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        b = lists("two_key", capacity)
+        for keys in ("xla", "pallas_interpret"):
+            for x, y in zip(lists("radix", capacity, keys), b, strict=True):
+                np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert int(lists("radix", total // 2).overflow) == total - total // 2
     # Ties really occur among the listed Gaussians (else the test would not exercise the index tie-break).
     assert len(np.unique(np.asarray(proj.depths)[np.asarray(proj.radii) > 0])) < int(np.sum(np.asarray(proj.radii) > 0))

@@ -106,7 +106,9 @@ def _configure(name: str) -> str:
     """Implementation name -> render's `implementation`, setting the kernel/intersection module switches.
 
     "pallas@C/F/B[/BC]" is the Pallas path with forward CHUNK C, F forward warps, B backward warps and backward
-    chunk BC (default C... as the module); "+option" suffixes (OPTIONS) set the kernels' other switches."""
+    chunk BC (defaults: the module's); "+option" suffixes (OPTIONS) set the kernels' other switches, "+xlakeys"
+    writes the intersection keys with jnp ops instead of the Pallas key kernel, "+tight" (bench_setting) sizes
+    the capacity from the need rounded up to 2^16 instead of a power of two."""
     name, *options = name.split("+")
     name, _, tune = name.partition("@")
     sizes = [int(x) for x in tune.split("/")] if tune else []
@@ -115,10 +117,11 @@ def _configure(name: str) -> str:
     for key, value in zip(SWITCHES, SWITCH_DEFAULTS, strict=True):
         setattr(kernels, key, value)
     for option in options:
-        if option != "tight":  # the capacity option, handled by bench_setting
+        if option not in ("tight", "xlakeys"):  # the capacity (bench_setting) and the key-writing options
             setattr(kernels, *OPTIONS[option])
     kernels.ACCUMULATE = "segment" if name == "pallas_segment" else "atomic"
     tiles.METHOD = "two_key" if name.endswith("two_key") else "auto"
+    tiles.KEYS = "xla" if "xlakeys" in options else None
     return {"pallas_segment": "pallas", "pallas_two_key": "pallas", "xla_two_key": "xla"}.get(name, name)
 
 
@@ -159,7 +162,7 @@ def bench_ours(name: str, g, c2w, K, size: int, capacity: int, cots, repeats: in
 
 def bench_stages(g, c2w, K, size: int, capacity: int, repeats: int,
                  methods=("radix", "two_key"), profile: bool = False) -> list[dict]:
-    """Forward split, cumulative: projection, + slots, + sort, + tile ranges (= intersection), whole forward.
+    """Forward split, cumulative: projection, + depth rank and keys, + sort, + tile ranges (= intersection), forward.
 
     The intersection steps run per camera under lax.map, as in `render`; the rasterization kernel is the whole
     forward minus the intersection. For "two_key" only projection / intersection / forward are timed.
@@ -182,18 +185,13 @@ def bench_stages(g, c2w, K, size: int, capacity: int, repeats: int,
             return p, jax.lax.map(lambda q: step(*q), (p.means2d, p.radii, p.depths))
         return fn
 
-    def slots(m, r, d):
-        return tiles._slots(m, r, size, size, capacity)
+    def keys(m, r, d):  # depth rank and the slot keys
+        return tiles.radix_keys(m, r, tiles.depth_rank(d, r)[1], size, size, capacity, rank_bits)
 
-    def slots_searchsorted(m, r, d):  # the owner search of the previous version, for comparison
-        rect = projection.tile_rect(m, r, grid_x, grid_y)
-        counts = jnp.where(r > 0, (rect[:, 2] - rect[:, 0]) * (rect[:, 3] - rect[:, 1]), 0)
-        gid = jnp.searchsorted(jnp.cumsum(counts), jnp.arange(capacity, dtype=jnp.int32), side="right")
-        return jnp.minimum(gid, m.shape[0] - 1)
-
-    def slots_sort(m, r, d):
-        gid, tile, valid, _ = tiles._slots(m, r, size, size, capacity)
-        return tiles.radix_sorted(gid, tile, valid, d, r, rank_bits, num_tiles)
+    def keys_sort(m, r, d):
+        order, rank = tiles.depth_rank(d, r)
+        key, _ = tiles.radix_keys(m, r, rank, size, size, capacity, rank_bits)
+        return tiles.radix_sorted(key, order, rank_bits, num_tiles)
 
     def intersect(m, r, d):
         return tiles.intersect_tiles(m, r, d, size, size, capacity)
@@ -241,8 +239,7 @@ def bench_stages(g, c2w, K, size: int, capacity: int, repeats: int,
         _configure("pallas_two_key" if method == "two_key" else "pallas")
         stages: list = [("projection", project)]
         if method == "radix":
-            stages += [("+slots", per_camera(slots)), ("+sort", per_camera(slots_sort)),
-                       ("searchsorted_owner", per_camera(slots_searchsorted))]
+            stages += [("+keys", per_camera(keys)), ("+sort", per_camera(keys_sort))]
         stages += [("intersection", per_camera(intersect)), ("forward", forward)]
         row = {"method": method}
         for stage, fn in stages:
@@ -340,14 +337,14 @@ def print_table(rows: list[dict]) -> None:
     split = [r for r in rows if r.get("stages")]
     if split:
         print("\nForward split (cumulative ms; the step's own time in brackets)\n")
-        print("| Gaussians | views x size | intersection | projection | + slots | + sort | + tile ranges "
+        print("| Gaussians | views x size | intersection | projection | + depth rank, keys | + sort | + tile ranges "
               "(= intersection) | forward (rasterize) |")
         print("|---|---|---|---|---|---|---|---|")
         for r in split:
             if r["method"] == "kernels":
                 continue
             cells, prev = [], 0.0
-            for k in ("projection", "+slots", "+sort", "intersection", "forward"):
+            for k in ("projection", "+keys", "+sort", "intersection", "forward"):
                 v = r.get(k + "_ms")
                 cells.append("-" if v is None else f"{v:.1f} ({v - prev:.1f})")
                 prev = prev if v is None else v
@@ -357,9 +354,6 @@ def print_table(rows: list[dict]) -> None:
                 print(f"\nPallas kernels alone (vmapped over the cameras): forward {r['kernel_forward_ms']:.1f} ms, "
                       f"backward {r['kernel_backward_ms']:.1f} ms; {r['intersections']} tile intersections, "
                       f"{r['backward_chunks']} chunks of {kernels.BACKWARD_CHUNK} walked by the backward")
-            if "searchsorted_owner_ms" in r:
-                print(f"\nprojection + slot owners by searchsorted (the previous version): "
-                      f"{r['searchsorted_owner_ms']:.1f} ms (vs + slots above)")
 
 
 def main(argv=None) -> int:

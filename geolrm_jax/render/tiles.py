@@ -24,6 +24,10 @@ from geolrm_jax.render.projection import tile_rect, tiles_grid
 ALL_ONES = 0xFFFFFFFF
 # Default of `intersect_tiles(method=None)`; benchmarks set it to "two_key" to time the comparison sort.
 METHOD = "auto"
+# How the radix method writes its keys: "xla" (slot owners by a scatter and a running max, then gathers; see
+# `_slots`) or "pallas" / "pallas_interpret" (each Gaussian writes its own keys, geolrm_kernels.rasterize.tile_keys);
+# None = "pallas" on GPU, "xla" elsewhere.
+KEYS = None
 
 
 class TileLists(NamedTuple):
@@ -46,6 +50,14 @@ def sort_u32(keys):
     return jax.lax.sort(keys, is_stable=True)
 
 
+def _rects(means2d, radii, grid_x: int, grid_y: int):
+    """Tile rectangles (N, 4), their widths (N,) and tile counts (N,), 0 for culled Gaussians."""
+    rect = tile_rect(means2d, radii, grid_x, grid_y)
+    rect_w = jnp.where(radii > 0, rect[:, 2] - rect[:, 0], 0)
+    rect_h = jnp.where(radii > 0, rect[:, 3] - rect[:, 1], 0)
+    return rect, rect_w, rect_w * rect_h
+
+
 def _slots(means2d, radii, height: int, width: int, capacity: int):
     """Slot -> (Gaussian id, tile id, valid), and the total count; slots handed out in Gaussian order.
 
@@ -57,10 +69,7 @@ def _slots(means2d, radii, height: int, width: int, capacity: int):
     grid_x, grid_y = tiles_grid(height, width)
     num_tiles = grid_x * grid_y
     num = means2d.shape[0]
-    rect = tile_rect(means2d, radii, grid_x, grid_y)
-    rect_w = jnp.where(radii > 0, rect[:, 2] - rect[:, 0], 0)
-    rect_h = jnp.where(radii > 0, rect[:, 3] - rect[:, 1], 0)
-    counts = rect_w * rect_h
+    rect, rect_w, counts = _rects(means2d, radii, grid_x, grid_y)
     offsets = jnp.cumsum(counts)  # inclusive
     total = offsets[-1]
     first = offsets - counts
@@ -93,11 +102,30 @@ def tile_ranges(tile_sorted, num_tiles: int):
     return tile_start, tile_end
 
 
-def radix_sorted(gid, tile, valid, depths, radii, rank_bits: int, num_tiles: int):
-    """Slots sorted by (tile, depth rank) with one uint32 key sort -> (gaussian id, tile id, used) per slot."""
-    order, rank = depth_rank(depths, radii)
-    key = (tile.astype(jnp.uint32) << rank_bits) | rank[gid].astype(jnp.uint32)
-    key = sort_u32(jnp.where(valid, key, jnp.uint32(ALL_ONES)))
+def radix_keys(means2d, radii, rank, height: int, width: int, capacity: int, rank_bits: int,
+               keys: str | None = None):
+    """(capacity,) uint32 keys `tile << rank_bits | depth rank` of the slots (all ones where unused), and the
+    total number of intersections. keys: see `KEYS` (None = KEYS)."""
+    keys = keys or KEYS or ("pallas" if jax.default_backend() == "gpu" else "xla")
+    if keys == "xla":
+        gid, tile, valid, total = _slots(means2d, radii, height, width, capacity)
+        key = (tile.astype(jnp.uint32) << rank_bits) | rank[gid].astype(jnp.uint32)
+        return jnp.where(valid, key, jnp.uint32(ALL_ONES)), total
+    if keys not in ("pallas", "pallas_interpret"):
+        raise ValueError(f"keys must be None, 'xla', 'pallas' or 'pallas_interpret', got {keys!r}")
+    from geolrm_kernels import rasterize as kernels
+
+    grid_x, grid_y = tiles_grid(height, width)
+    rect, rect_w, counts = _rects(means2d, radii, grid_x, grid_y)
+    offsets = jnp.cumsum(counts)
+    key = kernels.tile_keys(offsets - counts, counts, rect[:, 1] * grid_x + rect[:, 0], jnp.maximum(rect_w, 1),
+                            rank, capacity, grid_x, rank_bits, interpret=keys == "pallas_interpret")
+    return key, offsets[-1]
+
+
+def radix_sorted(key, order, rank_bits: int, num_tiles: int):
+    """Slots sorted by their uint32 keys (one keys-only sort) -> (gaussian id, tile id, used) per slot."""
+    key = sort_u32(key)
     used = key != jnp.uint32(ALL_ONES)
     tile_sorted = jnp.where(used, key >> rank_bits, num_tiles).astype(jnp.int32)
     gid_sorted = order[(key & jnp.uint32((1 << rank_bits) - 1)).astype(jnp.int32)]
@@ -141,11 +169,12 @@ def intersect_tiles(means2d, radii, depths, height: int, width: int, capacity: i
         raise ValueError(f"radix key needs {rank_bits} + {tile_bits} > 32 bits (N={num}, {num_tiles} tiles)")
     means2d = jax.lax.stop_gradient(means2d)
     depths = jax.lax.stop_gradient(depths)
-    gid, tile, valid, total = _slots(means2d, radii, height, width, capacity)
-
     if method == "radix":
-        gid_sorted, tile_sorted, used = radix_sorted(gid, tile, valid, depths, radii, rank_bits, num_tiles)
+        order, rank = depth_rank(depths, radii)
+        key, total = radix_keys(means2d, radii, rank, height, width, capacity, rank_bits)
+        gid_sorted, tile_sorted, used = radix_sorted(key, order, rank_bits, num_tiles)
     else:
+        gid, tile, valid, total = _slots(means2d, radii, height, width, capacity)
         key_depth = jnp.where(valid, depths[gid], 0.0)
         tile_sorted, _, gid_sorted = jax.lax.sort((tile, key_depth, gid), num_keys=2, is_stable=True)
         used = tile_sorted < num_tiles

@@ -299,12 +299,16 @@ def _backward_kernel(start_ref, end_ref, ids_ref, feats_ref, trans_ref, last_ref
         later = pix(suffix + wf_sum) - jnp.cumsum(wf, axis=gaxis)
         d_alpha = jnp.where(keep, t_before * fval - later / one_minus, 0.0)
         d_raw = d_alpha if cuda_gradient else jnp.where(raw < ALPHA_MAX, d_alpha, 0.0)
-        d_power = d_raw * raw
-        a, b, c = gau(f[2]), gau(f[3]), gau(f[4])
-        grads = _pixel_sums([lambda: -d_power * (a * dx + b * dy), lambda: -d_power * (c * dy + b * dx),
-                             lambda: -0.5 * d_power * dx * dx, lambda: -d_power * dx * dy,
-                             lambda: -0.5 * d_power * dy * dy, lambda: d_raw * gauss]
-                            + [lambda g=g: w * pix(g) for g in (*g_c, g_d)], group, 1 - gaxis)
+        # d loss / d power = d_raw * o * G; the per-Gaussian factors (o, and the conic in the mean gradient) are
+        # applied after the pixel sums of q = d_raw * G times 1, dx, dy, dx^2, dx dy, dy^2.
+        q = d_raw * gauss
+        qx, qy = q * dx, q * dy
+        s0, sx, sy, sxx, sxy, syy, *g_rgbz = _pixel_sums(
+            [lambda: q, lambda: qx, lambda: qy, lambda: qx * dx, lambda: qx * dy, lambda: qy * dy]
+            + [lambda g=g: w * pix(g) for g in (*g_c, g_d)], group, 1 - gaxis)
+        a, b, c, o = f[2:6]
+        grads = (-o * (a * sx + b * sy), -o * (c * sy + b * sx), -0.5 * o * sxx, -o * sxy, -0.5 * o * syy, s0,
+                 *g_rgbz)
         # Lanes past the list add their (zero) rows to distinct padding columns [num, num + chunk), so no mask
         # is needed (interpret mode has no masked atomics) and indices within one add are unique.
         target = jnp.where(in_list, gid, num + jax.lax.broadcasted_iota(jnp.int32, (chunk,), 0))

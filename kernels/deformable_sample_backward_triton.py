@@ -1,27 +1,32 @@
-"""Window-accumulating Pallas (Triton) backward of :mod:`geolrm_kernels.deformable_sample` (issue #4).
+"""Pallas (Triton) backward kernels of :mod:`geolrm_kernels.deformable_sample` (issue #4).
 
-The atomic backward of ``deformable_sample_triton`` adds every sample's (C,) contribution to d_value with its
-own fp32 atomics: V*Q*H*NL*P*4 corners*C adds (16.9 G at V=21, S=16384), the cost that bounds it. This
-kernel instead accumulates, per program and per (view, level), the contributions that land in a small
-window of the value map in registers and adds the window with one atomic add per touched pixel:
+Layouts as in ``deformable_sample_triton`` (value and d_value as (B*V*L, H*C), cotangent as (B*V*Q, H*C), the
+small inputs flattened). One kernel body, specialised by three static choices:
 
-- queries are visited in a spatially coherent order (``deformable_sample_triton.spatial_query_order``: a
-  Morton key of the query's reference points in two views), so that a program's queries sample nearby pixels;
-- for each (view, level) the window is the (wy, wx) pixels around the block's mean reference point,
-  clamped into the map (wy, wx powers of two, at most the map's size);
-- for each point and bilinear corner in the window, ``M[pixel, query] += a * bilinear`` on an fp32
-  (wy*wx, block_q) matrix, with iota comparisons (a one-hot scatter in registers);
-- after the level's points, ``d_window = M @ g`` (wy*wx, C) with ``jnp.dot`` (tensor cores, tf32x3: fp32
-  accuracy) and one masked atomic add of the touched window rows;
-- corners outside the window fall back to the per-sample atomics, so the result is exact for any input;
-  only the speed depends on locality.
+- ``value_grad``: how d_value is accumulated.
+  "atomic": every bilinear corner of every sample adds its (block_q, C) rows with relaxed fp32 atomics
+  (V*Q*H*NL*P*4*C adds, 16.9 G at V=21, S=16384).
+  "window": per (view, level), the corners that fall in a wy x wx pixel window (origin at the block's mean
+  reference pixel, clamped into the map) accumulate ``W[query, pixel] += a * bilinear`` in a (block_q, wy*wx)
+  fp32 register matrix (iota comparisons; with wy*wx = the padded C it has the shape, and so the layout, of the
+  cotangent block), then ``d_window = W^T @ g`` (tf32x3 tensor-core dot: fp32-accurate) is added with one
+  atomic per touched pixel row; corners outside the window take the per-sample atomics, so the result is
+  exact for any input and only the speed depends on locality.
+  "none": no d_value (the point-gradient half of a split backward).
+- ``point_grads``: compute d_offsets / d_attention_weights (summed over views in (block_q, NL*P) registers, one
+  plain store) and d_reference_points (per head, summed over heads outside), which needs the value rows
+  gathered at every corner. d_value alone needs no value reads.
+- ``views_in_grid``: grid (H, Q blocks, B*V), one view per program (for the d_value half, which keeps nothing
+  across views), or grid (H, Q blocks, B) with a loop over the views.
 
-d_offsets, d_attention_weights and d_reference_points are computed as in the atomic backward (registers,
-plain stores; the value rows for them are gathered per corner). Layouts as in ``deformable_sample_triton``.
+Variants (``BACKWARD_VARIANTS``): "atomic" and "window" are one fused kernel (point gradients + d_value);
+"split" and "split_window" are two kernels: d_value (atomic / window, views in the grid, no value gathers)
+then the point gradients (no atomics).
 
-Interpret mode: the Pallas interpreter discharges an atomic add as gather + scatter-*set* and takes no mask,
-so the per-sample fallback adds one query at a time (distinct addresses per call) and adds exact zeros
-where the GPU masks; window rows are distinct pixels, so the window add needs nothing special.
+Interpret mode: the Pallas interpreter discharges an atomic add as gather + scatter-*set* (duplicate addresses
+in one call lose updates) and takes no mask, so per-sample atomics add one query's row per call (distinct
+addresses) with exact zeros where the GPU masks; window rows are distinct pixels. block_q divides Q there
+(no padded slots, whose stores the interpreter cannot mask).
 """
 from __future__ import annotations
 
@@ -35,9 +40,14 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-WINDOW_BLOCK_Q = 32
-WINDOW_SIZE = 16  # window of at most WINDOW_SIZE x WINDOW_SIZE pixels per (program, view, level)
-WINDOW_NUM_WARPS = 4
+# (value_grad, point_grads, views_in_grid) of each kernel of a variant.
+VARIANT_KERNELS = {
+    "atomic": (("atomic", True, False),),
+    "window": (("window", True, False),),
+    "split": (("atomic", False, True), ("none", True, False)),
+    "split_window": (("window", False, True), ("none", True, False)),
+}
+WINDOW_SIZE = 8  # window of at most WINDOW_SIZE x WINDOW_SIZE pixels per (program, view, level)
 
 
 def _floor_pow2(n: int) -> int:
@@ -49,115 +59,129 @@ def window_shape(level_shape, size=WINDOW_SIZE):
     return min(size, _floor_pow2(level_shape[0])), min(size, _floor_pow2(level_shape[1]))
 
 
-def _window_backward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, order_ref, g_ref, _dv_in,
-                            d_value_ref, d_ref_ref, d_off_ref, d_attn_ref, *, dims, shapes, windows, block_q,
-                            c_pad, interpret, value_atomic_add, precision):
-    """One program: block_q queries (consecutive in the spatial order) of one (b, h), looping over the views."""
+def _backward_kernel(*refs, dims, shapes, windows, block_q, c_pad, value_grad, point_grads, views_in_grid,
+                     interpret, atomic_add, precision):
+    """One program: block_q queries (consecutive in the query order) of one (b, h), and one view
+    (``views_in_grid``) or all views in a loop. Refs: value, reference points, offsets, weights, mask, order,
+    cotangent, [d_value zeros (aliased), d_value], [d_reference_points per head, d_offsets, d_weights]."""
     v_count, q_count, length, heads, c, nl, p = dims
+    value_ref, ref_ref, off_ref, attn_ref, mask_ref, order_ref, g_ref, *outs = refs
+    if value_grad != "none":
+        _, d_value_ref, *outs = outs
     h = pl.program_id(0)
-    b = pl.program_id(2)
+    b = pl.program_id(2) // v_count if views_in_grid else pl.program_id(2)
     q, q_in, qc = tri._program_queries(order_ref, b, q_count, block_q)  # q: store index, qc: clipped
     point_base = ((b * q_count + qc) * heads + h) * (nl * p)
     ch = jnp.arange(c_pad, dtype=jnp.int32)
     ch_in = ch < c
+    # Unclipped channel columns keep the loads contiguous and 16-byte vectorizable; lanes ch >= C are masked.
     cols = jnp.broadcast_to((h * c + ch)[None, :], (block_q, c_pad))
-    point_col = jnp.arange(nl * p, dtype=jnp.int32)[None, :]
+    point_col = jnp.arange(nl * p, dtype=jnp.int32)[None, :]  # (1, NL*P): one-hot columns of the accumulators
 
-    def view_step(view, acc):
-        d_attn_acc, d_u_acc, d_v_acc = acc
-        bv = b * v_count + view
+    def add_samples(rows, coef, g, add):
+        """d_value[rows] += coef * g for the (block_q,) queries where ``add``."""
+        contribution = jnp.where(add, coef, 0.0)[:, None] * g
+        if interpret:  # one query per call: distinct addresses; zeros instead of masks
+            for i in range(block_q):
+                atomic_add(d_value_ref, (rows[i:i + 1], cols[i:i + 1]), contribution[i:i + 1])
+        else:
+            atomic_add(d_value_ref, (rows, cols), contribution, mask=(add & q_in)[:, None] & ch_in[None, :])
+
+    def view_step(bv, accs):
         valid, ref_u, ref_v, g = tri._view_cotangent(mask_ref, ref_ref, g_ref, bv=bv, q_count=q_count, q_in=q_in,
                                                      qc=qc, cols=cols, ch_in=ch_in)
-        count = jnp.maximum(jnp.sum(valid.astype(jnp.float32)), 1.0)
-        mean_u = jnp.sum(jnp.where(valid, ref_u, 0.0)) / count
-        mean_v = jnp.sum(jnp.where(valid, ref_v, 0.0)) / count
-        d_ref_u = jnp.zeros((block_q,), jnp.float32)
-        d_ref_v = jnp.zeros((block_q,), jnp.float32)
+        if value_grad == "window":
+            count = jnp.maximum(jnp.sum(valid.astype(jnp.float32)), 1.0)
+            mean_u = jnp.sum(jnp.where(valid, ref_u, 0.0)) / count
+            mean_v = jnp.sum(jnp.where(valid, ref_v, 0.0)) / count
+        d_ref_uv = (jnp.zeros((block_q,), jnp.float32),) * 2 if point_grads else None
         for level, ((hl, wl), start, (wy, wx)) in enumerate(zip(shapes, _level_starts(shapes), windows,
                                                                 strict=True)):
-            # Window origin: the block's mean reference pixel at the window's centre, clamped into the map.
-            ox = jnp.clip(jnp.floor(jnp.clip(mean_u, -1.0, 2.0) * wl - 0.5).astype(jnp.int32) - wx // 2 + 1,
-                          0, wl - wx)
-            oy = jnp.clip(jnp.floor(jnp.clip(mean_v, -1.0, 2.0) * hl - 0.5).astype(jnp.int32) - wy // 2 + 1,
-                          0, hl - wy)
-            window_pixel = jnp.arange(wy * wx, dtype=jnp.int32)[:, None]  # (wy*wx, 1)
+            weights = window_pixel = ox = oy = None
+            if value_grad == "window":
+                # Window origin: the block's mean reference pixel at the window's centre, clamped into the map.
+                ox = jnp.clip(jnp.floor(jnp.clip(mean_u, -1.0, 2.0) * wl - 0.5).astype(jnp.int32) - wx // 2 + 1,
+                              0, wl - wx)
+                oy = jnp.clip(jnp.floor(jnp.clip(mean_v, -1.0, 2.0) * hl - 0.5).astype(jnp.int32) - wy // 2 + 1,
+                              0, hl - wy)
+                window_pixel = jnp.arange(wy * wx, dtype=jnp.int32)[None, :]  # (1, wy*wx)
+                weights = jnp.zeros((block_q, wy * wx), jnp.float32)
 
             def point_step(point, carry, level=level, hl=hl, wl=wl, start=start, wy=wy, wx=wx, ox=ox, oy=oy,
                            window_pixel=window_pixel):
-                weights = carry[5]
+                accs, d_ref_uv, weights = carry
                 a, u, v = tri._point(off_ref, attn_ref, point_base + level * p + point, valid, ref_u, ref_v)
-                g_sample = jnp.zeros((block_q,), jnp.float32)
-                g_du = jnp.zeros((block_q,), jnp.float32)
-                g_dv = jnp.zeros((block_q,), jnp.float32)
+                sums = (jnp.zeros((block_q,), jnp.float32),) * 3
                 for pixel, inside, bilinear, dbdu, dbdv in bilinear_corners(u, v, hl, wl):
                     rows = jnp.broadcast_to((bv * length + start + pixel)[:, None], cols.shape)
-                    load_mask = inside[:, None] & ch_in[None, :]
-                    sample = plgpu.load(value_ref.at[rows, cols], mask=load_mask, other=0.0)
-                    g_sample, g_du, g_dv = tri._corner_gradient(g, sample, bilinear, dbdu, dbdv, g_sample, g_du,
-                                                                g_dv)
-                    lx = pixel % wl - ox
-                    ly = pixel // wl - oy
-                    in_window = inside & (lx >= 0) & (lx < wx) & (ly >= 0) & (ly < wy)
-                    local = jnp.where(in_window, ly * wx + lx, -1)
+                    if point_grads:
+                        sample = plgpu.load(value_ref.at[rows, cols], mask=inside[:, None] & ch_in[None, :],
+                                            other=0.0)
+                        sums = tri._corner_gradient(g, sample, bilinear, dbdu, dbdv, *sums)
                     coef = a * bilinear
-                    weights += jnp.where(window_pixel == local[None, :], coef[None, :], 0.0)
-                    outside = jnp.where(inside & ~in_window, coef, 0.0)
-                    contribution = outside[:, None] * g
-                    if interpret:  # one query per call: distinct addresses; zeros instead of masks
-                        for i in range(block_q):
-                            value_atomic_add(d_value_ref, (rows[i:i + 1], cols[i:i + 1]), contribution[i:i + 1])
-                    else:
-                        fallback = (inside & ~in_window & q_in)[:, None] & ch_in[None, :]
-                        value_atomic_add(d_value_ref, (rows, cols), contribution, mask=fallback)
-                accumulators = tri._accumulate_point(carry[:5], point_col == level * p + point, a, g_sample, g_du,
-                                                     g_dv)
-                return (*accumulators, weights)
+                    if value_grad == "atomic":
+                        add_samples(rows, coef, g, inside)
+                    elif value_grad == "window":
+                        lx = pixel % wl - ox
+                        ly = pixel // wl - oy
+                        in_window = inside & (lx >= 0) & (lx < wx) & (ly >= 0) & (ly < wy)
+                        local = jnp.where(in_window, ly * wx + lx, -1)
+                        weights += jnp.where(local[:, None] == window_pixel, coef[:, None], 0.0)
+                        add_samples(rows, coef, g, inside & ~in_window)
+                if point_grads:
+                    new = tri._accumulate_point((*accs, *d_ref_uv), point_col == level * p + point, a, *sums)
+                    accs, d_ref_uv = new[:3], new[3:]
+                return accs, d_ref_uv, weights
 
-            weights = jnp.zeros((wy * wx, block_q), jnp.float32)
-            d_attn_acc, d_u_acc, d_v_acc, d_ref_u, d_ref_v, weights = lax.fori_loop(
-                0, p, point_step, (d_attn_acc, d_u_acc, d_v_acc, d_ref_u, d_ref_v, weights))
-            d_window = jnp.dot(weights, g, precision=precision, preferred_element_type=jnp.float32)
-            pixel_rows = bv * length + start + (oy + window_pixel // wx) * wl + ox + window_pixel % wx
-            window_rows = jnp.broadcast_to(pixel_rows, d_window.shape)
-            window_cols = jnp.broadcast_to((h * c + ch)[None, :], d_window.shape)
-            if interpret:
-                value_atomic_add(d_value_ref, (window_rows, window_cols), d_window)
-            else:
-                touched = jnp.max(jnp.where(weights != 0.0, 1, 0), axis=1) > 0
-                value_atomic_add(d_value_ref, (window_rows, window_cols), d_window,
-                                 mask=touched[:, None] & ch_in[None, :])
-        tri._store_reference_gradient(d_ref_ref, d_ref_u, d_ref_v, bv=bv, q_count=q_count, q=q, heads=heads,
-                                      h=h, q_in=q_in)
-        return d_attn_acc, d_u_acc, d_v_acc
+            accs, d_ref_uv, weights = lax.fori_loop(0, p, point_step, (accs, d_ref_uv, weights))
+            if value_grad == "window":
+                d_window = lax.dot_general(weights, g, (((0,), (0,)), ((), ())), precision=precision,
+                                           preferred_element_type=jnp.float32)  # (wy*wx, c_pad)
+                local = jnp.arange(wy * wx, dtype=jnp.int32)
+                pixel_rows = bv * length + start + (oy + local // wx) * wl + ox + local % wx
+                window_rows = jnp.broadcast_to(pixel_rows[:, None], d_window.shape)
+                window_cols = jnp.broadcast_to((h * c + ch)[None, :], d_window.shape)
+                if interpret:
+                    atomic_add(d_value_ref, (window_rows, window_cols), d_window)
+                else:
+                    touched = jnp.max(jnp.where(weights != 0.0, 1, 0), axis=0) > 0
+                    atomic_add(d_value_ref, (window_rows, window_cols), d_window,
+                               mask=touched[:, None] & ch_in[None, :])
+        if point_grads:
+            tri._store_reference_gradient(outs[0], *d_ref_uv, bv=bv, q_count=q_count, q=q, heads=heads, h=h,
+                                          q_in=q_in)
+        return accs
 
     zeros = jnp.zeros((block_q, nl * p), jnp.float32)
-    d_attn_acc, d_u_acc, d_v_acc = lax.fori_loop(0, v_count, view_step, (zeros, zeros, zeros))
-    tri._store_point_gradients(d_attn_ref, d_off_ref, d_attn_acc, d_u_acc, d_v_acc, b=b, q_count=q_count, q=q,
-                               heads=heads, h=h, points=nl * p, point_col=point_col, q_in=q_in)
+    accs = (zeros, zeros, zeros) if point_grads else None
+    if views_in_grid:
+        accs = view_step(pl.program_id(2), accs)
+    else:
+        accs = lax.fori_loop(0, v_count, lambda view, accs: view_step(b * v_count + view, accs), accs)
+    if point_grads:
+        d_attn_ref, d_off_ref = outs[2], outs[1]
+        tri._store_point_gradients(d_attn_ref, d_off_ref, *accs, b=b, q_count=q_count, q=q, heads=heads, h=h,
+                                   points=nl * p, point_col=point_col, q_in=q_in)
 
 
-def backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g, *, interpret=False,
-             block_q=None, window=None, num_warps=None, sort_queries=None, relaxed=None, debug=False,
-             order=None):
-    """Gradients (d_value, d_reference_points, d_offsets, d_attention_weights), as
-    ``deformable_sample_triton.backward``, with window-accumulated d_value.
+def backward_call(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g, order, *,
+                  value_grad, point_grads, views_in_grid, block_q, num_warps, window=None, relaxed=None,
+                  interpret=False, debug=False, d_value=None):
+    """One backward kernel (see the module docstring): returns (d_value fp32 (B*V*L, H*C) or None,
+    d_reference_points per head (B*V*Q*H*2,) or None, d_offsets flat or None, d_weights flat or None).
 
-    ``block_q`` (>= 16 on GPU: the matmul's K), ``window`` (max window side) and ``num_warps`` default to
-    WINDOW_BLOCK_Q / WINDOW_SIZE / WINDOW_NUM_WARPS; ``sort_queries`` (default
-    ``deformable_sample_triton.SORT_QUERIES``): visit the queries in ``spatial_query_order``.
+    ``d_value``: an fp32 (B*V*L, H*C) buffer to add into (default zeros); ``order``: (B, Q) int32 query order.
     """
     b, v, length, heads, c = value.shape
     dims = tri._dims(value, offsets)
     q = dims[1]
-    if interpret:
-        # Small blocks keep the interpreter's per-query fallback short, and dividing Q they leave no padded
-        # slots (whose stores would duplicate a real query's addresses: the interpreter has no masked store).
-        block_q = block_q or 8
-        while q % block_q:
-            block_q //= 2
-    block_q = block_q or min(WINDOW_BLOCK_Q, max(16, tri._next_pow2(q)))
     shapes = tuple(spatial_shapes)
     windows = tuple(window_shape(s, window or WINDOW_SIZE) for s in shapes)
+    c_pad = max(16, tri._next_pow2(c))
+    if interpret:  # block_q divides Q: no padded slots
+        block_q = min(block_q, 8)
+        while q % block_q:
+            block_q //= 2
     available, reason = tri.relaxed_atomics_status()
     if relaxed is None:
         relaxed = available
@@ -166,25 +190,52 @@ def backward(value, reference_points, offsets, attention_weights, mask, spatial_
     # tf32x3 on tensor cores: ~fp32 accuracy; the CPU interpreter takes an ordinary fp32 precision.
     precision = lax.Precision.HIGHEST if interpret else lax.DotAlgorithmPreset.TF32_TF32_F32_X3
     kernel = functools.partial(
-        _window_backward_kernel, dims=dims, shapes=shapes, windows=windows, block_q=block_q,
-        c_pad=max(16, tri._next_pow2(c)), interpret=interpret, precision=precision,
-        value_atomic_add=tri._relaxed_atomic_add if relaxed else plgpu.atomic_add)
-    order = tri.resolve_query_order(order, reference_points, mask, sort_queries)
+        _backward_kernel, dims=dims, shapes=shapes, windows=windows, block_q=block_q, c_pad=c_pad,
+        value_grad=value_grad, point_grads=point_grads, views_in_grid=views_in_grid, interpret=interpret,
+        atomic_add=tri._relaxed_atomic_add if relaxed else plgpu.atomic_add, precision=precision)
     f32 = lambda n: jax.ShapeDtypeStruct((n,), jnp.float32)
-    value_2d, ref_flat, off_flat, attn_flat, mask_flat = tri._flat_inputs(value, reference_points, offsets,
-                                                                          attention_weights, mask)
-    d_value, d_ref_heads, d_off, d_attn = pl.pallas_call(
+    out_shape, args, aliases = [], list(tri._flat_inputs(value, reference_points, offsets, attention_weights, mask)), {}
+    args += [order.reshape(-1), g.reshape(b * v * q, heads * c)]
+    if value_grad != "none":
+        out_shape.append(jax.ShapeDtypeStruct((b * v * length, heads * c), jnp.float32))
+        aliases = {len(args): 0}
+        args.append(jnp.zeros((b * v * length, heads * c), jnp.float32) if d_value is None else d_value)
+    if point_grads:
+        out_shape += [f32(b * v * q * heads * 2), f32(offsets.size), f32(attention_weights.size)]
+    name = {("atomic", True): "deformable_sample_bwd", ("window", True): "deformable_sample_bwd_window",
+            ("atomic", False): "deformable_sample_bwd_dvalue", ("window", False): "deformable_sample_bwd_dvalue_window",
+            ("none", True): "deformable_sample_bwd_point_grads"}[value_grad, point_grads]
+    results = pl.pallas_call(
         kernel,
-        out_shape=(jax.ShapeDtypeStruct((b * v * length, heads * c), jnp.float32),
-                   f32(b * v * q * heads * 2), f32(offsets.size), f32(attention_weights.size)),
-        grid=(heads, pl.cdiv(q, block_q), b),
-        input_output_aliases={7: 0},
-        compiler_params=plgpu.CompilerParams(num_warps=num_warps or WINDOW_NUM_WARPS, num_stages=1),
+        out_shape=tuple(out_shape),
+        grid=(heads, pl.cdiv(q, block_q), b * v if views_in_grid else b),
+        input_output_aliases=aliases,
+        compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=1),
         interpret=interpret,
         debug=debug,
-        name="deformable_sample_bwd_window",
-    )(value_2d, ref_flat, off_flat, attn_flat, mask_flat, order.reshape(-1), g.reshape(b * v * q, heads * c),
-      jnp.zeros((b * v * length, heads * c), jnp.float32))
+        name=name,
+    )(*args)
+    d_value = results[0] if value_grad != "none" else None
+    rest = results[1:] if value_grad != "none" else results
+    return (d_value, *rest) if point_grads else (d_value, None, None, None)
+
+
+def backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g, order, *, variant,
+             block_q, num_warps, window=None, relaxed=None, interpret=False, debug=False):
+    """Gradients (d_value, d_reference_points, d_offsets, d_attention_weights) in the inputs' dtypes, by the
+    kernels of ``VARIANT_KERNELS[variant]``."""
+    b, v, length, heads, c = value.shape
+    q = offsets.shape[1]
+    d_value = None
+    point = None
+    for value_grad, point_grads, views_in_grid in VARIANT_KERNELS[variant]:
+        result = backward_call(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g, order,
+                               value_grad=value_grad, point_grads=point_grads, views_in_grid=views_in_grid,
+                               block_q=block_q, num_warps=num_warps, window=window, relaxed=relaxed,
+                               interpret=interpret, debug=debug)
+        d_value = result[0] if result[0] is not None else d_value
+        point = result[1:] if point_grads else point
+    d_ref_heads, d_off, d_attn = point
     d_ref = d_ref_heads.reshape(b, v, q, heads, 2).sum(axis=3)
     return (d_value.reshape(value.shape).astype(value.dtype),
             d_ref.astype(reference_points.dtype),

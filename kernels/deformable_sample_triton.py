@@ -19,17 +19,14 @@ Two further forward variants are kept selectable for comparison (``forward(..., 
 slower on an H100): the same kernel with the point loop unrolled, and "all_heads", whose programs own
 block_q queries x block_c channels of the flat H*C axis (each lane's head = channel // C).
 
-Backward: grid (H, cdiv(Q, block_q), B). One program owns block_q queries of one (b, h) and loops over the V
-views, recomputing the samples. d_attention_weights and d_offsets (shared by the views) accumulate in
-(block_q, NL*P) registers and are stored once; d_reference_points is stored per head and summed over heads
-outside the kernel. Only d_value, which queries share through overlapping pixels, needs atomic adds; they
-are fp32 adds with *relaxed* memory ordering (see :func:`relaxed_atomics_status`), where ``plgpu.atomic_add``
-would order each one with acquire-release semantics. The Pallas interpreter discharges an atomic add as a
-gather plus scatter-*set* and does not accept masks, so in interpret mode the backward runs with
-block_q = 1 (the addresses of one atomic call are then distinct) and adds zeros instead of masking; on GPU
-the same kernel runs with masks and larger blocks. A second backward, "window" (``BACKWARD_VARIANTS``,
-``deformable_sample_backward_triton``), accumulates d_value per program in a pixel window by a matmul; it
-is exact and selectable, measured slower.
+Backward (``deformable_sample_backward_triton``): grid (H, cdiv(Q, block_q), B). One program owns block_q
+queries of one (b, h) and loops over the V views, recomputing the samples. d_attention_weights and d_offsets
+(shared by the views) accumulate in (block_q, NL*P) registers and are stored once; d_reference_points is
+stored per head and summed over heads outside the kernel. Only d_value, which queries share through
+overlapping pixels, needs atomic adds; they are fp32 adds with *relaxed* memory ordering (see
+:func:`relaxed_atomics_status`), where ``plgpu.atomic_add`` would order each one with acquire-release
+semantics. Variants (``BACKWARD_VARIANTS``): per-sample atomics ("atomic"), window accumulation by a matmul
+("window"), and both split into a d_value kernel and a point-gradient kernel ("split", "split_window").
 """
 from __future__ import annotations
 
@@ -62,16 +59,18 @@ FORWARD_VARIANTS = ("per_head", "per_head_unrolled", "all_heads")
 FORWARD_VARIANT = "per_head"
 FORWARD_CONFIGS = {"per_head": (FORWARD_BLOCK_Q, None, FORWARD_NUM_WARPS), "per_head_unrolled": (16, None, 4),
                    "all_heads": (8, 256, 4)}
-BACKWARD_BLOCK_Q = 16
-BACKWARD_NUM_WARPS = 4
 # Programs take their queries in spatial_query_order (forward and backward): a 2-view Morton key, so that a
 # block's queries sample nearby pixels (H100: backward 46.0 -> 31.8 ms at V=21, S=16384 on model-like points).
 SORT_QUERIES = True
-# Backward variants: "atomic" (below: per-sample d_value atomics) and "window" (deformable_sample_backward_triton:
-# d_value accumulated per program in a pixel window by a matmul, per-sample atomics only outside it).
-# BACKWARD_VARIANT is what the op runs: "atomic", the faster on every measured input (H100, 2026-11-25; see
-# docs/deformable.md, "Query order and window backward").
-BACKWARD_VARIANTS = ("atomic", "window")
+# Backward variants (deformable_sample_backward_triton): "atomic" (per-sample relaxed d_value atomics), "window"
+# (d_value accumulated per program and (view, level) in a pixel window by a matmul, per-sample atomics only
+# outside it), "split" / "split_window" (a d_value kernel with the views in the grid, then a point-gradient
+# kernel without atomics). BACKWARD_CONFIGS: (block_q, window side, num_warps) of each. BACKWARD_VARIANT is
+# what the op runs. Measured: H100, 2026-11-25 04:26 UTC, atomic (block_q, warps) (16, 4)/(8, 4)/(8, 2)/(16, 2)
+# -> 30.5/30.9/30.8/32.1 ms at V=21, S=16384 on model-like SV3D points (docs/deformable.md).
+BACKWARD_VARIANTS = ("atomic", "window", "split", "split_window")
+BACKWARD_CONFIGS = {"atomic": (16, None, 4), "window": (16, 8, 4), "split": (16, None, 4),
+                    "split_window": (16, 8, 4)}
 BACKWARD_VARIANT = "atomic"
 
 
@@ -283,62 +282,6 @@ def _forward_all_heads_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, _
     plgpu.store(out_ref.at[out_rows, cols], acc.astype(out_ref.dtype), mask=q_in[:, None] & col_in)
 
 
-def _backward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, order_ref, g_ref, _dv_in, d_value_ref,
-                     d_ref_ref, d_off_ref, d_attn_ref, *, dims, shapes, block_q, interpret, value_atomic_add):
-    """One program: block_q queries of one (b, h), looping over all V views.
-
-    d_attention_weights and d_offsets (summed over views) live in (block_q, NL*P) registers and are stored
-    once; d_reference_points is stored per (b, v, q, h) (summed over heads outside). Only d_value, which
-    queries share through overlapping pixels, uses atomic adds.
-    """
-    v_count, q_count, length, heads, c, nl, p = dims
-    h = pl.program_id(0)
-    b = pl.program_id(2)
-    q, q_in, qc = _program_queries(order_ref, b, q_count, block_q)
-    point_base = ((b * q_count + qc) * heads + h) * (nl * p)
-    ch = jnp.arange(_next_pow2(c), dtype=jnp.int32)
-    ch_in = ch < c
-    # Unclipped channel columns keep the loads contiguous and 16-byte vectorizable; lanes ch >= C are masked.
-    cols = jnp.broadcast_to((h * c + ch)[None, :], (block_q, ch.shape[0]))
-    point_col = jnp.arange(nl * p, dtype=jnp.int32)[None, :]  # (1, NL*P): one-hot columns of the accumulators
-
-    def view_step(view, acc):
-        d_attn_acc, d_u_acc, d_v_acc = acc
-        bv = b * v_count + view
-        valid, ref_u, ref_v, g = _view_cotangent(mask_ref, ref_ref, g_ref, bv=bv, q_count=q_count, q_in=q_in,
-                                                 qc=qc, cols=cols, ch_in=ch_in)
-        d_ref_u = jnp.zeros((block_q,), jnp.float32)
-        d_ref_v = jnp.zeros((block_q,), jnp.float32)
-        for level, ((hl, wl), start) in enumerate(zip(shapes, _level_starts(shapes), strict=True)):
-
-            def point_step(point, carry, level=level, hl=hl, wl=wl, start=start):
-                a, u, v = _point(off_ref, attn_ref, point_base + level * p + point, valid, ref_u, ref_v)
-                g_sample = jnp.zeros((block_q,), jnp.float32)
-                g_du = jnp.zeros((block_q,), jnp.float32)
-                g_dv = jnp.zeros((block_q,), jnp.float32)
-                for pixel, inside, bilinear, dbdu, dbdv in bilinear_corners(u, v, hl, wl):
-                    rows = jnp.broadcast_to((bv * length + start + pixel)[:, None], cols.shape)
-                    load_mask = inside[:, None] & ch_in[None, :]
-                    sample = plgpu.load(value_ref.at[rows, cols], mask=load_mask, other=0.0)
-                    g_sample, g_du, g_dv = _corner_gradient(g, sample, bilinear, dbdu, dbdv, g_sample, g_du, g_dv)
-                    contribution = jnp.where(inside, a * bilinear, 0.0)[:, None] * g
-                    # Interpret mode: unmasked (masked-out lanes add exact zeros; out-of-bounds are dropped).
-                    value_atomic_add(d_value_ref, (rows, cols), contribution,
-                                     mask=None if interpret else load_mask & q_in[:, None])
-                return _accumulate_point(carry, point_col == level * p + point, a, g_sample, g_du, g_dv)
-
-            d_attn_acc, d_u_acc, d_v_acc, d_ref_u, d_ref_v = lax.fori_loop(
-                0, p, point_step, (d_attn_acc, d_u_acc, d_v_acc, d_ref_u, d_ref_v))
-        _store_reference_gradient(d_ref_ref, d_ref_u, d_ref_v, bv=bv, q_count=q_count, q=q, heads=heads, h=h,
-                                  q_in=q_in)
-        return d_attn_acc, d_u_acc, d_v_acc
-
-    zeros = jnp.zeros((block_q, nl * p), jnp.float32)
-    d_attn_acc, d_u_acc, d_v_acc = lax.fori_loop(0, v_count, view_step, (zeros, zeros, zeros))
-    _store_point_gradients(d_attn_ref, d_off_ref, d_attn_acc, d_u_acc, d_v_acc, b=b, q_count=q_count, q=q,
-                           heads=heads, h=h, points=nl * p, point_col=point_col, q_in=q_in)
-
-
 def _view_cotangent(mask_ref, ref_ref, g_ref, *, bv, q_count, q_in, qc, cols, ch_in):
     """Per query of view bv: validity, reference (u, v), and the cotangent rows (block_q, C_pad) in fp32,
     zero for invalid queries and padded channels."""
@@ -442,59 +385,29 @@ def forward(value, reference_points, offsets, attention_weights, mask, spatial_s
 
 def backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g, *, interpret=False,
              block_q=None, num_warps=None, relaxed=None, debug=False, variant=None, sort_queries=None,
-             order=None):
+             order=None, window=None):
     """Gradients (d_value, d_reference_points, d_offsets, d_attention_weights) in the inputs' dtypes.
 
-    ``variant``: one of BACKWARD_VARIANTS (default BACKWARD_VARIANT); "window" runs
-    ``deformable_sample_backward_triton.backward`` with these arguments.
-
+    ``variant``: one of BACKWARD_VARIANTS (default BACKWARD_VARIANT), run by
+    ``deformable_sample_backward_triton``; ``block_q`` / ``window`` / ``num_warps`` default to
+    BACKWARD_CONFIGS[variant].
     ``relaxed``: d_value atomics with relaxed memory ordering (default: whenever available, see
     :func:`relaxed_atomics_status`); False uses ``plgpu.atomic_add`` (acquire-release), for comparison.
     ``debug``: ``pallas_call(debug=True)``, which prints the kernel's jaxpr and Triton IR when it is lowered.
     ``sort_queries`` (default SORT_QUERIES): programs take their queries in :func:`spatial_query_order`;
     ``order``: that order precomputed (as in :func:`forward`).
     """
-    sort_queries = SORT_QUERIES if sort_queries is None else sort_queries
+    from geolrm_kernels import deformable_sample_backward_triton as bwd
+
     variant = variant or BACKWARD_VARIANT
     if variant not in BACKWARD_VARIANTS:
         raise ValueError(f"backward variant must be one of {BACKWARD_VARIANTS}, got {variant!r}")
-    if variant == "window":
-        from geolrm_kernels import deformable_sample_backward_triton as window
-
-        return window.backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g,
-                               interpret=interpret, block_q=block_q, num_warps=num_warps, relaxed=relaxed,
-                               debug=debug, sort_queries=sort_queries, order=order)
-    b, v, length, heads, c = value.shape
-    dims = _dims(value, offsets)
-    q = dims[1]
-    if interpret:
-        block_q = 1
-    block_q = block_q or min(BACKWARD_BLOCK_Q, _next_pow2(q))
-    num_warps = num_warps or BACKWARD_NUM_WARPS
-    available, reason = relaxed_atomics_status()
-    if relaxed is None:
-        relaxed = available
-    if relaxed and not available:
-        raise ValueError(f"relaxed atomics are unavailable with this JAX: {reason}")
-    kernel = functools.partial(_backward_kernel, dims=dims, shapes=tuple(spatial_shapes), block_q=block_q,
-                               interpret=interpret,
-                               value_atomic_add=_relaxed_atomic_add if relaxed else plgpu.atomic_add)
-    f32 = lambda n: jax.ShapeDtypeStruct((n,), jnp.float32)
-    d_value, d_ref_heads, d_off, d_attn = pl.pallas_call(
-        kernel,
-        out_shape=(jax.ShapeDtypeStruct((b * v * length, heads * c), jnp.float32),
-                   f32(b * v * q * heads * 2), f32(offsets.size), f32(attention_weights.size)),
-        grid=(heads, pl.cdiv(q, block_q), b),
-        input_output_aliases={7: 0},
-        compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=1),
-        interpret=interpret,
-        debug=debug,
-        name="deformable_sample_bwd",
-    )(*_flat_inputs(value, reference_points, offsets, attention_weights, mask),
-      resolve_query_order(order, reference_points, mask, sort_queries).reshape(-1), g.reshape(b * v * q, heads * c),
-      jnp.zeros((b * v * length, heads * c), jnp.float32))
-    d_ref = d_ref_heads.reshape(b, v, q, heads, 2).sum(axis=3)
-    return (d_value.reshape(value.shape).astype(value.dtype),
-            d_ref.astype(reference_points.dtype),
-            d_off.reshape(offsets.shape).astype(offsets.dtype),
-            d_attn.reshape(attention_weights.shape).astype(attention_weights.dtype))
+    default_q, default_window, default_warps = BACKWARD_CONFIGS[variant]
+    q = offsets.shape[1]
+    block_q = block_q or min(default_q, _next_pow2(q))
+    if variant in ("window", "split_window"):
+        block_q = max(block_q, 16)  # the window matmul's K
+    order = resolve_query_order(order, reference_points, mask, sort_queries)
+    return bwd.backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g, order,
+                        variant=variant, block_q=block_q, num_warps=num_warps or default_warps,
+                        window=window or default_window, relaxed=relaxed, interpret=interpret, debug=debug)

@@ -1,10 +1,10 @@
-"""Tests of the window-accumulating Pallas backward (geolrm_kernels.deformable_sample_backward_triton), run by the
-Pallas interpreter on CPU against the XLA reference's VJP, and of its Triton lowering (no GPU needed)."""
+"""Tests of the backward variants of geolrm_kernels.deformable_sample_backward_triton other than the default
+(window accumulation, and the d_value / point-gradient split), run by the Pallas interpreter on CPU against the
+XLA reference's VJP, and of their Triton lowering (no GPU needed)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from geolrm_kernels import deformable_sample_backward_triton as window
 from geolrm_kernels import deformable_sample_triton as tri
 from geolrm_kernels.deformable_sample import deformable_sample
 from test_deformable_sample import _triton_ir, make_inputs, rel_err
@@ -21,10 +21,11 @@ def _vjp_all(implementation, value, ref, offsets, weights, cot, **masks):
     return (out, *vjp(cot))
 
 
-def test_window_backward_through_the_op_matches_reference_fp32(monkeypatch):
+@pytest.mark.parametrize("variant", ["window", "split", "split_window"])
+def test_backward_variant_through_the_op_matches_reference_fp32(monkeypatch, variant):
     """B = 2 x V = 3, a different view masked per scene (its reference points NaN), a masked query, points on
     borders and outside the image, C = 24; block_q = 8 over Q = 16 (two blocks), queries in Morton order."""
-    monkeypatch.setattr(tri, "BACKWARD_VARIANT", "window")
+    monkeypatch.setattr(tri, "BACKWARD_VARIANT", variant)
     value, ref, offsets, weights = make_inputs(20, b=2, v=3, q=16, heads=2, c=24, shapes=SHAPES, spread=0.5)
     special = jnp.array([[0.0, 0.0], [1.0, 1.0], [0.5 / 12, 1.0], [-0.3, 0.5], [1.0, 0.5 / 9], [1.2, -0.2]])
     ref = ref.at[:, :, :6].set(special)
@@ -50,8 +51,8 @@ def test_window_backward_bf16_values_non_pow2_channels_tiny_window():
     value, ref, offsets, weights = make_inputs(21, v=2, q=8, heads=2, c=40, shapes=SHAPES, dtype=jnp.bfloat16)
     mask = jnp.ones(ref.shape[:3], bool)
     cot = jax.random.normal(jax.random.key(4), (1, 2, 8, 2, 40)).astype(jnp.bfloat16)
-    got = jax.jit(lambda *a: window.backward(*a[:5], SHAPES, a[5], interpret=True, window=2,
-                                             sort_queries=False))(value, ref, offsets, weights, mask, cot)
+    got = jax.jit(lambda *a: tri.backward(*a[:5], SHAPES, a[5], interpret=True, variant="window", window=2,
+                                          sort_queries=False))(value, ref, offsets, weights, mask, cot)
     from geolrm_kernels.deformable_sample import _reference_backward
 
     want = _reference_backward(value.astype(jnp.float32), ref, offsets, weights, mask, SHAPES,
@@ -79,20 +80,25 @@ def test_spatial_query_order_is_a_permutation_grouping_close_points():
     assert run in (15, 16) and np.all(first[:run] == first[0]) and np.all(first[run:] != first[0])
 
 
-def test_window_backward_lowering_for_cuda():
-    """Triton IR: per level, 4 corner atomics (fallback) + 1 window atomic, all relaxed fp32 adds, and one
-    tf32x3 dot per level; the dispatcher's variant="window" runs this kernel, unknown variants fail."""
+@pytest.mark.parametrize("variant, kernels, atomics, dots", [
+    ("window", ["deformable_sample_bwd_window"], 5, 1),
+    ("split", ["deformable_sample_bwd_dvalue", "deformable_sample_bwd_point_grads"], 4, 0),
+    ("split_window", ["deformable_sample_bwd_dvalue_window", "deformable_sample_bwd_point_grads"], 5, 1)])
+def test_backward_variant_lowering_for_cuda(variant, kernels, atomics, dots):
+    """Triton IR: per level, 4 corner atomics (the window variants' fallback) + 1 window atomic, all relaxed fp32
+    adds, and one tf32x3 dot per level of the transposed (block_q, wy*wx) window weights; split variants run a
+    d_value kernel and an atomic-free point-gradient kernel; unknown variants fail."""
     import re
 
     value, ref, offsets, weights = make_inputs(22, q=40, heads=2, c=24, shapes=SHAPES)
     mask = jnp.ones(ref.shape[:3], bool)
     cot = jnp.ones((1, 2, 40, 2, 24))
-    ir = _triton_ir(lambda *a: tri.backward(*a[:5], SHAPES, a[5], variant="window", debug=True),
+    ir = _triton_ir(lambda *a: tri.backward(*a[:5], SHAPES, a[5], variant=variant, debug=True),
                     value, ref, offsets, weights, mask, cot)
-    assert "deformable_sample_bwd_window" in ir
-    assert re.findall(r"tt\.atomic_rmw (\w+), (\w+),", ir) == [("fadd", "relaxed")] * 5 * len(SHAPES)
-    dots = re.findall(r"tt\.dot .*inputPrecision = (\w+) : tensor<(\d+)x(\d+)xf32>", ir)
-    assert dots == [("tf32x3", "64", "32"), ("tf32x3", "16", "32")], dots  # (wy*wx, block_q) per level
+    assert re.findall(r"tt\.func public @(\w+)", ir) == kernels
+    assert re.findall(r"tt\.atomic_rmw (\w+), (\w+),", ir) == [("fadd", "relaxed")] * atomics * len(SHAPES)
+    found = re.findall(r"tt\.dot .*inputPrecision = (\w+) : tensor<(\d+)x(\d+)xf32>", ir)
+    assert found == [("tf32x3", "64", "16"), ("tf32x3", "16", "16")][:dots * 2], found  # (wy*wx, block_q)
     with pytest.raises(ValueError, match="backward variant"):
         tri.backward(value, ref, offsets, weights, mask, SHAPES, cot, variant="sorted")
 

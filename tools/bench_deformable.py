@@ -2,7 +2,9 @@
 grid_sample formulation (mmcv's ``multi_scale_deformable_attn_pytorch`` with views folded into the batch).
 
 Shapes (the real model's): B = 1, V in {6, 21} views, levels 112^2 + 64^2 (448 px input) or 140^2 + 80^2
-(560 px), 768 channels in 16 heads (C = 48), S in {4096, 8192, 16384} anchors, 2 levels x 8 points, fp32.
+(560 px), 768 channels in 16 heads (C = 48), S in {4096, 8192, 16384} anchors, 2 levels x 8 points, fp32
+(``--dtype bfloat16``: bf16 values and cotangent, as the model runs; the reference and the kernels accumulate
+in fp32 and d_value is accumulated in fp32 before its cast).
 Reference points are uniform in [0.1, 0.9]^2 independently per view and anchor (no spatial coherence
 between consecutive queries: the harder case for caches), offsets ~ N(0, 2 px) of their level.
 
@@ -18,8 +20,7 @@ Columns:
 
 Implementations: ``pallas`` (Pallas forward and backward), ``hybrid`` (``implementation="pallas_xla_backward"``:
 Pallas forward, XLA reference backward; its forward is the Pallas one, so only its fwd+bwd is measured),
-``xla`` (the reference) and ``torch``. ``--sweep`` first times the Pallas backward kernel alone for the
-block sizes / warps / atomic orderings in ``SWEEP`` and uses the fastest relaxed one for the table.
+``xla`` (the reference) and ``torch``.
 
 ``--forward-variants`` instead times only the forward kernel variants of ``FORWARD_SWEEP`` (old vs new side by
 side, each checked against the XLA reference; ``--check`` first checks every variant on small cases), with
@@ -29,12 +30,14 @@ into orbit views) as options; table printed last.
 ``--points`` picks the reference points of the table (and of ``--forward-variants``): ``random`` (above),
 or model-like anchors of a sphere shell on a 128^3 grid projected into orbit views (``voxel``) or the SV3D
 preset views (``sv3d``: the model's raster anchor order; ``sv3d_morton``: Morton order); torch runs only on
-random points. ``--backward-variants`` times the backward kernels (atomic / window, query order on / off,
-``BACKWARD_SWEEP``; ``--backward-sweep blocks``: block sizes of the sorted kernels) and the forward kernel
-alone on random, sv3d and sv3d_morton points, each checked against the XLA reference; ``--backward`` and
-``--block-q`` set the table's Pallas backward variant and block sizes.
+random points. ``--backward-variants`` times the backward kernels (the variants and the two halves of a split
+backward, ``BACKWARD_SWEEP``; ``--backward-sweep blocks``: block sizes of the sorted kernels) and the forward
+kernel alone on the ``--backward-points``, each checked against the XLA reference; ``--backward`` and
+``--block-q`` set the table's Pallas backward variant and block sizes. ``--dump-ptx DIR`` keeps the PTX of
+every kernel compiled, with ptxas' register report and SASS instruction counts; ``--profile VARIANTS`` only runs
+those backward variants once each (for ``ncu``).
 
-Usage: ``python tools/bench_deformable.py [--quick | --rows V:LEVELS:S,...] [--check] [--sweep]
+Usage: ``python tools/bench_deformable.py [--quick | --rows V:LEVELS:S,...] [--check]
 [--torch-json FILE] [--out DIR]`` or ``... --forward-variants [--check] [--rows ...] [--dtype bfloat16]
 [--points voxel]``. torch runs in a subprocess first, so the two frameworks never hold device
 memory at the same time; ``--torch-json`` reuses the torch numbers of an earlier run instead.
@@ -42,9 +45,12 @@ memory at the same time; ``--torch-json`` reuses the torch numbers of an earlier
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
+import glob
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -57,21 +63,25 @@ FULL = [(v, lv, s) for v in (6, 21) for lv in ("448px", "560px") for s in (4096,
 QUICK = [(6, "448px", 4096), (21, "560px", 16384)]
 LEVEL_SETS["tiny"] = ((16, 16), (8, 8))
 TINY = [(2, "tiny", 64)]  # --tiny: a CPU smoke test of this script (Pallas in interpret mode)
-# --sweep: backward kernel variants (block_q, num_warps, relaxed d_value atomics) at V=21, 560px, S=16384.
-SWEEP = ((16, 4, True), (32, 4, True), (64, 4, True), (16, 4, False))
 # --forward-variants: forward kernel configs (variant, block_q, block_c, num_warps), the previous default first.
 FORWARD_SWEEP = (("per_head", 16, None, 4), ("per_head", 8, None, 4), ("per_head", 16, None, 2),
                  ("per_head", 8, None, 2), ("per_head_unrolled", 16, None, 4), ("all_heads", 8, 256, 4),
                  ("all_heads", 4, 256, 4), ("all_heads", 8, 128, 4))
 FORWARD_ROWS = "6:448px:8192,21:448px:8192"
-# --backward-variants: kernel configs (variant, block_q, window, num_warps, sort_queries), each timed on random
-# points and on model-like points in the model's (raster) and in Morton anchor order. "atomic" / "window":
-# the backward kernels; "forward": the per_head forward kernel (query order on / off). Ratios are against the
-# first row of the same kind (the previous defaults: unsorted). Measured on an H100 on 2026-11-25 04:06 UTC
-# and dropped since (slower everywhere): window (32, 16, 4), (32, 16, 4, unsorted), (64, 16, 4), (32, 32, 8).
-BACKWARD_SWEEP = (("atomic", 16, None, 4, False), ("atomic", 16, None, 4, True), ("atomic", 32, None, 4, True),
-                  ("window", 32, 8, 4, True), ("window", 16, 8, 4, True), ("window", 16, 16, 4, True),
-                  ("forward", 16, None, 4, False), ("forward", 16, None, 4, True))
+# --backward-variants: kernel configs (kind, block_q, window, num_warps, sort_queries), each timed on the
+# points of --backward-points (random, model-like SV3D points in the model's raster and in Morton anchor order).
+# kind: a backward variant of deformable_sample_triton.BACKWARD_VARIANTS, "forward" (the per_head forward
+# kernel), or one kernel of a split backward alone: "dvalue" / "dvalue_window" (d_value only, views in the
+# grid, no value gathers), "point_grads" (d_offsets / d_weights / d_reference_points only, no atomics).
+# Ratios are against the first row of the same kind group (backward / forward). Dropped since measured slower
+# on an H100 (2026-11-25 04:06-04:26 UTC): unsorted kernels; the first window form ((wy*wx, block_q) weights)
+# at (32, 8), (16, 8), (16, 16), (32, 16), (64, 16), (32, 32, 8 warps); atomic block_q 32.
+BACKWARD_SWEEP = (("atomic", 16, None, 4, True), ("split_window", 16, 8, 4, True), ("window", 16, 8, 4, True),
+                  ("split", 16, None, 4, True), ("dvalue_window", 16, 8, 4, True), ("point_grads", 16, None, 4, True),
+                  ("dvalue", 16, None, 4, True), ("window", 32, 8, 4, True), ("split_window", 32, 8, 4, True),
+                  ("dvalue", 32, None, 4, True), ("dvalue_window", 32, 8, 4, True), ("forward", 16, None, 4, True))
+BACKWARD_PARTS = {"dvalue": ("atomic", False, True), "dvalue_window": ("window", False, True),
+                  "point_grads": ("none", True, False)}
 # --backward-variants --backward-sweep blocks: block sizes / warps of the sorted atomic backward and forward.
 BACKWARD_SWEEP_BLOCKS = (("atomic", 16, None, 4, True), ("atomic", 8, None, 4, True), ("atomic", 8, None, 2, True),
                          ("atomic", 16, None, 2, True), ("forward", 16, None, 4, True),
@@ -259,6 +269,80 @@ def jax_inputs(jax, jnp, v, shapes, s, seed=0, points="random"):
     return value, ref, offsets, weights, cot
 
 
+PTX_LABEL = ["start"]  # what is being compiled (set by the sweeps), for the dumped PTX file names
+
+
+def install_ptx_dump(directory):
+    """Saves the PTX of every Triton kernel compiled from now on as DIRECTORY/<label>__<kernel>.ptx: wraps the
+    compile functions that Pallas' Triton lowering calls (``jax._src.lib.triton.compile`` on jaxlib > 0.10.2,
+    whose result's ``asm`` is the PTX; other "compile" callables of those modules are wrapped the same way, and
+    the lowering module's source is saved for reference when none returns PTX)."""
+    import inspect
+
+    from jax._src.lib import triton
+    from jax._src.pallas.triton import pallas_call_registration as registration
+
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "pallas_call_registration.py.txt"), "w") as f:
+        f.write(inspect.getsource(registration))
+
+    def save(result):
+        for asm in (result, getattr(result, "asm", None), getattr(result, "ptx", None)):
+            if isinstance(asm, bytes):
+                asm = asm.decode(errors="replace")
+            if isinstance(asm, str) and ".entry" in asm:
+                entry = re.search(r"\.entry\s+(\w+)", asm)
+                name = f"{PTX_LABEL[0]}__{entry.group(1) if entry else 'kernel'}"
+                with open(os.path.join(directory, f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.ptx"), "w") as f:
+                    f.write(asm)
+                return
+
+    def wrap(function):
+        def compile_and_save(*args, **kwargs):
+            result = function(*args, **kwargs)
+            save(result)
+            return result
+        return compile_and_save
+
+    for module in {triton, registration, getattr(registration, "triton", triton)}:
+        for name in dir(module):
+            if "compile" in name.lower() and callable(getattr(module, name)) and not name.startswith("__"):
+                if not isinstance(getattr(module, name), type):
+                    setattr(module, name, wrap(getattr(module, name)))
+
+
+def summarize_ptx(directory):
+    """ptxas -v (registers, spills) and SASS opcode counts of every dumped PTX file -> DIRECTORY/summary.txt."""
+    lines = []
+    for path in sorted(glob.glob(os.path.join(directory, "*.ptx"))):
+        ptx = open(path).read()
+        cubin = path[:-4] + ".cubin"
+        try:
+            info = subprocess.run(["ptxas", "-arch=sm_90", "-v", path, "-o", cubin], capture_output=True, text=True)
+        except OSError as err:  # no ptxas on PATH
+            lines.append(f"{os.path.basename(path)}: {err}")
+            continue
+        report = " ".join(re.findall(r"Used \d+ registers|\d+ bytes spill (?:stores|loads)|\d+ bytes stack frame",
+                                     info.stderr)) or info.stderr[-300:]
+        sass = subprocess.run(["cuobjdump", "-sass", cubin], capture_output=True, text=True).stdout
+        with open(path[:-4] + ".sass", "w") as f:
+            f.write(sass)
+        opcodes = {}
+        for m in re.finditer(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)", sass):
+            op = m.group(1)
+            key = next((k for k in ("REDG", "RED", "ATOMG", "ATOM", "LDG", "STG", "LDS", "STS", "BAR", "SHFL",
+                                    "HMMA", "FFMA", "FMUL", "FADD") if op.startswith(k)), None)
+            if key:
+                full = op if key in ("REDG", "RED", "ATOMG", "LDG", "STG") else key
+                opcodes[full] = opcodes.get(full, 0) + 1
+        ptx_red = sorted(set(re.findall(r"(?:red|atom)\.[\w.]+", ptx)))
+        lines.append(f"{os.path.basename(path)}: {report}; PTX atomics {ptx_red}; "
+                     f"SASS (static) {dict(sorted(opcodes.items()))}")
+    with open(os.path.join(directory, "summary.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+
+
 def copy_bandwidth(jax, jnp):
     x = jnp.ones((512 * 1024 * 1024,), jnp.float32)  # 2 GiB
     f = jax.jit(lambda a: a + 1.0)
@@ -414,65 +498,88 @@ def forward_variants(jax, jnp, rows, reps, deadline, log, dtype="float32", point
     return results, "\n".join(lines)
 
 
-def backward_variants(jax, jnp, rows, reps, deadline, log, point_modes=BACKWARD_POINTS, sweep=BACKWARD_SWEEP):
-    """Kernel alone for every BACKWARD_SWEEP config, per row and point mode: median ms and the largest rel
-    err of the four gradients (forward: of the output) vs the XLA reference (fp32)."""
+def backward_variants(jax, jnp, rows, reps, deadline, log, point_modes=BACKWARD_POINTS, sweep=BACKWARD_SWEEP,
+                      dtype="float32"):
+    """Kernel alone for every sweep config, per row and point mode: median ms and the largest rel err of its
+    outputs (forward: the output; a split part: the gradients it computes) vs the XLA reference (fp32 math on
+    the same, possibly bf16-rounded, values and cotangent)."""
     from geolrm_kernels import deformable_sample as ds
-    from geolrm_kernels import deformable_sample_backward_triton as window
+    from geolrm_kernels import deformable_sample_backward_triton as bwd
     from geolrm_kernels import deformable_sample_triton as tri
 
     interpret = jax.default_backend() == "cpu"
     results = []
     for config in sweep:
         variant, block_q, size, warps, sort = config
-        results.append(dict(variant=variant, block_q=block_q, window=size, num_warps=warps, sort_queries=sort))
+        results.append(dict(variant=variant, block_q=block_q, window=size, num_warps=warps, sort_queries=sort,
+                            dtype=dtype))
     for v, lv, s in rows:
         shapes = LEVEL_SETS[lv]
         value, ref, offsets, weights, cot = jax_inputs(jax, jnp, v, shapes, s)
+        value, cot = value.astype(dtype), cot.astype(dtype)
         mask = jnp.ones(ref.shape[:3], bool)
         refs, wants = {}, {}
         reference = jax.jit(lambda *a, shapes=shapes: ds._reference_backward(*a[:5], shapes, a[5]))
         reference_fwd = jax.jit(lambda *a, shapes=shapes: ds._reference_forward(*a[:5], shapes))
+        value32, cot32 = value.astype(jnp.float32), cot.astype(jnp.float32)
         for points in point_modes:
             refs[points] = ref if points == "random" else jnp.asarray(model_reference_points(v, s, points))
-            wants[points] = reference(value, refs[points], offsets, weights, mask, cot)
-            wants["forward", points] = (reference_fwd(value, refs[points], offsets, weights, mask),)
+            want = reference(value32, refs[points], offsets, weights, mask, cot32)
+            wants[points] = want
+            wants["forward", points] = (reference_fwd(value32, refs[points], offsets, weights, mask),)
+            wants["dvalue", points] = wants["dvalue_window", points] = want[:1]
+            wants["point_grads", points] = want[1:]
         for entry, (variant, block_q, size, warps, sort) in zip(results, sweep, strict=True):
             if variant == "forward":
-                kernel = functools.partial(tri.forward, variant="per_head", block_q=block_q, num_warps=warps,
-                                           sort_queries=sort)
-            elif variant == "atomic":
-                kernel = functools.partial(tri.backward, variant="atomic", block_q=block_q, num_warps=warps,
-                                           sort_queries=sort)
+                f = jax.jit(lambda *a, shapes=shapes, block_q=block_q, warps=warps, sort=sort: (tri.forward(
+                    *a[:5], shapes, variant="per_head", block_q=block_q, num_warps=warps, sort_queries=sort,
+                    interpret=interpret),))
+            elif variant in BACKWARD_PARTS:
+                value_grad, point_grads, views_in_grid = BACKWARD_PARTS[variant]
+
+                def f(*a, shapes=shapes, block_q=block_q, size=size, warps=warps, sort=sort, value_grad=value_grad,
+                      point_grads=point_grads, views_in_grid=views_in_grid):
+                    order = tri.resolve_query_order(None, a[1], a[4], sort)
+                    d_value, d_ref, d_off, d_attn = bwd.backward_call(
+                        *a[:5], shapes, a[5], order, value_grad=value_grad, point_grads=point_grads,
+                        views_in_grid=views_in_grid, block_q=block_q, num_warps=warps, window=size,
+                        interpret=interpret)
+                    if not point_grads:
+                        return (d_value.reshape(a[0].shape),)
+                    b, v, q, heads = a[0].shape[0], a[0].shape[1], a[2].shape[1], a[0].shape[3]
+                    return (d_ref.reshape(b, v, q, heads, 2).sum(axis=3), d_off.reshape(a[2].shape),
+                            d_attn.reshape(a[3].shape))
+
+                f = jax.jit(f)
             else:
-                kernel = functools.partial(window.backward, block_q=block_q, window=size, num_warps=warps,
-                                           sort_queries=sort)
-            if variant == "forward":
-                f = jax.jit(lambda *a, kernel=kernel, shapes=shapes: (kernel(*a[:5], shapes, interpret=interpret),))
-            else:
-                f = jax.jit(lambda *a, kernel=kernel, shapes=shapes: kernel(*a[:5], shapes, a[5],
-                                                                             interpret=interpret))
+                f = jax.jit(lambda *a, shapes=shapes, variant=variant, block_q=block_q, size=size, warps=warps,
+                            sort=sort: tri.backward(*a[:5], shapes, a[5], variant=variant, block_q=block_q,
+                                                    window=size, num_warps=warps, sort_queries=sort,
+                                                    interpret=interpret))
+            PTX_LABEL[0] = f"{variant}_q{block_q}_w{size}_n{warps}_{dtype}"
             for points in point_modes:
                 key = f"{v}|{lv}|{s}|{points}"
                 if time.time() > deadline:
                     entry[key] = {"error": "skipped (time budget)"}
                     continue
                 args = (value, refs[points], offsets, weights, mask, cot)
+                want = wants[points] if variant in tri.BACKWARD_VARIANTS else wants[variant, points]
                 try:
                     got = jax.block_until_ready(f(*args))
-                    err = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
-                              for a, b in zip(got, wants["forward", points] if variant == "forward"
-                                              else wants[points], strict=True))
+                    err = max(float(jnp.max(jnp.abs(a.astype(jnp.float32) - b)) / jnp.max(jnp.abs(b)))
+                              for a, b in zip(got, want, strict=True))
+                    finite = all(bool(jnp.all(jnp.isfinite(a))) for a in got)
                     del got
                     entry[key] = {"ms": _median_time(lambda args=args, f=f: f(*args), jax.block_until_ready, reps),
-                                  "rel_err": err}
+                                  "rel_err": err if finite else float("nan")}
                 except Exception as error:  # a config that does not compile is reported, not fatal
                     entry[key] = {"error": repr(error)[:300]}
-                log(f"backward {variant} block_q={block_q} window={size} warps={warps} sort={sort} "
+                log(f"backward {variant} block_q={block_q} window={size} warps={warps} sort={sort} {dtype} "
                     f"V={v} {lv} S={s} {points}: {entry[key]}")
         del value, ref, offsets, weights, cot, refs, wants
     keys = [f"{v}|{lv}|{s}|{points}" for v, lv, s in rows for points in point_modes]
-    head = "| variant | block_q | window | warps | sort | " + " | ".join(
+    tol = 1e-2 if dtype == "bfloat16" else 1e-4
+    head = "| kernel | block_q | window | warps | sort | " + " | ".join(
         "V={} {} S={} {}: ms (first÷this)".format(*k.split("|")) for k in keys) + " |"
     lines = [head, "|---|---|---|---|---|" + "---|" * len(keys)]
     for e in results:
@@ -482,24 +589,14 @@ def backward_variants(jax, jnp, rows, reps, deadline, log, point_modes=BACKWARD_
             r, old = e.get(k, {}), first.get(k, {})
             if "ms" in r:
                 ratio = f"{old['ms'] / r['ms']:.2f}×" if "ms" in old else "—"
-                flag = "" if r["rel_err"] <= 1e-4 else f", ERR {r['rel_err']:.1e}"
+                flag = "" if r["rel_err"] <= tol else f", ERR {r['rel_err']:.1e}"
                 cells.append(f"{r['ms']:.2f} ({ratio}){flag}")
             else:
                 cells.append(r.get("error", "—")[:60])
         lines.append(f"| {e['variant']} | {e['block_q']} | {e['window'] or '—'} | {e['num_warps']} | "
                      f"{'—' if e['sort_queries'] is None else e['sort_queries']} | " + " | ".join(cells) + " |")
     errors = [r["rel_err"] for e in results for k, r in e.items() if isinstance(r, dict) and "rel_err" in r]
-    return results, "\n".join(lines), bool(errors) and max(errors) <= 1e-4
-
-
-def bench_backward_variant(jax, inputs, shapes, reps, **kernel_kwargs):
-    """Median ms of the Pallas backward kernel alone with explicit block size / warps / atomic ordering."""
-    from geolrm_kernels import deformable_sample_triton as tri
-
-    value, ref, offsets, weights, cot = inputs
-    mask = jax.numpy.ones(ref.shape[:3], bool)
-    bwd = jax.jit(lambda v, r, o, a, g: tri.backward(v, r, o, a, mask, shapes, g, **kernel_kwargs))
-    return {"bwd_ms": _median_time(lambda: bwd(value, ref, offsets, weights, cot), jax.block_until_ready, reps)}
+    return results, "\n".join(lines), bool(errors) and max(errors) <= tol
 
 
 def bench_jax(jax, ds, impl, inputs, shapes, reps, keep=None, forward=True):
@@ -587,11 +684,11 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help=f"only {QUICK}")
     parser.add_argument("--rows", help="only these rows, e.g. 21:560px:16384,6:560px:8192")
     parser.add_argument("--check", action="store_true", help="Pallas vs XLA reference correctness on GPU first")
-    parser.add_argument("--sweep", action="store_true", help="block size / warp variants at V=21, 560px, S=16384")
     parser.add_argument("--forward-variants", action="store_true",
                         help=f"only the forward kernel variants of FORWARD_SWEEP (rows default {FORWARD_ROWS})")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                        help="value dtype of --forward-variants (the model runs bfloat16)")
+                        help="value (and cotangent) dtype of the table, --forward-variants and "
+                             "--backward-variants (the model runs bfloat16)")
     parser.add_argument("--points", default="random", choices=POINT_MODES,
                         help="reference points of the table and --forward-variants: uniform random, or model-like "
                              "anchors of a sphere shell projected into orbit views (voxel) or the SV3D preset "
@@ -601,10 +698,16 @@ def main(argv=None):
                              f"(rows default {BACKWARD_ROWS})")
     parser.add_argument("--backward-sweep", default="variants", choices=("variants", "blocks"),
                         help="--backward-variants configs: BACKWARD_SWEEP or BACKWARD_SWEEP_BLOCKS")
-    parser.add_argument("--backward", choices=("atomic", "window"),
+    parser.add_argument("--backward-points", default=",".join(BACKWARD_POINTS),
+                        help="comma-separated point modes of --backward-variants")
+    parser.add_argument("--backward", choices=("atomic", "window", "split", "split_window"),
                         help="backward variant of the table's Pallas column (default: the kernel's default)")
     parser.add_argument("--block-q", help="block_q:num_warps of the table's Pallas backward and forward, e.g. "
                                           "16:4,16:4 (default: the kernels' defaults)")
+    parser.add_argument("--dump-ptx", help="write the PTX of every Pallas kernel compiled (jaxlib > 0.10.2), its "
+                                           "ptxas register report and SASS instruction counts to this directory")
+    parser.add_argument("--profile", help="only run these backward variants once each (comma-separated) on the "
+                                          "first row's inputs (--points), e.g. under ncu")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--torch-json", help="reuse torch results written by an earlier run instead of measuring")
     parser.add_argument("--reps", type=int, default=5)
@@ -656,7 +759,23 @@ def main(argv=None):
     import jax.numpy as jnp
     from geolrm_kernels import deformable_sample as ds
 
-    meta.update(jax=jax.__version__, device=str(jax.devices()[0].device_kind))
+    meta.update(jax=jax.__version__, device=str(jax.devices()[0].device_kind), dtype=args.dtype)
+    if args.dump_ptx:
+        install_ptx_dump(args.dump_ptx)
+        atexit.register(summarize_ptx, args.dump_ptx)
+    if args.profile:  # one call of each backward variant on the first row's inputs, nothing else
+        from geolrm_kernels import deformable_sample_triton as tri
+
+        v, lv, s = order[0]
+        value, ref, offsets, weights, cot = jax_inputs(jax, jnp, v, LEVEL_SETS[lv], s, points=args.points)
+        mask = jnp.ones(ref.shape[:3], bool)
+        for variant in args.profile.split(","):
+            f = jax.jit(lambda *a, variant=variant: tri.backward(*a[:5], LEVEL_SETS[lv], a[5], variant=variant))
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(value.astype(args.dtype), ref, offsets, weights, mask, cot.astype(args.dtype)))
+            log(f"profile {variant} V={v} {lv} S={s} {args.points} {args.dtype}: "
+                f"{time.perf_counter() - t0:.1f} s with compilation")
+        return 0
     bandwidth = copy_bandwidth(jax, jnp)
     meta["copy_GBps"] = bandwidth / 1e9
     log(f"{meta}")
@@ -676,11 +795,14 @@ def main(argv=None):
         ok = check_correctness(jax, jnp, ds, log) if args.check else True
         rows = parse_rows(args.rows or BACKWARD_ROWS)
         sweep = BACKWARD_SWEEP_BLOCKS if args.backward_sweep == "blocks" else BACKWARD_SWEEP
-        bwd_results, text, errors_ok = backward_variants(jax, jnp, rows, args.reps, deadline, log, sweep=sweep)
+        bwd_results, text, errors_ok = backward_variants(jax, jnp, rows, args.reps, deadline, log, sweep=sweep,
+                                                         point_modes=tuple(args.backward_points.split(",")),
+                                                         dtype=args.dtype)
         meta.update(check_passed=ok, backward_errors_ok=errors_ok)
         with open(os.path.join(args.out, "bench_deformable_backward.json"), "w") as f:
             json.dump({"meta": meta, "results": bwd_results}, f, indent=1)
-        log(f"\n{meta['device']}, jax {meta['jax']}, {meta['date']}, backward kernel alone, fp32, B=1, H={HEADS}, "
+        log(f"\n{meta['device']}, jax {meta['jax']}, {meta['date']}, backward kernel alone, {args.dtype} values, "
+            f"B=1, H={HEADS}, "
             f"C={CHANNELS}, {LEVELS}x{POINTS} points, offsets N(0, 2 px)\n{text}")
         return 0 if ok and errors_ok else 1
     if args.backward:
@@ -691,7 +813,8 @@ def main(argv=None):
         from geolrm_kernels import deformable_sample_triton as tri
 
         (bwd_q, bwd_w), (fwd_q, fwd_w) = (map(int, part.split(":")) for part in args.block_q.split(","))
-        tri.BACKWARD_BLOCK_Q, tri.BACKWARD_NUM_WARPS = bwd_q, bwd_w
+        window = tri.BACKWARD_CONFIGS[tri.BACKWARD_VARIANT][1]
+        tri.BACKWARD_CONFIGS = {**tri.BACKWARD_CONFIGS, tri.BACKWARD_VARIANT: (bwd_q, window, bwd_w)}
         tri.FORWARD_CONFIGS = {**tri.FORWARD_CONFIGS, "per_head": (fwd_q, None, fwd_w)}
         meta["block_q"] = args.block_q
     meta["backward_variant"] = args.backward or "default"
@@ -702,31 +825,6 @@ def main(argv=None):
         except Exception:
             meta["check_passed"] = False
             log("check crashed:\n" + traceback.format_exc()[-4000:])
-
-    if args.sweep:  # before the table: the fastest backward variant becomes the kernel's block size for it
-        from geolrm_kernels import deformable_sample_triton as tri
-
-        inputs = jax_inputs(jax, jnp, 21, LEVEL_SETS["560px"], 16384)
-        best = None
-        for block_q, warps, relaxed in SWEEP:
-            if time.time() > deadline:
-                break
-            try:
-                e = bench_backward_variant(jax, inputs, LEVEL_SETS["560px"], args.reps, block_q=block_q,
-                                           num_warps=warps, relaxed=relaxed)
-                if relaxed == tri.relaxed_atomics_status()[0] and (best is None or e["bwd_ms"] < best[0]):
-                    best = (e["bwd_ms"], block_q, warps)
-            except Exception as err:  # a variant that does not compile is reported, not fatal
-                e = {"error": repr(err)[:300]}
-            log(f"sweep backward kernel block_q={block_q} num_warps={warps} relaxed={relaxed}: {e}")
-            meta.setdefault("sweep", []).append(dict(block_q=block_q, num_warps=warps, relaxed=relaxed, **e))
-        del inputs
-        if best:
-            tri.BACKWARD_BLOCK_Q, tri.BACKWARD_NUM_WARPS = best[1:]
-        meta["kernel_config"] = dict(forward=(tri.FORWARD_BLOCK_Q, tri.FORWARD_NUM_WARPS),
-                                     backward=(tri.BACKWARD_BLOCK_Q, tri.BACKWARD_NUM_WARPS),
-                                     relaxed_atomics=tri.relaxed_atomics_status())
-        log(f"kernel config (block_q, num_warps) for the table: {meta['kernel_config']}")
 
     def save():
         with open(os.path.join(args.out, "bench_deformable.json"), "w") as f:
@@ -740,6 +838,7 @@ def main(argv=None):
             log(f"V={v} {lv} S={s}: skipped (time budget)")
             continue
         inputs = jax_inputs(jax, jnp, v, LEVEL_SETS[lv], s, points=args.points)
+        inputs = (inputs[0].astype(args.dtype), *inputs[1:4], inputs[4].astype(args.dtype))
         kept = {}
         for impl in JAX_IMPLS:
             run_impl = impl

@@ -1,21 +1,23 @@
 """Pallas (Triton backend) kernels for the splatter's rasterization stage, forward and backward.
 
 One program per 16x16 tile (a 256-pixel vector per program); the tile's depth-sorted list
-`ids[tile_start[t]:tile_end[t]]` is walked in chunks of `CHUNK` entries, gathering the per-Gaussian features
-(10, N) in the kernel (the next chunk's loads are issued before the current chunk is computed). Inside a chunk
-the sequential compositing rule (skip alpha < 1/255, stop before blending when T (1 - alpha) < 1e-4) is
-evaluated in closed form over a (256, CHUNK) block with a cumulative sum of log(1 - alpha) (Triton has a
-cumsum scan but no cumprod). A tile stops as soon as all its pixels are done.
+`ids[tile_start[t]:tile_end[t]]` is walked in chunks of entries, gathering the per-Gaussian features (10, N) in
+the kernel (the next chunk's loads are issued before the current chunk is computed). Inside a chunk the
+sequential compositing rule (skip alpha < 1/255, stop before blending when T (1 - alpha) < 1e-4) is evaluated in
+closed form with a cumulative sum of log(1 - alpha) (Triton has a cumsum scan but no cumprod). A tile stops as
+soon as all its pixels are done.
 
-The forward's sums over the chunk axis (colour, weight, depth) are one matrix product on the tensor cores
-(3-pass TF32, float32 accuracy), [C, W, D] += w (256, CHUNK) @ [r, g, b, 1, z] (CHUNK, 16), accumulated over the
-chunks, instead of five cross-lane reductions per chunk.
+Block layouts (Triton spreads a block's last axis over the lanes of a warp): the forward works on
+(CHUNK, 256) blocks, so its scan and its sums over the chunk (colour, weight, depth, T, counts) run within each
+thread; the backward works on (256, BACKWARD_CHUNK) blocks, so that its 10 sums over the 256 pixels per Gaussian
+are mostly within each thread (and one cross-warp step), at the price of cross-lane scans over the chunk.
 
-The backward walks chunks of `BACKWARD_CHUNK` entries back to front, rebuilding T before each entry from the
-saved final T and carrying the suffix sum of weight x cotangent (no per-pixel list is stored). Its 10 sums over
-the 256 pixels per Gaussian are done `BACKWARD_GROUP` at a time (stacked into one reduction), and summed over tiles
+The backward walks the chunks back to front, rebuilding T before each entry from the saved final T and carrying
+the suffix sum of weight x cotangent (no per-pixel list is stored). Per-Gaussian gradients are summed over tiles
 with relaxed atomic adds into (10, N) (default), or, with ACCUMULATE = "segment", written as one row per list
 entry (10, capacity) and summed deterministically with a segment sum in XLA.
+
+`tile_keys` is the intersection stage's key writer (see `geolrm_jax.render.tiles`).
 
 Contracts are those of `geolrm_jax.render.rasterize` (`forward_xla` / `backward_xla`); `rasterize` below is the
 custom_vjp entry point with implementation "pallas" (GPU) or "pallas_interpret" (any backend, for tests), and
@@ -43,6 +45,7 @@ from geolrm_jax.render.rasterize import (
 )
 
 # List entries per step and warps per program (one 16x16 tile); read at trace time, so a benchmark can sweep them.
+# H100, 512k Gaussians, 8 x 448² (docs/splatter.md): 16 / 4 / 8 / 16 was the fastest of those swept.
 CHUNK = 16
 BACKWARD_CHUNK = 16
 NUM_WARPS = 4
@@ -51,15 +54,9 @@ BACKWARD_NUM_WARPS = 8
 # (memory O(N), order-nondeterministic in the last bits, like the CUDA rasterizer); "segment" writes one row
 # per list entry (10, capacity) and sums with a segment sum in XLA (deterministic, memory O(capacity)).
 ACCUMULATE = "atomic"
-# Sweep switches (benchmark only): relaxed atomics (Pallas' own atomic_add is acquire-release), next-chunk
-# prefetch, the forward's colour sums as a matrix product ("dot") or five reductions ("reduce"), and how many
-# of the backward's 10 per-Gaussian sums share one cross-warp reduction (1, 2 or 4).
+# Benchmark switches: relaxed atomics (Pallas' own atomic_add is acquire-release) and the next-chunk prefetch.
 RELAXED_ATOMICS = True
 PREFETCH = True
-FORWARD_SUMS = "dot"
-BACKWARD_GROUP = 1
-BACKWARD_TRANSPOSED = False  # (chunk, 256) blocks in the backward: in-thread scans, cross-lane pixel sums
-MATRIX_COLUMNS = 16  # width of the forward's per-Gaussian feature matrix (tl.dot needs >= 16)
 
 
 def _relaxed_atomic_add():
@@ -136,62 +133,19 @@ def _alpha(feats, px, py, gaxis: int = 1):
     return dx, dy, power, gauss, raw, jnp.minimum(raw, ALPHA_MAX)
 
 
-def _columns(vectors, rows: int):
-    """(rows, MATRIX_COLUMNS) matrix whose column j is vectors[j] (a (rows,) vector, or a scalar), zeros after."""
-    col = jax.lax.broadcasted_iota(jnp.int32, (rows, MATRIX_COLUMNS), 1)
-    out = jnp.zeros((rows, MATRIX_COLUMNS), jnp.float32)
-    for j, v in enumerate(vectors):
-        v = v[:, None] if jnp.ndim(v) else v
-        out = out + jnp.where(col == j, v, 0.0)
-    return out
-
-
-def _column(matrix, j: int):
-    """Column j of a (rows, MATRIX_COLUMNS) matrix as a (rows,) vector."""
-    col = jax.lax.broadcasted_iota(jnp.int32, matrix.shape, 1)
-    return jnp.sum(jnp.where(col == j, matrix, 0.0), axis=1)
-
-
-def _dot(a, b, interpret: bool):
-    """a @ b in float32 accuracy: 3-pass TF32 on the GPU's tensor cores, plain float32 elsewhere."""
-    precision = jax.lax.Precision.HIGHEST if interpret else jax.lax.DotAlgorithmPreset.TF32_TF32_F32_X3
-    return jnp.dot(a, b, precision=precision, preferred_element_type=jnp.float32)
-
-
-def _pixel_sums(values, group: int, axis: int):
-    """Sums over the pixel axis of (256, chunk) or (chunk, 256) arrays (given as functions that build them, so
-    that only a group is alive at a time), `group` (1, 2 or 4) of them stacked into one reduction."""
-    if group not in (1, 2, 4):
-        raise ValueError(f"BACKWARD_GROUP must be 1, 2 or 4, got {group}")
-    sums = []
-    for i in range(0, len(values), group):
-        part = [v() for v in values[i:i + group]]
-        if len(part) == 1:
-            sums.append(jnp.sum(part[0], axis=axis))
-            continue
-        pairs = [jnp.stack(part[j:j + 2], axis=-1) for j in range(0, len(part), 2)]
-        block = pairs[0] if len(pairs) == 1 else jnp.stack(pairs, axis=-1)  # (256, chunk, 2[, 2])
-        total = jnp.sum(block, axis=axis)
-        halves = [total] if len(pairs) == 1 else [jnp.squeeze(h, -1) for h in jnp.split(total, 2, axis=-1)]
-        sums += [jnp.squeeze(q, -1) for h in halves for q in jnp.split(h, 2, axis=-1)]
-    return sums
-
-
 def _forward_kernel(start_ref, end_ref, ids_ref, feats_ref, c0_ref, c1_ref, c2_ref, w_ref, d_ref, t_ref,
                     last_ref, count_ref, stop_ref, *, grid_x: int, height: int, width: int, chunk: int,
-                    prefetch: bool, sums_by: str, interpret: bool):
+                    prefetch: bool):
     t = pl.program_id(0)
     start, end = start_ref[t], end_ref[t]
     px, py, inside = _pixel_coords(t, grid_x, height, width)
-    # "transposed": (chunk, 256) blocks, so the scan and the sums over the chunk stay within each thread;
-    # otherwise (256, chunk) blocks, the colour sums as a matrix product ("dot") or as reductions ("reduce").
-    gaxis = 0 if sums_by == "transposed" else 1
+    gaxis = 0  # (chunk, 256) blocks: everything along the chunk stays within a thread
     pix, gau = _broadcasts(gaxis)
     zeros = jnp.zeros((PIXELS,), jnp.float32)
     izeros = jnp.zeros((PIXELS,), jnp.int32)
     num_chunks = (end - start + chunk - 1) // chunk
     load = functools.partial(_load_chunk, ids_ref, feats_ref, start, end, chunk=chunk)
-    sums = jnp.zeros((PIXELS, MATRIX_COLUMNS), jnp.float32) if sums_by == "dot" else (zeros,) * 5
+    sums = (zeros,) * 5  # colour (3), weight, depth
     init = (jnp.int32(0), load(0)[:3] if prefetch else (), zeros + 1.0, sums, izeros, izeros, izeros,
             jnp.where(inside, 0, 1))
 
@@ -212,20 +166,14 @@ def _forward_kernel(start_ref, end_ref, ids_ref, feats_ref, c0_ref, c1_ref, c2_r
         keep = m & (t_incl >= T_MIN)
         w = jnp.where(keep, alpha, 0.0) * pix(trans) * jnp.exp(cum - log_1m)
         stop = jnp.max((m & ~keep).astype(jnp.int32), axis=gaxis)
-        if sums_by == "dot":
-            ones = jnp.ones((chunk,), jnp.float32)
-            sums = sums + _dot(w, _columns((f[6], f[7], f[8], ones, f[9]), chunk), interpret)
-        else:
-            sums = tuple(acc + jnp.sum(w if v is None else w * gau(v), axis=gaxis)
-                         for acc, v in zip(sums, (f[6], f[7], f[8], None, f[9]), strict=True))
+        sums = tuple(acc + jnp.sum(w if v is None else w * gau(v), axis=gaxis)
+                     for acc, v in zip(sums, (f[6], f[7], f[8], None, f[9]), strict=True))
         return (k + 1, ahead, trans * jnp.exp(jnp.sum(jnp.where(keep, log_1m, 0.0), axis=gaxis)), sums,
                 jnp.maximum(last, jnp.max(jnp.where(keep, gau(pos) + 1, 0), axis=gaxis)),
                 count + jnp.sum(keep.astype(jnp.int32), axis=gaxis), jnp.maximum(stopped, stop),
                 jnp.maximum(done, stop))
 
     _, _, trans, sums, last, count, stopped, _ = jax.lax.while_loop(cond, body, init)
-    if sums_by == "dot":
-        sums = tuple(_column(sums, j) for j in range(5))
     for ref, val in ((c0_ref, sums[0]), (c1_ref, sums[1]), (c2_ref, sums[2]), (w_ref, sums[3]), (d_ref, sums[4]),
                      (t_ref, trans), (last_ref, last), (count_ref, count), (stop_ref, stopped)):
         ref[...] = val
@@ -233,12 +181,6 @@ def _forward_kernel(start_ref, end_ref, ids_ref, feats_ref, c0_ref, c1_ref, c2_r
 
 def _tile_spec():
     return pl.BlockSpec((None, PIXELS), lambda t: (t, 0))
-
-
-def _forward_sums(chunk: int) -> str:
-    if FORWARD_SUMS not in ("dot", "reduce", "transposed"):
-        raise ValueError(f"FORWARD_SUMS must be 'dot', 'reduce' or 'transposed', got {FORWARD_SUMS!r}")
-    return "reduce" if FORWARD_SUMS == "dot" and chunk < MATRIX_COLUMNS else FORWARD_SUMS
 
 
 def forward_pallas(feats, ids, tile_start, tile_end, height: int, width: int, *, interpret: bool = False,
@@ -250,7 +192,7 @@ def forward_pallas(feats, ids, tile_start, tile_end, height: int, width: int, *,
     f32 = jax.ShapeDtypeStruct((num_tiles, PIXELS), jnp.float32)
     i32 = jax.ShapeDtypeStruct((num_tiles, PIXELS), jnp.int32)
     kernel = functools.partial(_forward_kernel, grid_x=grid_x, height=height, width=width, chunk=chunk,
-                               prefetch=PREFETCH, sums_by=_forward_sums(chunk), interpret=interpret)
+                               prefetch=PREFETCH)
     outs = pl.pallas_call(
         kernel,
         grid=(num_tiles,),
@@ -267,8 +209,7 @@ def forward_pallas(feats, ids, tile_start, tile_end, height: int, width: int, *,
 
 def _backward_kernel(start_ref, end_ref, ids_ref, feats_ref, trans_ref, last_ref, gc0_ref, gc1_ref, gc2_ref,
                      gw_ref, gd_ref, gt_ref, zeros_ref, out_ref, *, grid_x: int, height: int, width: int, chunk: int,
-                     cuda_gradient: bool, atomic: bool, num: int, prefetch: bool, group: int, gaxis: int,
-                     atomic_add):
+                     cuda_gradient: bool, atomic: bool, num: int, prefetch: bool, atomic_add):
     t = pl.program_id(0)
     start, end = start_ref[t], end_ref[t]
     px, py, _ = _pixel_coords(t, grid_x, height, width)
@@ -277,6 +218,7 @@ def _backward_kernel(start_ref, end_ref, ids_ref, feats_ref, trans_ref, last_ref
     g_w, g_d = gw_ref[...], gd_ref[...]
     num_chunks = (jnp.maximum(jnp.max(last) - start, 0) + chunk - 1) // chunk
     load = functools.partial(_load_chunk, ids_ref, feats_ref, start, end, chunk=chunk)
+    gaxis = 1  # (256, chunk) blocks: the sums over the pixels stay mostly within a thread
     pix, gau = _broadcasts(gaxis)
 
     def body(i, s):
@@ -303,9 +245,10 @@ def _backward_kernel(start_ref, end_ref, ids_ref, feats_ref, trans_ref, last_ref
         # applied after the pixel sums of q = d_raw * G times 1, dx, dy, dx^2, dx dy, dy^2.
         q = d_raw * gauss
         qx, qy = q * dx, q * dy
-        s0, sx, sy, sxx, sxy, syy, *g_rgbz = _pixel_sums(
-            [lambda: q, lambda: qx, lambda: qy, lambda: qx * dx, lambda: qx * dy, lambda: qy * dy]
-            + [lambda g=g: w * pix(g) for g in (*g_c, g_d)], group, 1 - gaxis)
+        # Each product is built right before its sum (as traced), so only one (256, chunk) term is alive at a time.
+        terms = [lambda: q, lambda: qx, lambda: qy, lambda: qx * dx, lambda: qx * dy, lambda: qy * dy]
+        terms += [lambda g=g: w * pix(g) for g in (*g_c, g_d)]
+        s0, sx, sy, sxx, sxy, syy, *g_rgbz = (jnp.sum(term(), axis=0) for term in terms)
         a, b, c, o = f[2:6]
         grads = (-o * (a * sx + b * sy), -o * (c * sy + b * sx), -0.5 * o * sxx, -o * sxy, -0.5 * o * syy, s0,
                  *g_rgbz)
@@ -343,7 +286,7 @@ def backward_pallas(feats, ids, tile_start, tile_end, out: TileImage, cot: TileI
     atomic_add = _ATOMIC_ADD_RELAXED if RELAXED_ATOMICS and _ATOMIC_ADD_RELAXED else plgpu.atomic_add
     kernel = functools.partial(_backward_kernel, grid_x=grid_x, height=height, width=width, chunk=chunk,
                                cuda_gradient=cuda_gradient, atomic=atomic, num=num, prefetch=PREFETCH,
-                               group=BACKWARD_GROUP, gaxis=0 if BACKWARD_TRANSPOSED else 1, atomic_add=atomic_add)
+                               atomic_add=atomic_add)
     f32 = lambda x: x.astype(jnp.float32)
     result = pl.pallas_call(
         kernel,

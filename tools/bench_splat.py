@@ -2,7 +2,7 @@
 
     PYTHONUNBUFFERED=1 python tools/bench_splat.py [--json OUT.json] [--repeats 5] [--sizes 524288,131072]
         [--implementations pallas,gsplat,gsplat_unpacked,xla] [--gsplat-so DIR] [--stages [radix,two_key]]
-        [--sweep pallas@16/8/8,pallas+reduce,...] [--profile]
+        [--sweep pallas@16/8/8,pallas+acqrel,pallas+tight,...] [--profile]
     (on the GPU machine: bash tools/gpu_bench_splat.sh ARGS, which also installs gsplat and checks splat_small)
 
 Gaussians follow GeoLRM's output distribution: means uniform in the cube [-0.5, 0.5]^3, scales uniform in
@@ -14,7 +14,8 @@ Forward = `render` (rgb, alpha, depth); forward+backward = value and gradient of
 three outputs w.r.t. all five Gaussian fields. Times are medians of `--repeats` runs after a warm-up
 (block_until_ready). Memory is XLA's compiled-program footprint (arguments + outputs + temporaries, from
 `compiled.memory_analysis()`), i.e. the peak the program needs. The capacity is found once per setting with
-the number of tile intersections (next power of two) and then fixed.
+the number of tile intersections (next power of two; rows with "+tight": rounded up to a multiple of 2^16)
+and then fixed.
 
 gsplat (optional; torch, gsplat and a CUDA device, else skipped with the reason printed): the same Gaussians and
 cameras through `gsplat.rasterization(render_mode="RGB+D")` (see `gsplat_bench.py` for the camera conversion,
@@ -23,10 +24,12 @@ what matches and what differs). Its times are medians of synchronized wall-clock
 allocator's peak, against our compiled footprint. The table also prints the difference between its images and
 ours, and the ratios ours / gsplat.
 
---stages times, at the first setting, the forward's parts cumulatively (projection; + slot owners; + depth rank
-and key sort; + tile ranges = intersection; the whole forward) for the given intersection methods ("radix": one
-uint32 key sort; "two_key": the (tile, depth) comparison sort), the intersection mapped over the cameras as in
-`render`, and the two Pallas kernels alone. --sweep adds Pallas rows with other CHUNK / warp counts.
+--stages times, at the first setting, the two Pallas kernels alone (with the number of chunks the backward
+walks) and the forward's parts cumulatively (projection; + depth rank and slot keys; + key sort; + tile ranges =
+intersection; the whole forward) for the given intersection methods ("radix": one uint32 key sort; "two_key": the
+(tile, depth) comparison sort; "kernels": none), the intersection mapped over the cameras as in `render`.
+--sweep adds Pallas rows at the first setting with other chunk / warp counts and switches (see `_configure`).
+--profile only runs the two kernels, for Nsight Compute (NCU=1 in gpu_bench_splat.sh).
 """
 from __future__ import annotations
 
@@ -93,13 +96,10 @@ def _cotangents(num_views: int, size: int):
 
 
 KERNEL_DEFAULTS = (kernels.CHUNK, kernels.NUM_WARPS, kernels.BACKWARD_NUM_WARPS, kernels.BACKWARD_CHUNK)
-SWITCHES = ("RELAXED_ATOMICS", "PREFETCH", "FORWARD_SUMS", "BACKWARD_GROUP", "BACKWARD_TRANSPOSED")
+SWITCHES = ("RELAXED_ATOMICS", "PREFETCH")
 SWITCH_DEFAULTS = tuple(getattr(kernels, k) for k in SWITCHES)
 # "+option" suffixes of a Pallas row, each setting one of the kernels' switches (see geolrm_kernels.rasterize).
-OPTIONS = {"acqrel": ("RELAXED_ATOMICS", False), "noprefetch": ("PREFETCH", False),
-           "fdot": ("FORWARD_SUMS", "dot"), "freduce": ("FORWARD_SUMS", "reduce"),
-           "ftransposed": ("FORWARD_SUMS", "transposed"), "g1": ("BACKWARD_GROUP", 1), "g2": ("BACKWARD_GROUP", 2),
-           "g4": ("BACKWARD_GROUP", 4), "btransposed": ("BACKWARD_TRANSPOSED", True)}
+OPTIONS = {"acqrel": ("RELAXED_ATOMICS", False), "noprefetch": ("PREFETCH", False)}
 
 
 def _configure(name: str) -> str:

@@ -82,7 +82,8 @@ def build_stages(config, size: int) -> Stages:
     def transformer(c):
         return GeoTransformer(c.dim, c.layers, c.heads, c.num_points, c.grid_size, c.xyz_scale, shapes,
                               cfg.norm_eps, dtype, cfg.remat, cfg.remat_policy, cfg.attention_impl,
-                              cfg.sample_impl, cfg.get("attention_over_heads", False))
+                              cfg.sample_impl, cfg.get("attention_over_heads", False),
+                              scan_unroll=cfg.get("scan_unroll", 1))
 
     proposal_transformer, reconstruction_transformer = transformer(pc), transformer(rc)
     f, t = pc.grid_size // pc.token_res, pc.token_res

@@ -332,6 +332,19 @@ def test_inference_variables_give_identical_bf16_outputs():
     assert all(x.dtype == y.dtype for x, y in zip(jax.tree.leaves(same), jax.tree.leaves(variables), strict=True))
 
 
+def test_scan_unroll_changes_nothing_but_the_loop():
+    from geolrm_jax import reconstruct
+
+    config = model_config.tiny_model_config()
+    variables = reconstruct.random_variables(config, seed=2)
+    images, c2ws, ks, mask = tiny_inputs(batch=1, views=2)
+    want = run_fast_compiled(GeoLRM(config).apply, variables, images, c2ws, ks, mask)
+    config.scan_unroll = config.reconstruction.layers
+    got = run_fast_compiled(GeoLRM(config).apply, variables, images, c2ws, ks, mask)
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("patch, cin, use_bias", [(4, 9, False), (14, 3, True)])
 def test_patch_conv_equals_strided_conv(patch, cin, use_bias):
     from geolrm_jax.model.dinov2 import PatchConv

@@ -16,6 +16,7 @@ Fields:
                   XLA otherwise; or "xla" / "cudnn".
   sample_impl:    `deformable_sample` implementation (None = automatic by backend).
   norm_eps:       RMSNorm eps (1e-5 in the original).
+  scan_unroll:    transformer layers per iteration of the layer loop (`nn.scan(unroll=...)`); speed only.
   attention_over_heads: True reproduces the original's float32 self-attention code path (an H×H softmax over
                   the heads of each token followed by a token-scrambling reshape, see
                   transformer.attention_over_heads) — what the released inference config (use_bf16: false)
@@ -40,6 +41,7 @@ def _base(encoder, proposal, reconstruction) -> ml_collections.ConfigDict:
     cfg.sample_impl = ml_collections.FieldReference(None, field_type=str)
     cfg.norm_eps = 1e-5
     cfg.attention_over_heads = True
+    cfg.scan_unroll = 1
     return cfg
 
 

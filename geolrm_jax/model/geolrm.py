@@ -60,7 +60,8 @@ class ReconstructionNetwork(nn.Module):
             images, c2ws, Ks)
         latents = GeoTransformer(rc.dim, rc.layers, rc.heads, rc.num_points, rc.grid_size, rc.xyz_scale, shapes,
                                  cfg.norm_eps, self.dtype, cfg.remat, cfg.remat_policy, cfg.attention_impl,
-                                 cfg.sample_impl, cfg.attention_over_heads, name="transformer")(
+                                 cfg.sample_impl, cfg.attention_over_heads, scan_unroll=cfg.get("scan_unroll", 1),
+                                 name="transformer")(
             anchors, anchor_mask, feats, c2ws, Ks, view_mask)
         self.sow("intermediates", "latents", latents)
         return GaussianDecoder(rc.gs_per_token, rc.offset_max, rc.scale_max, self.dtype, name="decoder")(

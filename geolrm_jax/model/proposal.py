@@ -77,7 +77,8 @@ class ProposalNetwork(nn.Module):
         xyzs = jnp.broadcast_to(jnp.asarray(grid_points(f, pc.xyz_scale)), (b, f ** 3, 3))
         tokens = GeoTransformer(pc.dim, pc.layers, pc.heads, pc.num_points, pc.grid_size, pc.xyz_scale, shapes,
                                 cfg.norm_eps, self.dtype, cfg.remat, cfg.remat_policy, cfg.attention_impl,
-                                cfg.sample_impl, cfg.attention_over_heads, name="transformer")(
+                                cfg.sample_impl, cfg.attention_over_heads, scan_unroll=cfg.get("scan_unroll", 1),
+                                name="transformer")(
             xyzs, jnp.ones((b, f ** 3), bool), feats, c2ws, Ks, view_mask)
         occ = nn.Dense(t ** 3, dtype=self.dtype, name="upsample")(tokens).astype(jnp.float32)
         occ = occ.reshape(b, f, f, f, t, t, t).transpose(0, 1, 4, 2, 5, 3, 6)

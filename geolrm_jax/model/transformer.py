@@ -271,6 +271,7 @@ class GeoTransformer(nn.Module):
     attention_impl: str | None = None
     sample_impl: str | None = None
     attention_over_heads: bool = False
+    scan_unroll: int = 1  # layers per iteration of the scan's loop (`layers` = fully unrolled)
 
     @nn.compact
     def __call__(self, xyzs, query_mask, feats, c2ws, Ks, view_mask):
@@ -294,7 +295,7 @@ class GeoTransformer(nn.Module):
         if self.remat:
             block = nn.remat(block, prevent_cse=False, policy=getattr(jax.checkpoint_policies, self.remat_policy))
         stack = nn.scan(block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
-                        in_axes=(nn.broadcast,) * 9, length=self.layers)
+                        in_axes=(nn.broadcast,) * 9, length=self.layers, unroll=self.scan_unroll)
         h, _ = stack(self.dim, self.heads, self.num_points, tuple(self.spatial_shapes), self.norm_eps,
                      self.dtype, self.attention_impl, self.sample_impl, self.attention_over_heads, name="layers")(
             h, cos, sin, query_mask, key_lengths, with_bias_columns(feats.astype(self.dtype)), ref_points, view_mask,

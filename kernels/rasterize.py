@@ -78,8 +78,10 @@ def _relaxed_atomic_add():
         state_discharge.register_discharge_rule(prim)(tp._atomic_rmw_discharge_rule)
         relaxed = functools.partial(tl._atomic_rmw, semantic=tt_dialect.MemSemantic.RELAXED)
 
+        # Pallas' own rule, with its module's _atomic_rmw (which it calls) swapped for the relaxed one while it
+        # runs (lowering is single-threaded; an atomic lowered concurrently in another thread would be relaxed too).
         def lowering(ctx, *args, **params):
-            acq_rel, tl._atomic_rmw = tl._atomic_rmw, relaxed  # the rule calls lowering._atomic_rmw(op, ptr, ...)
+            acq_rel, tl._atomic_rmw = tl._atomic_rmw, relaxed
             try:
                 return tp._atomic_lowering_rule(ctx, *args, **params)
             finally:
@@ -93,7 +95,7 @@ def _relaxed_atomic_add():
             return prim.bind(*flat, args_tree=tree, atomic_type=tp.AtomicOpType.ADD)
 
         return add
-    except (ImportError, AttributeError):
+    except (ImportError, AttributeError, TypeError):
         return None
 
 

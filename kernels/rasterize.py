@@ -45,8 +45,9 @@ from geolrm_jax.render.rasterize import (
 )
 
 # List entries per step and warps per program (one 16x16 tile); read at trace time, so a benchmark can sweep them.
-# H100, 512k Gaussians, 8 x 448² (docs/splatter.md): 16 / 4 / 8 / 16 was the fastest of those swept.
-CHUNK = 16
+# H100, 512k Gaussians, 8 x 448² (docs/splatter.md): forward chunks of 8 (4 warps) and backward chunks of 16
+# (8 warps) were the fastest of those swept (forward chunks of 16: 0.5-1 ms slower fwd+bwd in three runs).
+CHUNK = 8
 BACKWARD_CHUNK = 16
 NUM_WARPS = 4
 BACKWARD_NUM_WARPS = 8

@@ -66,8 +66,10 @@ SORT_QUERIES = True
 # (d_value accumulated per program and (view, level) in a pixel window by a matmul, per-sample atomics only
 # outside it), "split" / "split_window" (a d_value kernel with the views in the grid, then a point-gradient
 # kernel without atomics). BACKWARD_CONFIGS: (block_q, window side, num_warps) of each. BACKWARD_VARIANT is
-# what the op runs. Measured: H100, 2026-11-25 04:26 UTC, atomic (block_q, warps) (16, 4)/(8, 4)/(8, 2)/(16, 2)
-# -> 30.5/30.9/30.8/32.1 ms at V=21, S=16384 on model-like SV3D points (docs/deformable.md).
+# what the op runs: "atomic", the fastest on model-like points. H100, 2026-11-25, V=21, S=16384, SV3D / random
+# points: atomic 30.5 / 82.6 ms, split 42.7 / 67.2, window 112 / 139, split_window 95.8 / 111 (09:05 UTC; the
+# d_value half alone 24.3 ms at 92% of L2 throughput); atomic (block_q, warps) (16, 4)/(8, 4)/(8, 2)/(16, 2)
+# -> 30.5/30.9/30.8/32.1 ms (04:26 UTC). See docs/deformable.md.
 BACKWARD_VARIANTS = ("atomic", "window", "split", "split_window")
 BACKWARD_CONFIGS = {"atomic": (16, None, 4), "window": (16, 8, 4), "split": (16, None, 4),
                     "split_window": (16, 8, 4)}

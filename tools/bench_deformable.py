@@ -33,9 +33,8 @@ preset views (``sv3d``: the model's raster anchor order; ``sv3d_morton``: Morton
 random points. ``--backward-variants`` times the backward kernels (the variants and the two halves of a split
 backward, ``BACKWARD_SWEEP``; ``--backward-sweep blocks``: block sizes of the sorted kernels) and the forward
 kernel alone on the ``--backward-points``, each checked against the XLA reference; ``--backward`` and
-``--block-q`` set the table's Pallas backward variant and block sizes. ``--dump-ptx DIR`` keeps the PTX of
-every kernel compiled, with ptxas' register report and SASS instruction counts; ``--profile VARIANTS`` only runs
-those backward variants once each (for ``ncu``).
+``--block-q`` set the table's Pallas backward variant and block sizes. ``--profile VARIANTS`` only runs those
+backward variants once each on the first row's inputs (for ``ncu -k regex:deformable_sample_bwd``).
 
 Usage: ``python tools/bench_deformable.py [--quick | --rows V:LEVELS:S,...] [--check]
 [--torch-json FILE] [--out DIR]`` or ``... --forward-variants [--check] [--rows ...] [--dtype bfloat16]
@@ -45,12 +44,9 @@ memory at the same time; ``--torch-json`` reuses the torch numbers of an earlier
 from __future__ import annotations
 
 import argparse
-import atexit
 import functools
-import glob
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -269,80 +265,6 @@ def jax_inputs(jax, jnp, v, shapes, s, seed=0, points="random"):
     return value, ref, offsets, weights, cot
 
 
-PTX_LABEL = ["start"]  # what is being compiled (set by the sweeps), for the dumped PTX file names
-
-
-def install_ptx_dump(directory):
-    """Saves the PTX of every Triton kernel compiled from now on as DIRECTORY/<label>__<kernel>.ptx: wraps the
-    compile functions that Pallas' Triton lowering calls (``jax._src.lib.triton.compile`` on jaxlib > 0.10.2,
-    whose result's ``asm`` is the PTX; other "compile" callables of those modules are wrapped the same way, and
-    the lowering module's source is saved for reference when none returns PTX)."""
-    import inspect
-
-    from jax._src.lib import triton
-    from jax._src.pallas.triton import pallas_call_registration as registration
-
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "pallas_call_registration.py.txt"), "w") as f:
-        f.write(inspect.getsource(registration))
-
-    def save(result):
-        for asm in (result, getattr(result, "asm", None), getattr(result, "ptx", None)):
-            if isinstance(asm, bytes):
-                asm = asm.decode(errors="replace")
-            if isinstance(asm, str) and ".entry" in asm:
-                entry = re.search(r"\.entry\s+(\w+)", asm)
-                name = f"{PTX_LABEL[0]}__{entry.group(1) if entry else 'kernel'}"
-                with open(os.path.join(directory, f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.ptx"), "w") as f:
-                    f.write(asm)
-                return
-
-    def wrap(function):
-        def compile_and_save(*args, **kwargs):
-            result = function(*args, **kwargs)
-            save(result)
-            return result
-        return compile_and_save
-
-    for module in {triton, registration, getattr(registration, "triton", triton)}:
-        for name in dir(module):
-            if "compile" in name.lower() and callable(getattr(module, name)) and not name.startswith("__"):
-                if not isinstance(getattr(module, name), type):
-                    setattr(module, name, wrap(getattr(module, name)))
-
-
-def summarize_ptx(directory):
-    """ptxas -v (registers, spills) and SASS opcode counts of every dumped PTX file -> DIRECTORY/summary.txt."""
-    lines = []
-    for path in sorted(glob.glob(os.path.join(directory, "*.ptx"))):
-        ptx = open(path).read()
-        cubin = path[:-4] + ".cubin"
-        try:
-            info = subprocess.run(["ptxas", "-arch=sm_90", "-v", path, "-o", cubin], capture_output=True, text=True)
-        except OSError as err:  # no ptxas on PATH
-            lines.append(f"{os.path.basename(path)}: {err}")
-            continue
-        report = " ".join(re.findall(r"Used \d+ registers|\d+ bytes spill (?:stores|loads)|\d+ bytes stack frame",
-                                     info.stderr)) or info.stderr[-300:]
-        sass = subprocess.run(["cuobjdump", "-sass", cubin], capture_output=True, text=True).stdout
-        with open(path[:-4] + ".sass", "w") as f:
-            f.write(sass)
-        opcodes = {}
-        for m in re.finditer(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)", sass):
-            op = m.group(1)
-            key = next((k for k in ("REDG", "RED", "ATOMG", "ATOM", "LDG", "STG", "LDS", "STS", "BAR", "SHFL",
-                                    "HMMA", "FFMA", "FMUL", "FADD") if op.startswith(k)), None)
-            if key:
-                full = op if key in ("REDG", "RED", "ATOMG", "LDG", "STG") else key
-                opcodes[full] = opcodes.get(full, 0) + 1
-        ptx_red = sorted(set(re.findall(r"(?:red|atom)\.[\w.]+", ptx)))
-        lines.append(f"{os.path.basename(path)}: {report}; PTX atomics {ptx_red}; "
-                     f"SASS (static) {dict(sorted(opcodes.items()))}")
-    with open(os.path.join(directory, "summary.txt"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines), flush=True)
-
-
 def copy_bandwidth(jax, jnp):
     x = jnp.ones((512 * 1024 * 1024,), jnp.float32)  # 2 GiB
     f = jax.jit(lambda a: a + 1.0)
@@ -556,7 +478,6 @@ def backward_variants(jax, jnp, rows, reps, deadline, log, point_modes=BACKWARD_
                             sort=sort: tri.backward(*a[:5], shapes, a[5], variant=variant, block_q=block_q,
                                                     window=size, num_warps=warps, sort_queries=sort,
                                                     interpret=interpret))
-            PTX_LABEL[0] = f"{variant}_q{block_q}_w{size}_n{warps}_{dtype}"
             for points in point_modes:
                 key = f"{v}|{lv}|{s}|{points}"
                 if time.time() > deadline:
@@ -704,8 +625,6 @@ def main(argv=None):
                         help="backward variant of the table's Pallas column (default: the kernel's default)")
     parser.add_argument("--block-q", help="block_q:num_warps of the table's Pallas backward and forward, e.g. "
                                           "16:4,16:4 (default: the kernels' defaults)")
-    parser.add_argument("--dump-ptx", help="write the PTX of every Pallas kernel compiled (jaxlib > 0.10.2), its "
-                                           "ptxas register report and SASS instruction counts to this directory")
     parser.add_argument("--profile", help="only run these backward variants once each (comma-separated) on the "
                                           "first row's inputs (--points), e.g. under ncu")
     parser.add_argument("--no-torch", action="store_true")
@@ -760,9 +679,6 @@ def main(argv=None):
     from geolrm_kernels import deformable_sample as ds
 
     meta.update(jax=jax.__version__, device=str(jax.devices()[0].device_kind), dtype=args.dtype)
-    if args.dump_ptx:
-        install_ptx_dump(args.dump_ptx)
-        atexit.register(summarize_ptx, args.dump_ptx)
     if args.profile:  # one call of each backward variant on the first row's inputs, nothing else
         from geolrm_kernels import deformable_sample_triton as tri
 

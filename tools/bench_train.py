@@ -76,6 +76,7 @@ def run_one(args, remat: bool) -> dict:
     model.dtype = args.dtype
     model.remat = remat
     model.attention_over_heads = False  # configs/stage2.py: the original's bf16 / flash-attention path
+    model.scan_unroll = 1  # configs/stage2.py: the layer loop as a scan
     config = ml_collections.ConfigDict(dict(
         model=model,
         stage2=dict(anchors="ground_truth", num_anchors=args.anchors, render_capacity=args.render_capacity),

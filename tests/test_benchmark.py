@@ -1,7 +1,9 @@
 """`geolrm-jax bench`: the timed stages compose to GeoLRM.__call__; the report table."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -78,3 +80,16 @@ def test_surface_anchors_lie_on_the_shell_in_raster_order():
     assert np.all(np.diff(flat) > 0)
     many_anchors, many_mask = benchmark.surface_anchors(config.proposal, 10_000)
     assert 0 < int(many_mask.sum()) < 10_000 and not np.asarray(many_anchors)[0, -1].any()
+
+
+def test_cuda_cache_config_tool_refuses_without_a_gpu(tmp_path):
+    """tools/cuda_cache_config.py never runs the wrapped script without a CUDA GPU, and says why."""
+    marker = tmp_path / "ran"
+    script = tmp_path / "script.py"
+    script.write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    tool = Path(__file__).resolve().parents[1] / "tools" / "cuda_cache_config.py"
+    proc = subprocess.run([sys.executable, str(tool), "--prefer", "l1", str(script)],
+                          capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode != 0
+    assert "cuda_cache_config: no GPU visible to JAX" in proc.stderr
+    assert not marker.exists()

@@ -2,9 +2,9 @@
 
 On Hopper, L1 and shared memory share one 256 KB array per SM; the split (the "carveout") follows the
 launched kernel's preference, else the context's (`cuCtxSetCacheConfig`). This wrapper sets the context's
-preference through the driver API (ctypes, libcuda; the `_v2` entry points that cuda.h maps the names to), after JAX has created its context, then runs the
-given script in the same process, and reports the preference before and after (so a run whose setting
-was overridden by someone else says so).
+preference through the driver API (ctypes, libcuda; the `_v2` entry points that cuda.h maps the names to),
+after JAX has created its context, then runs the given script in the same process, and reports the
+preference before and after (so a run whose setting was overridden by someone else says so).
 
     python tools/cuda_cache_config.py --prefer l1 tools/bench_deformable.py --rows 21:560px:16384 ...
 
@@ -26,7 +26,7 @@ def _libcuda():
     try:
         return ctypes.CDLL("libcuda.so.1")
     except OSError as e:
-        raise SystemExit(f"cuda_cache_config: libcuda.so.1 not found ({e}); this tool needs a CUDA GPU")
+        raise SystemExit(f"cuda_cache_config: libcuda.so.1 not found ({e}); this tool needs a CUDA GPU") from e
 
 
 def _check(result: int, what: str) -> None:

@@ -114,6 +114,40 @@ def test_mesh_shape_and_param_rule():
     assert tuple(sharding.param_partition_spec((64,), 4, 1024)) == ()    # small → replicated
 
 
+def test_decoder_activations_stay_batch_sharded_under_the_trainer_rules():
+    """The Gaussian decoder's features carry only the batch split when traced inside activation_sharding (its
+    kernels are fsdp-split along the K·14 features), give the same Gaussians and gradients, and carry no
+    constraint outside that context."""
+    from geolrm_jax.model.decoder import GaussianDecoder
+
+    mesh = sharding.make_mesh(2, 4)
+    decoder = GaussianDecoder(gs_per_token=2, offset_max=0.2, scale_max=0.02)
+    rng = np.random.default_rng(0)
+    latents = jnp.asarray(rng.normal(size=(8, 16, 24)), jnp.float32)
+    anchors = jnp.asarray(rng.uniform(-0.5, 0.5, size=(8, 16, 3)), jnp.float32)
+    mask = jnp.ones((8, 16), bool)
+    params = decoder.init(jax.random.PRNGKey(0), latents, anchors, mask)
+    shardings = sharding.state_shardings(params, mesh, min_fsdp_size=256)
+    assert shardings["params"]["latent_decoder_2"]["kernel"].spec == jax.sharding.PartitionSpec(None, "fsdp")
+    params = jax.device_put(params, shardings)
+    latents = jax.device_put(latents, sharding.batch_sharding(mesh))
+
+    def loss(p, x):
+        g = decoder.apply(p, x, anchors, mask)
+        return sum(jnp.sum(jnp.sin(leaf)) for leaf in jax.tree.leaves(g))
+
+    value_and_grad = jax.jit(jax.value_and_grad(loss))
+    constrained = sharding.call_with_activation_sharding(value_and_grad, mesh)
+    with sharding.activation_sharding(mesh):
+        text = str(jax.make_jaxpr(loss)(params, latents))
+    batch = "(('data', 'fsdp'), None, None)"
+    assert text.count("sharding_constraint") == 2 and text.count(batch) == 2, text
+    assert "sharding_constraint" not in str(jax.make_jaxpr(loss)(params, latents))
+    (v1, g1), (v2, g2) = constrained(params, latents), value_and_grad(params, latents)
+    np.testing.assert_allclose(v1, v2, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g1, g2)
+
+
 def test_sharded_step_matches_single_device(tmp_path):
     config = tiny_config(grad_accum_steps=2)
     one = make_trainer(config, tmp_path / "one", mesh=sharding.make_mesh(1, 1, jax.devices()[:1]))

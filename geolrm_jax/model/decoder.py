@@ -49,8 +49,13 @@ class GaussianDecoder(nn.Module):
     @nn.compact
     def __call__(self, latents, anchors, anchor_mask):
         out = self.gs_per_token * GS_DIM
-        x = nn.Dense(out, dtype=self.dtype, name="latent_decoder_0")(latents)
-        x = nn.Dense(out, dtype=self.dtype, name="latent_decoder_2")(nn.silu(x))
+        # Under a sharded trainer (train.sharding.activation_sharding) the activations stay split over the batch
+        # only: otherwise the partitioner carries the kernels' 'fsdp' split into the K·14 feature axis, which
+        # cannot be reshaped into (K, 14) and sliced (nor its gradient formed) without replicating it. Outside
+        # such a context these constraints are no-ops.
+        batch_only = lambda t: nn.with_logical_constraint(t, ("batch", None, None))
+        x = batch_only(nn.Dense(out, dtype=self.dtype, name="latent_decoder_0")(latents))
+        x = batch_only(nn.Dense(out, dtype=self.dtype, name="latent_decoder_2")(nn.silu(x)))
         b, s, _ = x.shape
         return gaussians_from_features(x.reshape(b, s, self.gs_per_token, GS_DIM), anchors, anchor_mask,
                                        self.offset_max, self.scale_max)

@@ -5,7 +5,13 @@ Rule for every array leaf of the train state (params, batch_stats, optimizer mom
 divides (ties → the later dimension); everything else is replicated. Optimizer moments have the shapes of their
 parameters, so they follow the same rule and sit next to their parameters. Batches are split along the batch
 dimension over both axes ('data', 'fsdp'), i.e. FSDP devices also act as data-parallel replicas.
+
+Activations: model code names its batch axis "batch" in `flax.linen.with_logical_constraint` where the
+partitioner would otherwise carry a parameter's 'fsdp' split into the activations (the Gaussian decoder).
+`activation_sharding(mesh)` (`jax.set_mesh` plus Flax logical axis rules) maps "batch" to ('data', 'fsdp')
+while a step is traced; outside it those constraints are no-ops.
 """
+import contextlib
 from collections.abc import Sequence
 
 import jax
@@ -14,6 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")
+ACTIVATION_RULES = (("batch", BATCH_AXES),)
 
 
 def mesh_shape(data: int, fsdp: int, num_devices: int) -> tuple[int, int]:
@@ -92,3 +99,22 @@ def global_batch(local_batch, mesh: Mesh, leading_dims: int = 1):
         return jax.make_array_from_process_local_data(sharding, x)
 
     return jax.tree.map(put, local_batch)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh):
+    """Context in which the model's logical activation constraints ("batch") bind to `mesh`'s batch axes."""
+    import flax.linen as nn
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(ACTIVATION_RULES):
+        yield
+
+
+def call_with_activation_sharding(fn, mesh: Mesh):
+    """`fn` (a jitted function) called inside `activation_sharding(mesh)`, so that its tracing sees the rules
+    (`jax.set_mesh` cannot be entered inside a trace)."""
+    def wrapped(*args, **kwargs):
+        with activation_sharding(mesh):
+            return fn(*args, **kwargs)
+    wrapped.jitted = fn
+    return wrapped

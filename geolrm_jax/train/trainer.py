@@ -100,7 +100,8 @@ class Trainer:
         replicated = sharding.replicated(self.mesh)
         batch_shardings = sharding.batch_sharding(self.mesh, leading_dims=2)
         train_step = steps.make_train_step(task.loss_fn, self.tx, self.schedule)
-        self.train_step = steps.jit_train_step(train_step, self.state_shardings, batch_shardings, replicated)
+        self.train_step = sharding.call_with_activation_sharding(
+            steps.jit_train_step(train_step, self.state_shardings, batch_shardings, replicated), self.mesh)
         self._summary_fn = jax.jit(task.summary_images, out_shardings=replicated)
         def eval_metrics(params, batch_stats, batch, rng):
             loss, (values, _, _) = task.loss_fn(params, batch_stats, batch, rng)

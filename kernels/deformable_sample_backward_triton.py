@@ -46,7 +46,10 @@ VARIANT_KERNELS = {
     "window": (("window", True, False),),
     "split": (("atomic", False, True), ("none", True, False)),
     "split_window": (("window", False, True), ("none", True, False)),
+    "tent": (("tent", True, False),),
+    "split_tent": (("tent", False, True), ("none", True, False)),
 }
+WINDOWED = ("window", "tent")  # value_grad kinds that accumulate a pixel window and add it by a matmul
 WINDOW_SIZE = 8  # window of at most WINDOW_SIZE x WINDOW_SIZE pixels per (program, view, level)
 
 
@@ -90,15 +93,15 @@ def _backward_kernel(*refs, dims, shapes, windows, block_q, c_pad, value_grad, p
     def view_step(bv, accs):
         valid, ref_u, ref_v, g = tri._view_cotangent(mask_ref, ref_ref, g_ref, bv=bv, q_count=q_count, q_in=q_in,
                                                      qc=qc, cols=cols, ch_in=ch_in)
-        if value_grad == "window":
+        if value_grad in WINDOWED:
             count = jnp.maximum(jnp.sum(valid.astype(jnp.float32)), 1.0)
             mean_u = jnp.sum(jnp.where(valid, ref_u, 0.0)) / count
             mean_v = jnp.sum(jnp.where(valid, ref_v, 0.0)) / count
         d_ref_uv = (jnp.zeros((block_q,), jnp.float32),) * 2 if point_grads else None
         for level, ((hl, wl), start, (wy, wx)) in enumerate(zip(shapes, _level_starts(shapes), windows,
                                                                 strict=True)):
-            weights = window_pixel = ox = oy = None
-            if value_grad == "window":
+            weights = window_pixel = ox = oy = window_x = window_y = None
+            if value_grad in WINDOWED:
                 # Window origin: the block's mean reference pixel at the window's centre, clamped into the map.
                 ox = jnp.clip(jnp.floor(jnp.clip(mean_u, -1.0, 2.0) * wl - 0.5).astype(jnp.int32) - wx // 2 + 1,
                               0, wl - wx)
@@ -106,11 +109,20 @@ def _backward_kernel(*refs, dims, shapes, windows, block_q, c_pad, value_grad, p
                               0, hl - wy)
                 window_pixel = jnp.arange(wy * wx, dtype=jnp.int32)[None, :]  # (1, wy*wx)
                 weights = jnp.zeros((block_q, wy * wx), jnp.float32)
+                window_x = (ox + window_pixel % wx).astype(jnp.float32)  # (1, wy*wx) pixel coordinates
+                window_y = (oy + window_pixel // wx).astype(jnp.float32)
 
             def point_step(point, carry, level=level, hl=hl, wl=wl, start=start, wy=wy, wx=wx, ox=ox, oy=oy,
-                           window_pixel=window_pixel):
+                           window_pixel=window_pixel, window_x=window_x, window_y=window_y):
                 accs, d_ref_uv, weights = carry
                 a, u, v = tri._point(off_ref, attn_ref, point_base + level * p + point, valid, ref_u, ref_v)
+                if value_grad == "tent":
+                    # The bilinear weight of pixel (i, j) is the product of tents max(0, 1 - |i - x|): no
+                    # corner indices, so all window pixels take 8 float ops per point instead of 4 one-hot
+                    # compare/select/adds per corner.
+                    tent_x = jnp.maximum(1.0 - jnp.abs(window_x - (u * wl - 0.5)[:, None]), 0.0)
+                    tent_y = jnp.maximum(1.0 - jnp.abs(window_y - (v * hl - 0.5)[:, None]), 0.0)
+                    weights += (a[:, None] * tent_y) * tent_x
                 sums = (jnp.zeros((block_q,), jnp.float32),) * 3
                 for pixel, inside, bilinear, dbdu, dbdv in bilinear_corners(u, v, hl, wl):
                     rows = jnp.broadcast_to((bv * length + start + pixel)[:, None], cols.shape)
@@ -121,12 +133,15 @@ def _backward_kernel(*refs, dims, shapes, windows, block_q, c_pad, value_grad, p
                     coef = a * bilinear
                     if value_grad == "atomic":
                         add_samples(rows, coef, g, inside)
-                    elif value_grad == "window":
+                    elif value_grad == "none":
+                        pass
+                    else:
                         lx = pixel % wl - ox
                         ly = pixel // wl - oy
                         in_window = inside & (lx >= 0) & (lx < wx) & (ly >= 0) & (ly < wy)
-                        local = jnp.where(in_window, ly * wx + lx, -1)
-                        weights += jnp.where(local[:, None] == window_pixel, coef[:, None], 0.0)
+                        if value_grad == "window":
+                            local = jnp.where(in_window, ly * wx + lx, -1)
+                            weights += jnp.where(local[:, None] == window_pixel, coef[:, None], 0.0)
                         add_samples(rows, coef, g, inside & ~in_window)
                 if point_grads:
                     new = tri._accumulate_point((*accs, *d_ref_uv), point_col == level * p + point, a, *sums)
@@ -134,7 +149,7 @@ def _backward_kernel(*refs, dims, shapes, windows, block_q, c_pad, value_grad, p
                 return accs, d_ref_uv, weights
 
             accs, d_ref_uv, weights = lax.fori_loop(0, p, point_step, (accs, d_ref_uv, weights))
-            if value_grad == "window":
+            if value_grad in WINDOWED:
                 d_window = lax.dot_general(weights, g, (((0,), (0,)), ((), ())), precision=precision,
                                            preferred_element_type=jnp.float32)  # (wy*wx, c_pad)
                 local = jnp.arange(wy * wx, dtype=jnp.int32)
@@ -204,6 +219,7 @@ def backward_call(value, reference_points, offsets, attention_weights, mask, spa
         out_shape += [f32(b * v * q * heads * 2), f32(offsets.size), f32(attention_weights.size)]
     name = {("atomic", True): "deformable_sample_bwd", ("window", True): "deformable_sample_bwd_window",
             ("atomic", False): "deformable_sample_bwd_dvalue", ("window", False): "deformable_sample_bwd_dvalue_window",
+            ("tent", True): "deformable_sample_bwd_tent", ("tent", False): "deformable_sample_bwd_dvalue_tent",
             ("none", True): "deformable_sample_bwd_point_grads"}[value_grad, point_grads]
     results = pl.pallas_call(
         kernel,

@@ -70,9 +70,9 @@ SORT_QUERIES = True
 # points: atomic 30.5 / 82.6 ms, split 42.7 / 67.2, window 112 / 139, split_window 95.8 / 111 (09:05 UTC; the
 # d_value half alone 24.3 ms at 92% of L2 throughput); atomic (block_q, warps) (16, 4)/(8, 4)/(8, 2)/(16, 2)
 # -> 30.5/30.9/30.8/32.1 ms (04:26 UTC). See docs/deformable.md.
-BACKWARD_VARIANTS = ("atomic", "window", "split", "split_window")
+BACKWARD_VARIANTS = ("atomic", "window", "split", "split_window", "tent", "split_tent")
 BACKWARD_CONFIGS = {"atomic": (16, None, 4), "window": (16, 8, 4), "split": (16, None, 4),
-                    "split_window": (16, 8, 4)}
+                    "split_window": (16, 8, 4), "tent": (16, 8, 4), "split_tent": (16, 8, 4)}
 BACKWARD_VARIANT = "atomic"
 
 
@@ -407,7 +407,7 @@ def backward(value, reference_points, offsets, attention_weights, mask, spatial_
     default_q, default_window, default_warps = BACKWARD_CONFIGS[variant]
     q = offsets.shape[1]
     block_q = block_q or min(default_q, _next_pow2(q))
-    if variant in ("window", "split_window"):
+    if variant in ("window", "split_window", "tent", "split_tent"):
         block_q = max(block_q, 16)  # the window matmul's K
     order = resolve_query_order(order, reference_points, mask, sort_queries)
     return bwd.backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g, order,

@@ -21,7 +21,7 @@ def _vjp_all(implementation, value, ref, offsets, weights, cot, **masks):
     return (out, *vjp(cot))
 
 
-@pytest.mark.parametrize("variant", ["window", "split", "split_window"])
+@pytest.mark.parametrize("variant", ["window", "split", "split_window", "tent", "split_tent"])
 def test_backward_variant_through_the_op_matches_reference_fp32(monkeypatch, variant):
     """B = 2 x V = 3, a different view masked per scene (its reference points NaN), a masked query, points on
     borders and outside the image, C = 24; block_q = 8 over Q = 16 (two blocks), queries in Morton order."""
@@ -45,13 +45,14 @@ def test_backward_variant_through_the_op_matches_reference_fp32(monkeypatch, var
     assert np.all(np.asarray(got[3])[0, 3] == 0) and np.all(np.asarray(got[4])[1, 9] == 0)  # masked queries
 
 
-def test_window_backward_bf16_values_non_pow2_channels_tiny_window():
+@pytest.mark.parametrize("variant", ["window", "tent"])
+def test_window_backward_bf16_values_non_pow2_channels_tiny_window(variant):
     """bf16 values and cotangent, C = 40 (64 lanes), 2 x 2 windows (almost every corner takes the per-sample
     fallback), the callers' query order; vs the fp32 reference on the same bf16-rounded inputs."""
     value, ref, offsets, weights = make_inputs(21, v=2, q=8, heads=2, c=40, shapes=SHAPES, dtype=jnp.bfloat16)
     mask = jnp.ones(ref.shape[:3], bool)
     cot = jax.random.normal(jax.random.key(4), (1, 2, 8, 2, 40)).astype(jnp.bfloat16)
-    got = jax.jit(lambda *a: tri.backward(*a[:5], SHAPES, a[5], interpret=True, variant="window", window=2,
+    got = jax.jit(lambda *a: tri.backward(*a[:5], SHAPES, a[5], interpret=True, variant=variant, window=2,
                                           sort_queries=False))(value, ref, offsets, weights, mask, cot)
     from geolrm_kernels.deformable_sample import _reference_backward
 
@@ -83,7 +84,9 @@ def test_spatial_query_order_is_a_permutation_grouping_close_points():
 @pytest.mark.parametrize("variant, kernels, atomics, dots", [
     ("window", ["deformable_sample_bwd_window"], 5, 1),
     ("split", ["deformable_sample_bwd_dvalue", "deformable_sample_bwd_point_grads"], 4, 0),
-    ("split_window", ["deformable_sample_bwd_dvalue_window", "deformable_sample_bwd_point_grads"], 5, 1)])
+    ("split_window", ["deformable_sample_bwd_dvalue_window", "deformable_sample_bwd_point_grads"], 5, 1),
+    ("tent", ["deformable_sample_bwd_tent"], 5, 1),
+    ("split_tent", ["deformable_sample_bwd_dvalue_tent", "deformable_sample_bwd_point_grads"], 5, 1)])
 def test_backward_variant_lowering_for_cuda(variant, kernels, atomics, dots):
     """Triton IR: per level, 4 corner atomics (the window variants' fallback) + 1 window atomic, all relaxed fp32
     adds, and one tf32x3 dot per level of the transposed (block_q, wy*wx) window weights; split variants run a

@@ -77,7 +77,14 @@ BACKWARD_SWEEP = (("atomic", 16, None, 4, True), ("split_window", 16, 8, 4, True
                   ("dvalue", 16, None, 4, True), ("window", 32, 8, 4, True), ("split_window", 32, 8, 4, True),
                   ("dvalue", 32, None, 4, True), ("dvalue_window", 32, 8, 4, True), ("forward", 16, None, 4, True))
 BACKWARD_PARTS = {"dvalue": ("atomic", False, True), "dvalue_window": ("window", False, True),
-                  "point_grads": ("none", True, False)}
+                  "dvalue_tent": ("tent", False, True), "point_grads": ("none", True, False)}
+# --backward-variants --backward-sweep tent: the window accumulated with tent products (no one-hot matrices)
+# against the per-sample atomics, fused and split, by block size and window side.
+BACKWARD_SWEEP_TENT = (("atomic", 16, None, 4, True), ("tent", 16, 8, 4, True), ("tent", 32, 8, 4, True),
+                       ("tent", 16, 4, 4, True), ("split_tent", 16, 8, 4, True), ("dvalue", 16, None, 4, True),
+                       ("dvalue_tent", 16, 8, 4, True), ("dvalue_tent", 32, 8, 4, True),
+                       ("dvalue_tent", 16, 16, 4, True), ("point_grads", 16, None, 4, True),
+                       ("forward", 16, None, 4, True))
 # --backward-variants --backward-sweep blocks: block sizes / warps of the sorted atomic backward and forward.
 BACKWARD_SWEEP_BLOCKS = (("atomic", 16, None, 4, True), ("atomic", 8, None, 4, True), ("atomic", 8, None, 2, True),
                          ("atomic", 16, None, 2, True), ("forward", 16, None, 4, True),
@@ -449,7 +456,7 @@ def backward_variants(jax, jnp, rows, reps, deadline, log, point_modes=BACKWARD_
             want = reference(value32, refs[points], offsets, weights, mask, cot32)
             wants[points] = want
             wants["forward", points] = (reference_fwd(value32, refs[points], offsets, weights, mask),)
-            wants["dvalue", points] = wants["dvalue_window", points] = want[:1]
+            wants["dvalue", points] = wants["dvalue_window", points] = wants["dvalue_tent", points] = want[:1]
             wants["point_grads", points] = want[1:]
         for entry, (variant, block_q, size, warps, sort) in zip(results, sweep, strict=True):
             if variant == "forward":
@@ -617,8 +624,9 @@ def main(argv=None):
     parser.add_argument("--backward-variants", action="store_true",
                         help=f"only the backward kernel configs of BACKWARD_SWEEP on {BACKWARD_POINTS} points "
                              f"(rows default {BACKWARD_ROWS})")
-    parser.add_argument("--backward-sweep", default="variants", choices=("variants", "blocks"),
-                        help="--backward-variants configs: BACKWARD_SWEEP or BACKWARD_SWEEP_BLOCKS")
+    parser.add_argument("--backward-sweep", default="variants", choices=("variants", "blocks", "tent"),
+                        help="--backward-variants configs: BACKWARD_SWEEP, BACKWARD_SWEEP_BLOCKS or "
+                             "BACKWARD_SWEEP_TENT")
     parser.add_argument("--backward-points", default=",".join(BACKWARD_POINTS),
                         help="comma-separated point modes of --backward-variants")
     parser.add_argument("--backward", choices=("atomic", "window", "split", "split_window"),
@@ -710,7 +718,8 @@ def main(argv=None):
     if args.backward_variants:  # check (optional) and time the backward kernels only, table last
         ok = check_correctness(jax, jnp, ds, log) if args.check else True
         rows = parse_rows(args.rows or BACKWARD_ROWS)
-        sweep = BACKWARD_SWEEP_BLOCKS if args.backward_sweep == "blocks" else BACKWARD_SWEEP
+        sweep = {"blocks": BACKWARD_SWEEP_BLOCKS, "tent": BACKWARD_SWEEP_TENT}.get(args.backward_sweep,
+                                                                                  BACKWARD_SWEEP)
         bwd_results, text, errors_ok = backward_variants(jax, jnp, rows, args.reps, deadline, log, sweep=sweep,
                                                          point_modes=tuple(args.backward_points.split(",")),
                                                          dtype=args.dtype)

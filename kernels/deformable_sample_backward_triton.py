@@ -50,6 +50,7 @@ VARIANT_KERNELS = {
     "split_tent": (("tent", False, True), ("none", True, False)),
 }
 WINDOWED = ("window", "tent")  # value_grad kinds that accumulate a pixel window and add it by a matmul
+TENT_WINDOW_PARTS = 1  # "tent": the window's weights, matmul and atomics in this many bands of rows
 WINDOW_SIZE = 8  # window of at most WINDOW_SIZE x WINDOW_SIZE pixels per (program, view, level)
 
 
@@ -63,7 +64,7 @@ def window_shape(level_shape, size=WINDOW_SIZE):
 
 
 def _backward_kernel(*refs, dims, shapes, windows, block_q, c_pad, value_grad, point_grads, views_in_grid,
-                     interpret, atomic_add, precision):
+                     interpret, atomic_add, precision, parts):
     """One program: block_q queries (consecutive in the query order) of one (b, h), and one view
     (``views_in_grid``) or all views in a loop. Refs: value, reference points, offsets, weights, mask, order,
     cotangent, [d_value zeros (aliased), d_value], [d_reference_points per head, d_offsets, d_weights]."""
@@ -109,20 +110,25 @@ def _backward_kernel(*refs, dims, shapes, windows, block_q, c_pad, value_grad, p
                               0, hl - wy)
                 window_pixel = jnp.arange(wy * wx, dtype=jnp.int32)[None, :]  # (1, wy*wx)
                 weights = jnp.zeros((block_q, wy * wx), jnp.float32)
-                window_x = (ox + window_pixel % wx).astype(jnp.float32)  # (1, wy*wx) pixel coordinates
-                window_y = (oy + window_pixel // wx).astype(jnp.float32)
+                if value_grad == "tent":  # (pixel, query) weights in bands of window rows
+                    bands = min(parts, wy)
+                    band = jnp.arange(wy * wx // bands, dtype=jnp.int32)[:, None]
+                    window_x = (ox + band % wx).astype(jnp.float32)  # (band pixels, 1)
+                    window_y = tuple((oy + part * (wy // bands) + band // wx).astype(jnp.float32)
+                                     for part in range(bands))
+                    weights = (jnp.zeros((wy * wx // bands, block_q), jnp.float32),) * bands
 
             def point_step(point, carry, level=level, hl=hl, wl=wl, start=start, wy=wy, wx=wx, ox=ox, oy=oy,
                            window_pixel=window_pixel, window_x=window_x, window_y=window_y):
                 accs, d_ref_uv, weights = carry
                 a, u, v = tri._point(off_ref, attn_ref, point_base + level * p + point, valid, ref_u, ref_v)
                 if value_grad == "tent":
-                    # The bilinear weight of pixel (i, j) is the product of tents max(0, 1 - |i - x|): no
-                    # corner indices, so all window pixels take 8 float ops per point instead of 4 one-hot
-                    # compare/select/adds per corner.
-                    tent_x = jnp.maximum(1.0 - jnp.abs(window_x - (u * wl - 0.5)[:, None]), 0.0)
-                    tent_y = jnp.maximum(1.0 - jnp.abs(window_y - (v * hl - 0.5)[:, None]), 0.0)
-                    weights += (a[:, None] * tent_y) * tent_x
+                    # The bilinear weight of pixel (i, j) is the product of tents max(0, 1 - |i - x|), so the
+                    # window needs no corner indices (and no one-hot compare/select per corner).
+                    tent_x = jnp.maximum(1.0 - jnp.abs(window_x - (u * wl - 0.5)[None, :]), 0.0) * a[None, :]
+                    weights = tuple(
+                        part + jnp.maximum(1.0 - jnp.abs(row - (v * hl - 0.5)[None, :]), 0.0) * tent_x
+                        for part, row in zip(weights, window_y, strict=True))
                 sums = (jnp.zeros((block_q,), jnp.float32),) * 3
                 for pixel, inside, bilinear, dbdu, dbdv in bilinear_corners(u, v, hl, wl):
                     rows = jnp.broadcast_to((bv * length + start + pixel)[:, None], cols.shape)
@@ -150,18 +156,21 @@ def _backward_kernel(*refs, dims, shapes, windows, block_q, c_pad, value_grad, p
 
             accs, d_ref_uv, weights = lax.fori_loop(0, p, point_step, (accs, d_ref_uv, weights))
             if value_grad in WINDOWED:
-                d_window = lax.dot_general(weights, g, (((0,), (0,)), ((), ())), precision=precision,
-                                           preferred_element_type=jnp.float32)  # (wy*wx, c_pad)
-                local = jnp.arange(wy * wx, dtype=jnp.int32)
-                pixel_rows = bv * length + start + (oy + local // wx) * wl + ox + local % wx
-                window_rows = jnp.broadcast_to(pixel_rows[:, None], d_window.shape)
-                window_cols = jnp.broadcast_to((h * c + ch)[None, :], d_window.shape)
-                if interpret:
-                    atomic_add(d_value_ref, (window_rows, window_cols), d_window)
-                else:
-                    touched = jnp.max(jnp.where(weights != 0.0, 1, 0), axis=0) > 0
-                    atomic_add(d_value_ref, (window_rows, window_cols), d_window,
-                               mask=touched[:, None] & ch_in[None, :])
+                # (pixels, block_q) weights of each band (one band of the transposed matrix for "window").
+                bands = weights if value_grad == "tent" else (weights.T,)
+                for part, band_weights in enumerate(bands):
+                    d_window = lax.dot_general(band_weights, g, (((1,), (0,)), ((), ())), precision=precision,
+                                               preferred_element_type=jnp.float32)  # (band pixels, c_pad)
+                    local = part * band_weights.shape[0] + jnp.arange(band_weights.shape[0], dtype=jnp.int32)
+                    pixel_rows = bv * length + start + (oy + local // wx) * wl + ox + local % wx
+                    window_rows = jnp.broadcast_to(pixel_rows[:, None], d_window.shape)
+                    window_cols = jnp.broadcast_to((h * c + ch)[None, :], d_window.shape)
+                    if interpret:
+                        atomic_add(d_value_ref, (window_rows, window_cols), d_window)
+                    else:
+                        touched = jnp.max(jnp.where(band_weights != 0.0, 1, 0), axis=1) > 0
+                        atomic_add(d_value_ref, (window_rows, window_cols), d_window,
+                                   mask=touched[:, None] & ch_in[None, :])
         if point_grads:
             tri._store_reference_gradient(outs[0], *d_ref_uv, bv=bv, q_count=q_count, q=q, heads=heads, h=h,
                                           q_in=q_in)
@@ -207,7 +216,8 @@ def backward_call(value, reference_points, offsets, attention_weights, mask, spa
     kernel = functools.partial(
         _backward_kernel, dims=dims, shapes=shapes, windows=windows, block_q=block_q, c_pad=c_pad,
         value_grad=value_grad, point_grads=point_grads, views_in_grid=views_in_grid, interpret=interpret,
-        atomic_add=tri._relaxed_atomic_add if relaxed else plgpu.atomic_add, precision=precision)
+        atomic_add=tri._relaxed_atomic_add if relaxed else plgpu.atomic_add, precision=precision,
+        parts=TENT_WINDOW_PARTS)
     f32 = lambda n: jax.ShapeDtypeStruct((n,), jnp.float32)
     out_shape, args, aliases = [], list(tri._flat_inputs(value, reference_points, offsets, attention_weights, mask)), {}
     args += [order.reshape(-1), g.reshape(b * v * q, heads * c)]

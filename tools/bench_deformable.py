@@ -80,12 +80,12 @@ BACKWARD_PARTS = {"dvalue": ("atomic", False, True), "dvalue_window": ("window",
                   "dvalue_tent": ("tent", False, True), "point_grads": ("none", True, False)}
 # --backward-variants --backward-sweep tent: the window accumulated with tent products (no one-hot matrices)
 # against the per-sample atomics, fused and split, by block size and window side.
-BACKWARD_SWEEP_TENT = (("atomic", 16, None, 4, True), ("atomic", 16, None, 8, True), ("atomic", 32, None, 8, True),
-                       ("tent", 16, 8, 4, True), ("tent", 16, 8, 8, True), ("tent", 32, 8, 8, True),
-                       ("dvalue", 16, None, 4, True), ("dvalue", 16, None, 8, True),
-                       ("dvalue_tent", 16, 8, 4, True), ("dvalue_tent", 16, 8, 8, True),
+BACKWARD_SWEEP_TENT = (("dvalue", 16, None, 4, True), ("dvalue_tent", 16, 8, 4, True), ("dvalue_tent", 16, 4, 4, True),
+                       ("dvalue_tent", 32, 8, 4, True), ("dvalue_tent", 16, 8, 2, True),
                        ("point_grads", 16, None, 4, True), ("point_grads", 16, None, 8, True),
-                       ("forward", 16, None, 4, True), ("forward", 16, None, 8, True), ("forward", 32, None, 8, True))
+                       ("point_grads", 32, None, 8, True), ("point_grads", 8, None, 8, True),
+                       ("point_grads", 16, None, 16, True), ("point_grads", 32, None, 16, True),
+                       ("forward", 16, None, 4, True))
 # --backward-variants --backward-sweep blocks: block sizes / warps of the sorted atomic backward and forward.
 BACKWARD_SWEEP_BLOCKS = (("atomic", 16, None, 4, True), ("atomic", 8, None, 4, True), ("atomic", 8, None, 2, True),
                          ("atomic", 16, None, 2, True), ("forward", 16, None, 4, True),
@@ -634,8 +634,9 @@ def main(argv=None):
                         help="backward variant of the table's Pallas column (default: the kernel's default)")
     parser.add_argument("--block-q", help="block_q:num_warps of the table's Pallas backward and forward, e.g. "
                                           "16:4,16:4 (default: the kernels' defaults)")
-    parser.add_argument("--profile", help="only run these backward variants once each (comma-separated) on the "
-                                          "first row's inputs (--points), e.g. under ncu")
+    parser.add_argument("--profile", help="only run these backward variants or parts (BACKWARD_PARTS) once each "
+                                          "(comma-separated, each optionally @block_q/window/warps) on the first "
+                                          "row's inputs (--points), e.g. under ncu")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--torch-json", help="reuse torch results written by an earlier run instead of measuring")
     parser.add_argument("--reps", type=int, default=5)
@@ -694,8 +695,24 @@ def main(argv=None):
         v, lv, s = order[0]
         value, ref, offsets, weights, cot = jax_inputs(jax, jnp, v, LEVEL_SETS[lv], s, points=args.points)
         mask = jnp.ones(ref.shape[:3], bool)
+        from geolrm_kernels import deformable_sample_backward_triton as bwd
+
+        interpret = jax.default_backend() == "cpu"
         for variant in args.profile.split(","):
-            f = jax.jit(lambda *a, variant=variant: tri.backward(*a[:5], LEVEL_SETS[lv], a[5], variant=variant))
+            # "kind" or "kind@block_q/window/warps"; kind: a backward variant or a part of BACKWARD_PARTS
+            kind, _, config = variant.partition("@")
+            block_q, size, warps = (int(x) if x not in ("", "-") else None for x in (config or "-/-/-").split("/"))
+            if kind in BACKWARD_PARTS:
+                value_grad, point_grads, views_in_grid = BACKWARD_PARTS[kind]
+                f = jax.jit(lambda *a, value_grad=value_grad, point_grads=point_grads, views_in_grid=views_in_grid,
+                            block_q=block_q, size=size, warps=warps: bwd.backward_call(
+                                *a[:5], LEVEL_SETS[lv], a[5], tri.resolve_query_order(None, a[1], a[4], True),
+                                value_grad=value_grad, point_grads=point_grads, views_in_grid=views_in_grid,
+                                block_q=block_q or 16, num_warps=warps or 4, window=size, interpret=interpret))
+            else:
+                f = jax.jit(lambda *a, kind=kind, block_q=block_q, size=size, warps=warps: tri.backward(
+                    *a[:5], LEVEL_SETS[lv], a[5], variant=kind, block_q=block_q, window=size, num_warps=warps,
+                    interpret=interpret))
             t0 = time.perf_counter()
             jax.block_until_ready(f(value.astype(args.dtype), ref, offsets, weights, mask, cot.astype(args.dtype)))
             log(f"profile {variant} V={v} {lv} S={s} {args.points} {args.dtype}: "

@@ -48,6 +48,8 @@ VARIANT_KERNELS = {
     "split_window": (("window", False, True), ("none", True, False)),
     "tent": (("tent", True, False),),
     "split_tent": (("tent", False, True), ("none", True, False)),
+    "interleaved": (("atomic", True, True),),
+    "tent_interleaved": (("tent", True, True),),
 }
 WINDOWED = ("window", "tent")  # value_grad kinds that accumulate a pixel window and add it by a matmul
 TENT_WINDOW_PARTS = 1  # "tent": the window's weights, matmul and atomics in this many bands of rows
@@ -68,13 +70,36 @@ def _backward_kernel(*refs, dims, shapes, windows, block_q, c_pad, value_grad, p
     """One program: block_q queries (consecutive in the query order) of one (b, h), and one view
     (``views_in_grid``) or all views in a loop. Refs: value, reference points, offsets, weights, mask, order,
     cotangent, [d_value zeros (aliased), d_value], [d_reference_points per head, d_offsets, d_weights]."""
-    v_count, q_count, length, heads, c, nl, p = dims
     value_ref, ref_ref, off_ref, attn_ref, mask_ref, order_ref, g_ref, *outs = refs
+    # Skip the zeros aliased to outputs (d_value; d_offsets and d_weights with views_in_grid point gradients).
+    outs = outs[(value_grad != "none") + 2 * (point_grads and views_in_grid):]
+    d_value_ref = None
     if value_grad != "none":
-        _, d_value_ref, *outs = outs
-    h = pl.program_id(0)
-    b = pl.program_id(2) // v_count if views_in_grid else pl.program_id(2)
-    q, q_in, qc = tri._program_queries(order_ref, b, q_count, block_q)  # q: store index, qc: clipped
+        d_value_ref, *outs = outs
+    program = functools.partial(_backward_program, value_ref, ref_ref, off_ref, attn_ref, mask_ref, order_ref, g_ref,
+                                d_value_ref, outs, dims=dims, shapes=shapes, windows=windows, block_q=block_q,
+                                c_pad=c_pad, views_in_grid=views_in_grid, interpret=interpret, atomic_add=atomic_add,
+                                precision=precision, parts=parts)
+    # Program ids are read here, outside lax.cond (the interpreter only discharges them at the top level).
+    first, block, last = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    if point_grads and views_in_grid and value_grad != "none":
+        # Interleaved: even programs along axis 0 accumulate d_value, odd ones the point gradients, so the two
+        # kinds of work (atomic-bound and gather-bound) run side by side on the SMs.
+        lax.cond(first % 2 == 0,
+                 lambda: program(first // 2, block, last, value_grad=value_grad, point_grads=False),
+                 lambda: program(first // 2, block, last, value_grad="none", point_grads=True))
+    else:
+        program(first, block, last, value_grad=value_grad, point_grads=point_grads)
+
+
+def _backward_program(value_ref, ref_ref, off_ref, attn_ref, mask_ref, order_ref, g_ref, d_value_ref, outs, h, block,
+                      last, *,
+                      dims, shapes, windows, block_q, c_pad, value_grad, point_grads, views_in_grid, interpret,
+                      atomic_add, precision, parts):
+    """The work of one program for head h (see _backward_kernel)."""
+    v_count, q_count, length, heads, c, nl, p = dims
+    b = last // v_count if views_in_grid else last
+    q, q_in, qc = tri._program_queries(order_ref, b, q_count, block_q, block)  # q: store index, qc: clipped
     point_base = ((b * q_count + qc) * heads + h) * (nl * p)
     ch = jnp.arange(c_pad, dtype=jnp.int32)
     ch_in = ch < c
@@ -179,10 +204,19 @@ def _backward_kernel(*refs, dims, shapes, windows, block_q, c_pad, value_grad, p
     zeros = jnp.zeros((block_q, nl * p), jnp.float32)
     accs = (zeros, zeros, zeros) if point_grads else None
     if views_in_grid:
-        accs = view_step(pl.program_id(2), accs)
+        accs = view_step(last, accs)
     else:
         accs = lax.fori_loop(0, v_count, lambda view, accs: view_step(b * v_count + view, accs), accs)
-    if point_grads:
+    if point_grads and views_in_grid:  # one view per program: add into the zeros
+        index = (((b * q_count + q) * heads + h) * (nl * p))[:, None] + point_col  # (block_q, NL*P)
+        d_attn_acc, d_u_acc, d_v_acc = accs
+        for ref, idx, acc in ((outs[2], index, d_attn_acc), (outs[1], index * 2, d_u_acc),
+                              (outs[1], index * 2 + 1, d_v_acc)):
+            if interpret:  # block_q divides Q there: every slot is a query; distinct addresses per call
+                atomic_add(ref, (idx,), acc)
+            else:
+                atomic_add(ref, (idx,), acc, mask=jnp.broadcast_to(q_in[:, None], idx.shape))
+    elif point_grads:
         d_attn_ref, d_off_ref = outs[2], outs[1]
         tri._store_point_gradients(d_attn_ref, d_off_ref, *accs, b=b, q_count=q_count, q=q, heads=heads, h=h,
                                    points=nl * p, point_col=point_col, q_in=q_in)
@@ -227,14 +261,21 @@ def backward_call(value, reference_points, offsets, attention_weights, mask, spa
         args.append(jnp.zeros((b * v * length, heads * c), jnp.float32) if d_value is None else d_value)
     if point_grads:
         out_shape += [f32(b * v * q * heads * 2), f32(offsets.size), f32(attention_weights.size)]
+        if views_in_grid:  # programs of different views add into d_offsets / d_weights: zeros, aliased
+            first = len(out_shape) - 2
+            aliases.update({len(args): first, len(args) + 1: first + 1})
+            args += [jnp.zeros((offsets.size,), jnp.float32), jnp.zeros((attention_weights.size,), jnp.float32)]
+    interleaved = point_grads and views_in_grid and value_grad != "none"
     name = {("atomic", True): "deformable_sample_bwd", ("window", True): "deformable_sample_bwd_window",
             ("atomic", False): "deformable_sample_bwd_dvalue", ("window", False): "deformable_sample_bwd_dvalue_window",
             ("tent", True): "deformable_sample_bwd_tent", ("tent", False): "deformable_sample_bwd_dvalue_tent",
             ("none", True): "deformable_sample_bwd_point_grads"}[value_grad, point_grads]
+    if point_grads and views_in_grid:
+        name += "_interleaved" if interleaved else "_views"
     results = pl.pallas_call(
         kernel,
         out_shape=tuple(out_shape),
-        grid=(heads, pl.cdiv(q, block_q), b * v if views_in_grid else b),
+        grid=(2 * heads if interleaved else heads, pl.cdiv(q, block_q), b * v if views_in_grid else b),
         input_output_aliases=aliases,
         compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=1),
         interpret=interpret,

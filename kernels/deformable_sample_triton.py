@@ -70,9 +70,11 @@ SORT_QUERIES = True
 # points: atomic 30.5 / 82.6 ms, split 42.7 / 67.2, window 112 / 139, split_window 95.8 / 111 (09:05 UTC; the
 # d_value half alone 24.3 ms at 92% of L2 throughput); atomic (block_q, warps) (16, 4)/(8, 4)/(8, 2)/(16, 2)
 # -> 30.5/30.9/30.8/32.1 ms (04:26 UTC). See docs/deformable.md.
-BACKWARD_VARIANTS = ("atomic", "window", "split", "split_window", "tent", "split_tent")
+BACKWARD_VARIANTS = ("atomic", "window", "split", "split_window", "tent", "split_tent", "interleaved",
+                     "tent_interleaved")
 BACKWARD_CONFIGS = {"atomic": (16, None, 4), "window": (16, 8, 4), "split": (16, None, 4),
-                    "split_window": (16, 8, 4), "tent": (16, 8, 4), "split_tent": (16, 8, 4)}
+                    "split_window": (16, 8, 4), "tent": (16, 8, 4), "split_tent": (16, 8, 4),
+                    "interleaved": (16, None, 4), "tent_interleaved": (16, 8, 4)}
 BACKWARD_VARIANT = "atomic"
 
 
@@ -186,11 +188,13 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
-def _program_queries(order_ref, b, q_count, block_q):
-    """(store index, in range, clipped query index) of this program's block_q slots of the query order.
+def _program_queries(order_ref, b, q_count, block_q, block=None):
+    """(store index, in range, clipped query index) of this program's block_q slots of the query order
+    (block: the query block, default pl.program_id(1)).
 
     Slots past Q keep their unclipped index for (masked) stores, as without an order."""
-    slot = pl.program_id(1) * block_q + jnp.arange(block_q, dtype=jnp.int32)
+    block = pl.program_id(1) if block is None else block
+    slot = block * block_q + jnp.arange(block_q, dtype=jnp.int32)
     q_in = slot < q_count
     qc = order_ref[b * q_count + jnp.minimum(slot, q_count - 1)]
     return jnp.where(q_in, qc, slot), q_in, qc
@@ -407,7 +411,7 @@ def backward(value, reference_points, offsets, attention_weights, mask, spatial_
     default_q, default_window, default_warps = BACKWARD_CONFIGS[variant]
     q = offsets.shape[1]
     block_q = block_q or min(default_q, _next_pow2(q))
-    if variant in ("window", "split_window", "tent", "split_tent"):
+    if variant in ("window", "split_window", "tent", "split_tent", "tent_interleaved"):
         block_q = max(block_q, 16)  # the window matmul's K
     order = resolve_query_order(order, reference_points, mask, sort_queries)
     return bwd.backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g, order,

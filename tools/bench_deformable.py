@@ -77,14 +77,15 @@ BACKWARD_SWEEP = (("atomic", 16, None, 4, True), ("split_window", 16, 8, 4, True
                   ("dvalue", 16, None, 4, True), ("window", 32, 8, 4, True), ("split_window", 32, 8, 4, True),
                   ("dvalue", 32, None, 4, True), ("dvalue_window", 32, 8, 4, True), ("forward", 16, None, 4, True))
 BACKWARD_PARTS = {"dvalue": ("atomic", False, True), "dvalue_window": ("window", False, True),
-                  "dvalue_tent": ("tent", False, True), "point_grads": ("none", True, False)}
+                  "dvalue_tent": ("tent", False, True), "point_grads": ("none", True, False),
+                  "point_grads_views": ("none", True, True)}
 # --backward-variants --backward-sweep tent: the window accumulated with tent products (no one-hot matrices)
 # against the per-sample atomics, fused and split, by block size and window side.
-BACKWARD_SWEEP_TENT = (("dvalue", 16, None, 4, True), ("dvalue_tent", 16, 8, 4, True), ("dvalue_tent", 16, 4, 4, True),
-                       ("dvalue_tent", 32, 8, 4, True), ("dvalue_tent", 16, 8, 2, True),
-                       ("point_grads", 16, None, 4, True), ("point_grads", 16, None, 8, True),
-                       ("point_grads", 32, None, 8, True), ("point_grads", 8, None, 8, True),
-                       ("point_grads", 16, None, 16, True), ("point_grads", 32, None, 16, True),
+BACKWARD_SWEEP_TENT = (("atomic", 16, None, 4, True), ("interleaved", 16, None, 4, True),
+                       ("interleaved", 16, None, 8, True), ("tent_interleaved", 16, 8, 4, True),
+                       ("tent_interleaved", 16, 8, 8, True), ("tent_interleaved", 32, 8, 8, True),
+                       ("dvalue_tent", 16, 8, 4, True), ("point_grads", 16, None, 8, True),
+                       ("point_grads_views", 16, None, 4, True), ("point_grads_views", 16, None, 8, True),
                        ("forward", 16, None, 4, True))
 # --backward-variants --backward-sweep blocks: block sizes / warps of the sorted atomic backward and forward.
 BACKWARD_SWEEP_BLOCKS = (("atomic", 16, None, 4, True), ("atomic", 8, None, 4, True), ("atomic", 8, None, 2, True),
@@ -458,7 +459,7 @@ def backward_variants(jax, jnp, rows, reps, deadline, log, point_modes=BACKWARD_
             wants[points] = want
             wants["forward", points] = (reference_fwd(value32, refs[points], offsets, weights, mask),)
             wants["dvalue", points] = wants["dvalue_window", points] = wants["dvalue_tent", points] = want[:1]
-            wants["point_grads", points] = want[1:]
+            wants["point_grads", points] = wants["point_grads_views", points] = want[1:]
         for entry, (variant, block_q, size, warps, sort) in zip(results, sweep, strict=True):
             if variant == "forward":
                 f = jax.jit(lambda *a, shapes=shapes, block_q=block_q, warps=warps, sort=sort: (tri.forward(

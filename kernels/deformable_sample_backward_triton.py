@@ -52,6 +52,9 @@ VARIANT_KERNELS = {
     "tent_interleaved": (("tent", True, True),),
 }
 WINDOWED = ("window", "tent")  # value_grad kinds that accumulate a pixel window and add it by a matmul
+# The point-gradient kernel of the split variants runs with this many warps (H100, V=21, S=16384, SV3D points:
+# 12.0 ms at 8 warps, 19.1 at 4; 2026-11-25 12:33-12:39 UTC, docs/deformable.md).
+SPLIT_POINT_GRADS_WARPS = 8
 TENT_WINDOW_PARTS = 1  # "tent": the window's weights, matmul and atomics in this many bands of rows
 WINDOW_SIZE = 8  # window of at most WINDOW_SIZE x WINDOW_SIZE pixels per (program, view, level)
 
@@ -298,8 +301,8 @@ def backward(value, reference_points, offsets, attention_weights, mask, spatial_
     for value_grad, point_grads, views_in_grid in VARIANT_KERNELS[variant]:
         result = backward_call(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g, order,
                                value_grad=value_grad, point_grads=point_grads, views_in_grid=views_in_grid,
-                               block_q=block_q, num_warps=num_warps, window=window, relaxed=relaxed,
-                               interpret=interpret, debug=debug)
+                               block_q=block_q, window=window, relaxed=relaxed, interpret=interpret, debug=debug,
+                               num_warps=SPLIT_POINT_GRADS_WARPS if value_grad == "none" else num_warps)
         d_value = result[0] if result[0] is not None else d_value
         point = result[1:] if point_grads else point
     d_ref_heads, d_off, d_attn = point

@@ -74,7 +74,7 @@ BACKWARD_VARIANTS = ("atomic", "window", "split", "split_window", "tent", "split
                      "tent_interleaved")
 BACKWARD_CONFIGS = {"atomic": (16, None, 4), "window": (16, 8, 4), "split": (16, None, 4),
                     "split_window": (16, 8, 4), "tent": (16, 8, 4), "split_tent": (16, 8, 4),
-                    "interleaved": (16, None, 4), "tent_interleaved": (16, 8, 4)}
+                    "interleaved": (16, None, 8), "tent_interleaved": (16, 8, 4)}
 BACKWARD_VARIANT = "atomic"
 
 

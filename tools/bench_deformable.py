@@ -631,7 +631,8 @@ def main(argv=None):
                              "BACKWARD_SWEEP_TENT")
     parser.add_argument("--backward-points", default=",".join(BACKWARD_POINTS),
                         help="comma-separated point modes of --backward-variants")
-    parser.add_argument("--backward", choices=("atomic", "window", "split", "split_window"),
+    parser.add_argument("--backward", choices=("atomic", "window", "split", "split_window", "tent", "split_tent",
+                                               "interleaved", "tent_interleaved"),
                         help="backward variant of the table's Pallas column (default: the kernel's default)")
     parser.add_argument("--block-q", help="block_q:num_warps of the table's Pallas backward and forward, e.g. "
                                           "16:4,16:4 (default: the kernels' defaults)")

@@ -157,8 +157,15 @@ def _backward_program(value_ref, ref_ref, off_ref, attn_ref, mask_ref, order_ref
                     weights = tuple(
                         part + jnp.maximum(1.0 - jnp.abs(row - (v * hl - 0.5)[None, :]), 0.0) * tent_x
                         for part, row in zip(weights, window_y, strict=True))
+                    # Which corners fall in the window, from floor(x) and floor(y) (as bilinear_corners computes
+                    # them) in the float domain: no integer division of pixel indices per corner.
+                    x0 = jnp.floor(jnp.clip(u * wl - 0.5, -2.0, wl + 1.0)) - ox.astype(jnp.float32)
+                    y0 = jnp.floor(jnp.clip(v * hl - 0.5, -2.0, hl + 1.0)) - oy.astype(jnp.float32)
+                    in_x = ((x0 >= 0.0) & (x0 < wx), (x0 >= -1.0) & (x0 < wx - 1))  # corner x0, x0 + 1
+                    in_y = ((y0 >= 0.0) & (y0 < wy), (y0 >= -1.0) & (y0 < wy - 1))
+                    corner_in_window = [in_y[dy] & in_x[dx] for dy in (0, 1) for dx in (0, 1)]
                 sums = (jnp.zeros((block_q,), jnp.float32),) * 3
-                for pixel, inside, bilinear, dbdu, dbdv in bilinear_corners(u, v, hl, wl):
+                for corner, (pixel, inside, bilinear, dbdu, dbdv) in enumerate(bilinear_corners(u, v, hl, wl)):
                     rows = jnp.broadcast_to((bv * length + start + pixel)[:, None], cols.shape)
                     if point_grads:
                         sample = plgpu.load(value_ref.at[rows, cols], mask=inside[:, None] & ch_in[None, :],
@@ -169,13 +176,14 @@ def _backward_program(value_ref, ref_ref, off_ref, attn_ref, mask_ref, order_ref
                         add_samples(rows, coef, g, inside)
                     elif value_grad == "none":
                         pass
+                    elif value_grad == "tent":  # a window corner is inside the map
+                        add_samples(rows, coef, g, inside & ~corner_in_window[corner])
                     else:
                         lx = pixel % wl - ox
                         ly = pixel // wl - oy
                         in_window = inside & (lx >= 0) & (lx < wx) & (ly >= 0) & (ly < wy)
-                        if value_grad == "window":
-                            local = jnp.where(in_window, ly * wx + lx, -1)
-                            weights += jnp.where(local[:, None] == window_pixel, coef[:, None], 0.0)
+                        local = jnp.where(in_window, ly * wx + lx, -1)
+                        weights += jnp.where(local[:, None] == window_pixel, coef[:, None], 0.0)
                         add_samples(rows, coef, g, inside & ~in_window)
                 if point_grads:
                     new = tri._accumulate_point((*accs, *d_ref_uv), point_col == level * p + point, a, *sums)

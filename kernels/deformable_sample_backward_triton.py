@@ -155,7 +155,8 @@ def _backward_program(value_ref, ref_ref, off_ref, attn_ref, mask_ref, order_ref
                     # window needs no corner indices (and no one-hot compare/select per corner).
                     tent_x = jnp.maximum(1.0 - jnp.abs(window_x - (u * wl - 0.5)[None, :]), 0.0) * a[None, :]
                     weights = tuple(
-                        part + jnp.maximum(1.0 - jnp.abs(row - (v * hl - 0.5)[None, :]), 0.0) * tent_x
+                        tri.fused_multiply_add(jnp.maximum(1.0 - jnp.abs(row - (v * hl - 0.5)[None, :]), 0.0),
+                                               tent_x, part, interpret=interpret)
                         for part, row in zip(weights, window_y, strict=True))
                     # Which corners fall in the window, from floor(x) and floor(y) (as bilinear_corners computes
                     # them) in the float domain: no integer division of pixel indices per corner.
@@ -170,7 +171,7 @@ def _backward_program(value_ref, ref_ref, off_ref, attn_ref, mask_ref, order_ref
                     if point_grads:
                         sample = plgpu.load(value_ref.at[rows, cols], mask=inside[:, None] & ch_in[None, :],
                                             other=0.0)
-                        sums = tri._corner_gradient(g, sample, bilinear, dbdu, dbdv, *sums)
+                        sums = tri._corner_gradient(g, sample, bilinear, dbdu, dbdv, *sums, interpret=interpret)
                     coef = a * bilinear
                     if value_grad == "atomic":
                         add_samples(rows, coef, g, inside)

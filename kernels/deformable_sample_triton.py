@@ -55,10 +55,10 @@ FORWARD_NUM_WARPS = 4
 # for "all_heads"). tools/bench_deformable.py --forward-variants, H100, 2026-11-25, fp32, 448 px, S=8192,
 # V=6 / V=21: per_head 1.61 / 4.97 ms, per_head_unrolled 1.78 / 5.32 ms, all_heads (8, 256, 4) 4.08 / 13.27 ms,
 # so "per_head" stays the default (docs/deformable.md, "Forward variants").
-FORWARD_VARIANTS = ("per_head", "per_head_unrolled", "all_heads")
+FORWARD_VARIANTS = ("per_head", "per_head_unrolled", "all_heads", "per_head_fma")
 FORWARD_VARIANT = "per_head"
 FORWARD_CONFIGS = {"per_head": (FORWARD_BLOCK_Q, None, FORWARD_NUM_WARPS), "per_head_unrolled": (16, None, 4),
-                   "all_heads": (8, 256, 4)}
+                   "all_heads": (8, 256, 4), "per_head_fma": (FORWARD_BLOCK_Q, None, FORWARD_NUM_WARPS)}
 # Programs take their queries in spatial_query_order (forward and backward): a 2-view Morton key, so that a
 # block's queries sample nearby pixels (H100: backward 46.0 -> 31.8 ms at V=21, S=16384 on model-like points).
 SORT_QUERIES = True
@@ -223,8 +223,19 @@ def _point(off_ref, attn_ref, point_index, valid, ref_u, ref_v):
     return a, u, v
 
 
+def fused_multiply_add(a, b, c, *, interpret=False):
+    """a * b + c (fp32, same shapes) with one rounding: PTX ``fma.rn.f32`` by inline assembly, since the Triton
+    compile of JAX's Pallas calls does not contract a multiply and an add (Nsight Compute on an H100 counted
+    0 fused FP32 instructions in these kernels). The interpreter computes a * b + c."""
+    if interpret:
+        return a * b + c
+    [out] = plgpu.elementwise_inline_asm("fma.rn.f32 $0, $1, $2, $3;", args=[a, b, c], constraints="=f,f,f,f",
+                                         pack=1, result_shape_dtypes=[jax.ShapeDtypeStruct(c.shape, jnp.float32)])
+    return out
+
+
 def _forward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, order_ref, out_ref, *, dims, shapes, block_q,
-                    unroll):
+                    unroll, fma=False):
     v_count, q_count, length, heads, c, nl, p = dims
     h, bv, q, q_in, valid, ref_u, ref_v, point_base, ch, ch_in = _program_setup(
         ref_ref, mask_ref, order_ref, dims=dims, block_q=block_q)
@@ -238,7 +249,11 @@ def _forward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, order_ref, 
             for pixel, inside, bilinear, _, _ in bilinear_corners(u, v, hl, wl):
                 rows = jnp.broadcast_to((bv * length + start + pixel)[:, None], cols.shape)
                 sample = plgpu.load(value_ref.at[rows, cols], mask=inside[:, None] & ch_in[None, :], other=0.0)
-                acc += (a * bilinear)[:, None] * sample.astype(jnp.float32)
+                coef = jnp.broadcast_to((a * bilinear)[:, None], acc.shape)
+                if fma:
+                    acc = fused_multiply_add(coef, sample.astype(jnp.float32), acc)
+                else:
+                    acc += coef * sample.astype(jnp.float32)
             return acc
 
         if unroll:  # all NL*P points' gathers visible to the scheduler at once
@@ -300,10 +315,11 @@ def _view_cotangent(mask_ref, ref_ref, g_ref, *, bv, q_count, q_in, qc, cols, ch
     return valid, ref_u, ref_v, g
 
 
-def _corner_gradient(g, sample, bilinear, dbdu, dbdv, g_sample, g_du, g_dv):
+def _corner_gradient(g, sample, bilinear, dbdu, dbdv, g_sample, g_du, g_dv, *, interpret=False):
     """Add one bilinear corner to a point's (g·sample, d/du, d/dv) sums, each (block_q,)."""
     g_dot = jnp.sum(g * sample.astype(jnp.float32), axis=1)
-    return g_sample + bilinear * g_dot, g_du + dbdu * g_dot, g_dv + dbdv * g_dot
+    return tuple(fused_multiply_add(weight, g_dot, total, interpret=interpret)
+                 for weight, total in ((bilinear, g_sample), (dbdu, g_du), (dbdv, g_dv)))
 
 
 def _accumulate_point(accumulators, one_hot, a, g_sample, g_du, g_dv):
@@ -375,7 +391,8 @@ def forward(value, reference_points, offsets, attention_weights, mask, spatial_s
         grid = (pl.cdiv(heads * c, block_c), pl.cdiv(q, block_q), b * v)
     else:
         kernel = functools.partial(_forward_kernel, dims=dims, shapes=shapes, block_q=block_q,
-                                   unroll=variant == "per_head_unrolled")
+                                   unroll=variant == "per_head_unrolled",
+                                   fma=variant == "per_head_fma" and not interpret)
         grid = (heads, pl.cdiv(q, block_q), b * v)
     out = pl.pallas_call(
         kernel,

@@ -81,10 +81,9 @@ BACKWARD_PARTS = {"dvalue": ("atomic", False, True), "dvalue_window": ("window",
                   "point_grads_views": ("none", True, True)}
 # --backward-variants --backward-sweep tent: the window accumulated with tent products (no one-hot matrices)
 # against the per-sample atomics, fused and split, by block size and window side.
-BACKWARD_SWEEP_TENT = (("atomic", 16, None, 4, True), ("split_tent", 16, 8, 4, True),
-                       ("interleaved", 16, None, 8, True), ("dvalue", 16, None, 4, True), ("dvalue_tent", 16, 8, 4, True), ("dvalue_tent", 32, 8, 4, True),
-                       ("point_grads", 16, None, 8, True), ("point_grads_views", 16, None, 4, True),
-                       ("forward", 16, None, 4, True))
+BACKWARD_SWEEP_TENT = (("split_tent", 16, 8, 4, True), ("dvalue_tent", 16, 8, 4, True),
+                       ("point_grads", 16, None, 8, True), ("forward", 16, None, 4, True),
+                       ("per_head_fma", 16, None, 4, True), ("per_head_fma", 16, None, 8, True))
 # --backward-variants --backward-sweep blocks: block sizes / warps of the sorted atomic backward and forward.
 BACKWARD_SWEEP_BLOCKS = (("atomic", 16, None, 4, True), ("atomic", 8, None, 4, True), ("atomic", 8, None, 2, True),
                          ("atomic", 16, None, 2, True), ("forward", 16, None, 4, True),
@@ -459,10 +458,10 @@ def backward_variants(jax, jnp, rows, reps, deadline, log, point_modes=BACKWARD_
             wants["dvalue", points] = wants["dvalue_window", points] = wants["dvalue_tent", points] = want[:1]
             wants["point_grads", points] = wants["point_grads_views", points] = want[1:]
         for entry, (variant, block_q, size, warps, sort) in zip(results, sweep, strict=True):
-            if variant == "forward":
-                f = jax.jit(lambda *a, shapes=shapes, block_q=block_q, warps=warps, sort=sort: (tri.forward(
-                    *a[:5], shapes, variant="per_head", block_q=block_q, num_warps=warps, sort_queries=sort,
-                    interpret=interpret),))
+            if variant == "forward" or variant in tri.FORWARD_VARIANTS:
+                f = jax.jit(lambda *a, shapes=shapes, block_q=block_q, warps=warps, sort=sort, variant=variant: (
+                    tri.forward(*a[:5], shapes, variant="per_head" if variant == "forward" else variant,
+                                block_q=block_q, num_warps=warps, sort_queries=sort, interpret=interpret),))
             elif variant in BACKWARD_PARTS:
                 value_grad, point_grads, views_in_grid = BACKWARD_PARTS[variant]
 
@@ -491,7 +490,8 @@ def backward_variants(jax, jnp, rows, reps, deadline, log, point_modes=BACKWARD_
                     entry[key] = {"error": "skipped (time budget)"}
                     continue
                 args = (value, refs[points], offsets, weights, mask, cot)
-                want = wants[points] if variant in tri.BACKWARD_VARIANTS else wants[variant, points]
+                want = (wants[points] if variant in tri.BACKWARD_VARIANTS else wants["forward", points]
+                        if variant in tri.FORWARD_VARIANTS else wants[variant, points])
                 try:
                     got = jax.block_until_ready(f(*args))
                     err = max(float(jnp.max(jnp.abs(a.astype(jnp.float32) - b)) / jnp.max(jnp.abs(b)))
@@ -512,7 +512,8 @@ def backward_variants(jax, jnp, rows, reps, deadline, log, point_modes=BACKWARD_
     lines = [head, "|---|---|---|---|---|" + "---|" * len(keys)]
     for e in results:
         cells = []
-        first = next(f for f in results if (f["variant"] == "forward") == (e["variant"] == "forward"))
+        is_forward = lambda name: name == "forward" or name in tri.FORWARD_VARIANTS  # noqa: E731
+        first = next(f for f in results if is_forward(f["variant"]) == is_forward(e["variant"]))
         for k in keys:
             r, old = e.get(k, {}), first.get(k, {})
             if "ms" in r:

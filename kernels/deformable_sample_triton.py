@@ -50,32 +50,34 @@ from jax.experimental.pallas import triton as plgpu
 FORWARD_BLOCK_Q = 16
 FORWARD_NUM_WARPS = 4
 # Forward kernel variants (see forward()): "per_head" (one head per program, a fori_loop over the points),
-# "per_head_unrolled" (same, points unrolled), "all_heads" (lanes over all heads' channels). FORWARD_VARIANT is
-# what the op runs; FORWARD_CONFIGS gives each variant's (block_q, block_c, num_warps) defaults (block_c only
-# for "all_heads"). tools/bench_deformable.py --forward-variants, H100, 2026-11-25, fp32, 448 px, S=8192,
-# V=6 / V=21: per_head 1.61 / 4.97 ms, per_head_unrolled 1.78 / 5.32 ms, all_heads (8, 256, 4) 4.08 / 13.27 ms,
-# so "per_head" stays the default (docs/deformable.md, "Forward variants").
+# "per_head_fma" (the same with its multiply-adds fused by fused_multiply_add), "per_head_unrolled" (points
+# unrolled), "all_heads" (lanes over all heads' channels). FORWARD_VARIANT is what the op runs; FORWARD_CONFIGS
+# gives each variant's (block_q, block_c, num_warps) defaults (block_c only for "all_heads"). H100, 2026-11-25:
+# fp32, 448 px, S=8192, V=6 / V=21: per_head 1.61 / 4.97 ms, per_head_unrolled 1.78 / 5.32, all_heads
+# (8, 256, 4) 4.08 / 13.27; 560 px, V=21, S=16384, SV3D / random points: per_head 6.99 / 11.12 ms,
+# per_head_fma 6.54 / 11.15 (13:10 UTC). See docs/deformable.md.
 FORWARD_VARIANTS = ("per_head", "per_head_unrolled", "all_heads", "per_head_fma")
-FORWARD_VARIANT = "per_head"
+FORWARD_VARIANT = "per_head_fma"
 FORWARD_CONFIGS = {"per_head": (FORWARD_BLOCK_Q, None, FORWARD_NUM_WARPS), "per_head_unrolled": (16, None, 4),
                    "all_heads": (8, 256, 4), "per_head_fma": (FORWARD_BLOCK_Q, None, FORWARD_NUM_WARPS)}
 # Programs take their queries in spatial_query_order (forward and backward): a 2-view Morton key, so that a
 # block's queries sample nearby pixels (H100: backward 46.0 -> 31.8 ms at V=21, S=16384 on model-like points).
 SORT_QUERIES = True
-# Backward variants (deformable_sample_backward_triton): "atomic" (per-sample relaxed d_value atomics), "window"
-# (d_value accumulated per program and (view, level) in a pixel window by a matmul, per-sample atomics only
-# outside it), "split" / "split_window" (a d_value kernel with the views in the grid, then a point-gradient
-# kernel without atomics). BACKWARD_CONFIGS: (block_q, window side, num_warps) of each. BACKWARD_VARIANT is
-# what the op runs: "atomic", the fastest on model-like points. H100, 2026-11-25, V=21, S=16384, SV3D / random
-# points: atomic 30.5 / 82.6 ms, split 42.7 / 67.2, window 112 / 139, split_window 95.8 / 111 (09:05 UTC; the
-# d_value half alone 24.3 ms at 92% of L2 throughput); atomic (block_q, warps) (16, 4)/(8, 4)/(8, 2)/(16, 2)
-# -> 30.5/30.9/30.8/32.1 ms (04:26 UTC). See docs/deformable.md.
+# Backward variants (deformable_sample_backward_triton): how d_value is accumulated ("atomic": per-sample relaxed
+# atomics; "window": a pixel window per program and (view, level) built from one-hot compares, added by a
+# matmul; "tent": the same window built from tent products) and whether the point gradients share the kernel
+# (fused), follow in a second kernel ("split", "split_window", "split_tent") or run as the odd programs of
+# the same launch ("interleaved", "tent_interleaved"). BACKWARD_CONFIGS: (block_q, window side, num_warps) of
+# the d_value (or fused) kernel. BACKWARD_VARIANT is what the op runs: "split_tent", the fastest measured on
+# model-like (SV3D) and on random points. H100, 2026-11-25, V=21, S=16384, SV3D / random points, backward alone:
+# split_tent 27.1 / 57.5 ms, interleaved 29.4 / 52.7, atomic 30.5 / 82.4, tent_interleaved 37.7 / 60.7,
+# tent (fused) 36.2 / 81.2, split 42.7 / 67.2, window 112 / 139 (12:20-13:10 UTC). See docs/deformable.md.
 BACKWARD_VARIANTS = ("atomic", "window", "split", "split_window", "tent", "split_tent", "interleaved",
                      "tent_interleaved")
 BACKWARD_CONFIGS = {"atomic": (16, None, 4), "window": (16, 8, 4), "split": (16, None, 4),
                     "split_window": (16, 8, 4), "tent": (16, 8, 4), "split_tent": (16, 8, 4),
                     "interleaved": (16, None, 8), "tent_interleaved": (16, 8, 4)}
-BACKWARD_VARIANT = "atomic"
+BACKWARD_VARIANT = "split_tent"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -364,7 +366,7 @@ def _dims(value, offsets):
 
 
 def forward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, *, interpret=False,
-            variant=None, block_q=None, block_c=None, num_warps=None, sort_queries=None, order=None):
+            variant=None, block_q=None, block_c=None, num_warps=None, sort_queries=None, order=None, debug=False):
     """(B, V, Q, H, C) output in value.dtype; mask is (B, V, Q) bool.
 
     ``sort_queries`` (default SORT_QUERIES): programs take their queries in :func:`spatial_query_order`
@@ -372,7 +374,7 @@ def forward(value, reference_points, offsets, attention_weights, mask, spatial_s
     (:func:`query_order`), for calls that share reference points and mask (the layers of a transformer).
 
     ``variant``: one of FORWARD_VARIANTS (default FORWARD_VARIANT); ``block_q`` / ``block_c`` / ``num_warps``
-    default to FORWARD_CONFIGS[variant].
+    default to FORWARD_CONFIGS[variant]. ``debug``: ``pallas_call(debug=True)`` (prints the Triton IR).
     """
     b, v, length, heads, c = value.shape
     dims = _dims(value, offsets)
@@ -400,6 +402,7 @@ def forward(value, reference_points, offsets, attention_weights, mask, spatial_s
         grid=grid,
         compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=1),
         interpret=interpret,
+        debug=debug,
         name="deformable_sample_fwd" if variant == "per_head" else f"deformable_sample_fwd_{variant}",
     )(*_flat_inputs(value, reference_points, offsets, attention_weights, mask),
       resolve_query_order(order, reference_points, mask, sort_queries).reshape(-1))

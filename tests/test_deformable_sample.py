@@ -348,8 +348,8 @@ def _triton_ir(fn, *args):
 
 
 def test_pallas_backward_uses_relaxed_atomics_for_d_value_only():
-    """Triton IR of the backward: the only atomics are the 4 corners x NL levels of d_value, relaxed by
-    default and acquire-release with relaxed=False (the public plgpu.atomic_add)."""
+    """Triton IR of the per-sample-atomic backward: the only atomics are the 4 corners x NL levels of d_value,
+    relaxed by default and acquire-release with relaxed=False (the public plgpu.atomic_add)."""
     import re
 
     from geolrm_kernels import deformable_sample_triton as tri
@@ -364,7 +364,8 @@ def test_pallas_backward_uses_relaxed_atomics_for_d_value_only():
     cot = jnp.ones((1, 2, 4, 2, 24))
     found = {}
     for relaxed in (True, False):
-        ir = _triton_ir(lambda *a, relaxed=relaxed: tri.backward(*a[:5], SHAPES, a[5], relaxed=relaxed, debug=True),
+        ir = _triton_ir(lambda *a, relaxed=relaxed: tri.backward(*a[:5], SHAPES, a[5], relaxed=relaxed, debug=True,
+                                                                 variant="atomic"),
                         value, ref, offsets, weights, mask, cot)
         found[relaxed] = re.findall(r"tt\.atomic_rmw (\w+), (\w+),", ir)
     assert found[True] == [("fadd", "relaxed")] * 4 * len(SHAPES), found[True]
@@ -383,10 +384,28 @@ def test_hybrid_runs_pallas_forward_and_xla_backward():
             return out, vjp(cot)
         return jax.jit(f).trace(value, ref, offsets, weights).lower(lowering_platforms=("cuda",)).as_text()
 
+    from geolrm_kernels import deformable_sample_backward_triton as bwd
+    from geolrm_kernels import deformable_sample_triton as tri
+
     triton_call = "__gpu$xla.gpu.triton"
     assert fwd_bwd("pallas_xla_backward").count(triton_call) == 1
-    assert fwd_bwd("pallas").count(triton_call) == 2
+    assert fwd_bwd("pallas").count(triton_call) == 1 + len(bwd.VARIANT_KERNELS[tri.BACKWARD_VARIANT])
     assert fwd_bwd("xla").count(triton_call) == 0
+
+
+def test_default_forward_fuses_its_multiply_adds_on_cuda():
+    """The default forward's CUDA lowering holds the inline fma.rn.f32 (fused_multiply_add), one per corner of
+    each level's point loop; the interpreter computes a * b + c (the interpret tests above)."""
+    import re
+
+    from geolrm_kernels import deformable_sample_triton as tri
+
+    assert tri.FORWARD_VARIANT == "per_head_fma"
+    value, ref, offsets, weights = make_inputs(18, q=4, heads=2, c=24)
+    mask = jnp.ones(ref.shape[:3], bool)
+    ir = _triton_ir(lambda *a: tri.forward(*a, SHAPES, debug=True), value, ref, offsets, weights, mask)
+    found = re.findall(r'tt\.elementwise_inline_asm "fma\.rn\.f32', ir)
+    assert len(found) == 4 * len(SHAPES), found
 
 
 def test_precomputed_query_order_changes_nothing_but_the_order():

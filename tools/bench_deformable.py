@@ -81,9 +81,11 @@ BACKWARD_PARTS = {"dvalue": ("atomic", False, True), "dvalue_window": ("window",
                   "point_grads_views": ("none", True, True)}
 # --backward-variants --backward-sweep tent: the window accumulated with tent products (no one-hot matrices)
 # against the per-sample atomics, fused and split, by block size and window side.
-BACKWARD_SWEEP_TENT = (("split_tent", 16, 8, 4, True), ("dvalue_tent", 16, 8, 4, True),
-                       ("point_grads", 16, None, 8, True), ("forward", 16, None, 4, True),
-                       ("per_head_fma", 16, None, 4, True), ("per_head_fma", 16, None, 8, True))
+BACKWARD_SWEEP_TENT = (("atomic", 16, None, 4, True), ("split_tent", 16, 8, 4, True),
+                       ("interleaved", 16, None, 8, True), ("dvalue", 16, None, 4, True),
+                       ("dvalue_tent", 16, 8, 4, True), ("point_grads", 16, None, 8, True),
+                       ("point_grads", 16, None, 4, True), ("forward", 16, None, 4, True),
+                       ("per_head_fma", 16, None, 4, True))
 # --backward-variants --backward-sweep blocks: block sizes / warps of the sorted atomic backward and forward.
 BACKWARD_SWEEP_BLOCKS = (("atomic", 16, None, 4, True), ("atomic", 8, None, 4, True), ("atomic", 8, None, 2, True),
                          ("atomic", 16, None, 2, True), ("forward", 16, None, 4, True),

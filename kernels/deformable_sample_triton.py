@@ -78,6 +78,9 @@ BACKWARD_CONFIGS = {"atomic": (16, None, 4), "window": (16, 8, 4), "split": (16,
                     "split_window": (16, 8, 4), "tent": (16, 8, 4), "split_tent": (16, 8, 4),
                     "interleaved": (16, None, 8), "tent_interleaved": (16, 8, 4)}
 BACKWARD_VARIANT = "split_tent"
+# With 16-bit values (the model's bf16) the tent d_value kernel is slower (V=21, S=16384, SV3D points, bf16:
+# split_tent 32.7 ms, interleaved 30.0, atomic 31.4; 13:12 UTC), so those run this variant.
+BACKWARD_VARIANT_16BIT = "interleaved"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -414,7 +417,7 @@ def backward(value, reference_points, offsets, attention_weights, mask, spatial_
              order=None, window=None):
     """Gradients (d_value, d_reference_points, d_offsets, d_attention_weights) in the inputs' dtypes.
 
-    ``variant``: one of BACKWARD_VARIANTS (default BACKWARD_VARIANT), run by
+    ``variant``: one of BACKWARD_VARIANTS (default BACKWARD_VARIANT, BACKWARD_VARIANT_16BIT for 16-bit values), run by
     ``deformable_sample_backward_triton``; ``block_q`` / ``window`` / ``num_warps`` default to
     BACKWARD_CONFIGS[variant].
     ``relaxed``: d_value atomics with relaxed memory ordering (default: whenever available, see
@@ -425,7 +428,7 @@ def backward(value, reference_points, offsets, attention_weights, mask, spatial_
     """
     from geolrm_kernels import deformable_sample_backward_triton as bwd
 
-    variant = variant or BACKWARD_VARIANT
+    variant = variant or (BACKWARD_VARIANT_16BIT if jnp.dtype(value.dtype).itemsize == 2 else BACKWARD_VARIANT)
     if variant not in BACKWARD_VARIANTS:
         raise ValueError(f"backward variant must be one of {BACKWARD_VARIANTS}, got {variant!r}")
     default_q, default_window, default_warps = BACKWARD_CONFIGS[variant]

@@ -21,7 +21,8 @@ def _vjp_all(implementation, value, ref, offsets, weights, cot, **masks):
     return (out, *vjp(cot))
 
 
-@pytest.mark.parametrize("variant", ["window", "split", "split_window", "tent", "split_tent"])
+@pytest.mark.parametrize("variant", ["window", "split", "split_window", "tent", "split_tent", "interleaved",
+                                     "tent_interleaved"])
 def test_backward_variant_through_the_op_matches_reference_fp32(monkeypatch, variant):
     """B = 2 x V = 3, a different view masked per scene (its reference points NaN), a masked query, points on
     borders and outside the image, C = 24; block_q = 8 over Q = 16 (two blocks), queries in Morton order."""
@@ -81,16 +82,19 @@ def test_spatial_query_order_is_a_permutation_grouping_close_points():
     assert run in (15, 16) and np.all(first[:run] == first[0]) and np.all(first[run:] != first[0])
 
 
-@pytest.mark.parametrize("variant, kernels, atomics, dots", [
-    ("window", ["deformable_sample_bwd_window"], 5, 1),
-    ("split", ["deformable_sample_bwd_dvalue", "deformable_sample_bwd_point_grads"], 4, 0),
-    ("split_window", ["deformable_sample_bwd_dvalue_window", "deformable_sample_bwd_point_grads"], 5, 1),
-    ("tent", ["deformable_sample_bwd_tent"], 5, 1),
-    ("split_tent", ["deformable_sample_bwd_dvalue_tent", "deformable_sample_bwd_point_grads"], 5, 1)])
-def test_backward_variant_lowering_for_cuda(variant, kernels, atomics, dots):
+@pytest.mark.parametrize("variant, kernels, atomics, extra_atomics, dots", [
+    ("window", ["deformable_sample_bwd_window"], 5, 0, 1),
+    ("split", ["deformable_sample_bwd_dvalue", "deformable_sample_bwd_point_grads"], 4, 0, 0),
+    ("split_window", ["deformable_sample_bwd_dvalue_window", "deformable_sample_bwd_point_grads"], 5, 0, 1),
+    ("tent", ["deformable_sample_bwd_tent"], 5, 0, 1),
+    ("split_tent", ["deformable_sample_bwd_dvalue_tent", "deformable_sample_bwd_point_grads"], 5, 0, 1),
+    ("interleaved", ["deformable_sample_bwd_interleaved"], 4, 3, 0),
+    ("tent_interleaved", ["deformable_sample_bwd_tent_interleaved"], 5, 3, 1)])
+def test_backward_variant_lowering_for_cuda(variant, kernels, atomics, extra_atomics, dots):
     """Triton IR: per level, 4 corner atomics (the window variants' fallback) + 1 window atomic, all relaxed fp32
-    adds, and one tf32x3 dot per level of the transposed (block_q, wy*wx) window weights; split variants run a
-    d_value kernel and an atomic-free point-gradient kernel; unknown variants fail."""
+    adds, and one tf32x3 dot per level of the (wy*wx, block_q) window weights; split variants run a d_value
+    kernel and an atomic-free point-gradient kernel; interleaved ones add d_attention_weights and the two
+    offset components of their view with 3 more atomics; unknown variants fail."""
     import re
 
     value, ref, offsets, weights = make_inputs(22, q=40, heads=2, c=24, shapes=SHAPES)
@@ -99,7 +103,8 @@ def test_backward_variant_lowering_for_cuda(variant, kernels, atomics, dots):
     ir = _triton_ir(lambda *a: tri.backward(*a[:5], SHAPES, a[5], variant=variant, debug=True),
                     value, ref, offsets, weights, mask, cot)
     assert re.findall(r"tt\.func public @(\w+)", ir) == kernels
-    assert re.findall(r"tt\.atomic_rmw (\w+), (\w+),", ir) == [("fadd", "relaxed")] * atomics * len(SHAPES)
+    found = re.findall(r"tt\.atomic_rmw (\w+), (\w+),", ir)
+    assert found == [("fadd", "relaxed")] * (atomics * len(SHAPES) + extra_atomics), found
     found = re.findall(r"tt\.dot .*inputPrecision = (\w+) : tensor<(\d+)x(\d+)xf32>", ir)
     assert found == [("tf32x3", "64", "16"), ("tf32x3", "16", "16")][:dots * 2], found  # (wy*wx, block_q)
     with pytest.raises(ValueError, match="backward variant"):
@@ -122,3 +127,21 @@ def test_query_order_changes_nothing_but_the_order():
     for name, a, b in zip(NAMES, results[False], results[True], strict=True):
         assert rel_err(b, a) <= 1e-6, name
     assert np.abs(np.asarray(results[True][1])).max() > 0
+
+
+def test_backward_default_follows_the_value_dtype():
+    """fp32 values run BACKWARD_VARIANT, 16-bit values BACKWARD_VARIANT_16BIT (kernel names in the CUDA IR)."""
+    import re
+
+    from geolrm_kernels import deformable_sample_backward_triton as bwd
+
+    value, ref, offsets, weights = make_inputs(24, q=16, heads=2, c=24, shapes=SHAPES)
+    mask = jnp.ones(ref.shape[:3], bool)
+    for dtype, variant in ((jnp.float32, tri.BACKWARD_VARIANT), (jnp.bfloat16, tri.BACKWARD_VARIANT_16BIT)):
+        cot = jnp.ones((1, 2, 16, 2, 24), dtype)
+        ir = _triton_ir(lambda *a: tri.backward(*a[:5], SHAPES, a[5], debug=True), value.astype(dtype), ref,
+                        offsets, weights, mask, cot)
+        names = re.findall(r"tt\.func public @(\w+)", ir)
+        expected = len(bwd.VARIANT_KERNELS[variant])
+        assert len(names) == expected and all(n.startswith("deformable_sample_bwd") for n in names), (dtype, names)
+    assert tri.BACKWARD_VARIANT_16BIT == "interleaved" and tri.BACKWARD_VARIANT == "split_tent"

@@ -754,13 +754,14 @@ def main(argv=None):
     if args.backward:
         from geolrm_kernels import deformable_sample_triton as tri
 
-        tri.BACKWARD_VARIANT = args.backward
+        tri.BACKWARD_VARIANT = tri.BACKWARD_VARIANT_16BIT = args.backward
     if args.block_q:
         from geolrm_kernels import deformable_sample_triton as tri
 
         (bwd_q, bwd_w), (fwd_q, fwd_w) = (map(int, part.split(":")) for part in args.block_q.split(","))
-        window = tri.BACKWARD_CONFIGS[tri.BACKWARD_VARIANT][1]
-        tri.BACKWARD_CONFIGS = {**tri.BACKWARD_CONFIGS, tri.BACKWARD_VARIANT: (bwd_q, window, bwd_w)}
+        variant = tri.BACKWARD_VARIANT_16BIT if args.dtype == "bfloat16" else tri.BACKWARD_VARIANT
+        window = tri.BACKWARD_CONFIGS[variant][1]
+        tri.BACKWARD_CONFIGS = {**tri.BACKWARD_CONFIGS, variant: (bwd_q, window, bwd_w)}
         tri.FORWARD_CONFIGS = {**tri.FORWARD_CONFIGS, "per_head": (fwd_q, None, fwd_w)}
         meta["block_q"] = args.block_q
     meta["backward_variant"] = args.backward or "default"

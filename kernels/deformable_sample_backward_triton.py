@@ -12,16 +12,23 @@ small inputs flattened). One kernel body, specialised by three static choices:
   cotangent block), then ``d_window = W^T @ g`` (tf32x3 tensor-core dot: fp32-accurate) is added with one
   atomic per touched pixel row; corners outside the window take the per-sample atomics, so the result is
   exact for any input and only the speed depends on locality.
+  "tent": the same window with weights ``W[pixel, query] += a * max(0, 1 - |j - x|) * max(0, 1 - |i - y|)``
+  (bilinear weights as products of tent functions: float ops, no corner indices), in (pixel, query)
+  orientation so ``d_window = W @ g`` needs no transpose; which corners fall in the window is decided from
+  floor(x), floor(y) in the float domain.
   "none": no d_value (the point-gradient half of a split backward).
 - ``point_grads``: compute d_offsets / d_attention_weights (summed over views in (block_q, NL*P) registers, one
   plain store) and d_reference_points (per head, summed over heads outside), which needs the value rows
   gathered at every corner. d_value alone needs no value reads.
-- ``views_in_grid``: grid (H, Q blocks, B*V), one view per program (for the d_value half, which keeps nothing
-  across views), or grid (H, Q blocks, B) with a loop over the views.
+- ``views_in_grid``: grid (H, Q blocks, B*V), one view per program, or grid (H, Q blocks, B) with a loop over
+  the views. Point gradients with views in the grid add d_offsets / d_weights atomically into zeros; with a
+  value_grad too the kernel is "interleaved": grid (2H, Q blocks, B*V), even programs along axis 0 do the
+  d_value work, odd ones the point gradients.
 
-Variants (``BACKWARD_VARIANTS``): "atomic" and "window" are one fused kernel (point gradients + d_value);
-"split" and "split_window" are two kernels: d_value (atomic / window, views in the grid, no value gathers)
-then the point gradients (no atomics).
+Variants (``VARIANT_KERNELS``): "atomic", "window" and "tent" are one fused kernel (point gradients + d_value);
+"split", "split_window" and "split_tent" are two kernels: d_value (views in the grid, no value gathers) then
+the point gradients (no atomics, ``SPLIT_POINT_GRADS_WARPS`` warps); "interleaved" and "tent_interleaved" are
+one interleaved launch.
 
 Interpret mode: the Pallas interpreter discharges an atomic add as gather + scatter-*set* (duplicate addresses
 in one call lose updates) and takes no mask, so per-sample atomics add one query's row per call (distinct

@@ -98,12 +98,17 @@ def validate_inputs(value, reference_points, offsets, attention_weights, spatial
 # ----------------------------------------------------------------------------------------------------------
 # XLA reference
 # ----------------------------------------------------------------------------------------------------------
-def bilinear_corners(u, v, height, width):
+def bilinear_corners(u, v, height, width, *, clamp_pixels=True):
     """Corners of bilinear sampling at normalized (u, v) (same shapes, fp32) in a (height, width) map.
 
     Returns a list of 4 tuples (pixel index y*width + x clipped into the map, in-image bool, weight,
     d weight / d u, d weight / d v), with align_corners=False: x = u * width - 0.5. Shared by the reference
     and the Pallas kernels, so both use the same floor/one-sided-derivative convention at integer points.
+
+    ``clamp_pixels=False`` (the GPU kernels): the pixel index is not clipped into the map, so it is only
+    meaningful where the corner is in the image (every access is masked by ``inside``); the four corners'
+    indices are then one conversion plus constants, and ``inside`` is the product of per-axis tests. The
+    weights, their derivatives and ``inside`` are the same expressions either way.
     """
     x = u * width - 0.5
     y = v * height - 0.5
@@ -114,15 +119,25 @@ def bilinear_corners(u, v, height, width):
     y0f = jnp.floor(y)
     fx = x - x0f
     fy = y - y0f
-    x0 = x0f.astype(jnp.int32)
-    y0 = y0f.astype(jnp.int32)
+    if clamp_pixels:
+        x0 = x0f.astype(jnp.int32)
+        y0 = y0f.astype(jnp.int32)
+    else:
+        # y0f * width + x0f is an integer below 2**24 in magnitude: exact in fp32, one conversion.
+        base = (y0f * width + x0f).astype(jnp.int32)
+        in_x = ((x0f >= 0.0) & (x0f < width), (x0f >= -1.0) & (x0f < width - 1.0))
+        in_y = ((y0f >= 0.0) & (y0f < height), (y0f >= -1.0) & (y0f < height - 1.0))
     corners = []
     for dy in (0, 1):
         for dx in (0, 1):
-            xi = x0 + dx
-            yi = y0 + dy
-            inside = (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
-            pixel = jnp.clip(yi, 0, height - 1) * width + jnp.clip(xi, 0, width - 1)
+            if clamp_pixels:
+                xi = x0 + dx
+                yi = y0 + dy
+                inside = (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
+                pixel = jnp.clip(yi, 0, height - 1) * width + jnp.clip(xi, 0, width - 1)
+            else:
+                inside = in_y[dy] & in_x[dx]
+                pixel = base + (dy * width + dx)
             wx = fx if dx else 1.0 - fx
             wy = fy if dy else 1.0 - fy
             dwx = (1.0 if dx else -1.0) * wy * width

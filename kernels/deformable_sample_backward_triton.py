@@ -27,7 +27,7 @@ small inputs flattened). One kernel body, specialised by three static choices:
 
 Variants (``VARIANT_KERNELS``): "atomic", "window" and "tent" are one fused kernel (point gradients + d_value);
 "split", "split_window" and "split_tent" are two kernels: d_value (views in the grid, no value gathers) then
-the point gradients (no atomics, ``SPLIT_POINT_GRADS_WARPS`` warps); "interleaved" and "tent_interleaved" are
+the point gradients (no atomics, ``SPLIT_POINT_GRADS_CONFIG``); "interleaved" and "tent_interleaved" are
 one interleaved launch.
 
 Interpret mode: the Pallas interpreter discharges an atomic add as gather + scatter-*set* (duplicate addresses
@@ -59,9 +59,10 @@ VARIANT_KERNELS = {
     "tent_interleaved": (("tent", True, True),),
 }
 WINDOWED = ("window", "tent")  # value_grad kinds that accumulate a pixel window and add it by a matmul
-# The point-gradient kernel of the split variants runs with this many warps (H100, V=21, S=16384, SV3D points:
-# 12.0 ms at 8 warps, 19.1 at 4; 2026-11-25 12:33-12:39 UTC, docs/deformable.md).
-SPLIT_POINT_GRADS_WARPS = 8
+# (block_q, num_warps) of the point-gradient kernel of the split variants; block_q None: the d_value kernel's.
+# With one 64-lane block per head (CHANNEL_CHUNK = 0): H100, V=21, S=16384, SV3D points, 12.0 ms at 8 warps,
+# 19.1 at 4 (2026-11-25 12:33-12:39 UTC, docs/deformable.md).
+SPLIT_POINT_GRADS_CONFIG = (None, 8)
 TENT_WINDOW_PARTS = 1  # "tent": the window's weights, matmul and atomics in this many bands of rows
 WINDOW_SIZE = 8  # window of at most WINDOW_SIZE x WINDOW_SIZE pixels per (program, view, level)
 
@@ -75,7 +76,7 @@ def window_shape(level_shape, size=WINDOW_SIZE):
     return min(size, _floor_pow2(level_shape[0])), min(size, _floor_pow2(level_shape[1]))
 
 
-def _backward_kernel(*refs, dims, shapes, windows, block_q, c_pad, value_grad, point_grads, views_in_grid,
+def _backward_kernel(*refs, dims, shapes, windows, block_q, chunks, value_grad, point_grads, views_in_grid,
                      interpret, atomic_add, precision, parts):
     """One program: block_q queries (consecutive in the query order) of one (b, h), and one view
     (``views_in_grid``) or all views in a loop. Refs: value, reference points, offsets, weights, mask, order,
@@ -88,7 +89,7 @@ def _backward_kernel(*refs, dims, shapes, windows, block_q, c_pad, value_grad, p
         d_value_ref, *outs = outs
     program = functools.partial(_backward_program, value_ref, ref_ref, off_ref, attn_ref, mask_ref, order_ref, g_ref,
                                 d_value_ref, outs, dims=dims, shapes=shapes, windows=windows, block_q=block_q,
-                                c_pad=c_pad, views_in_grid=views_in_grid, interpret=interpret, atomic_add=atomic_add,
+                                chunks=chunks, views_in_grid=views_in_grid, interpret=interpret, atomic_add=atomic_add,
                                 precision=precision, parts=parts)
     # Program ids are read here, outside lax.cond (the interpreter only discharges them at the top level).
     first, block, last = pl.program_id(0), pl.program_id(1), pl.program_id(2)
@@ -104,31 +105,32 @@ def _backward_kernel(*refs, dims, shapes, windows, block_q, c_pad, value_grad, p
 
 def _backward_program(value_ref, ref_ref, off_ref, attn_ref, mask_ref, order_ref, g_ref, d_value_ref, outs, h, block,
                       last, *,
-                      dims, shapes, windows, block_q, c_pad, value_grad, point_grads, views_in_grid, interpret,
+                      dims, shapes, windows, block_q, chunks, value_grad, point_grads, views_in_grid, interpret,
                       atomic_add, precision, parts):
     """The work of one program for head h (see _backward_kernel)."""
     v_count, q_count, length, heads, c, nl, p = dims
     b = last // v_count if views_in_grid else last
     q, q_in, qc = tri._program_queries(order_ref, b, q_count, block_q, block)  # q: store index, qc: clipped
     point_base = ((b * q_count + qc) * heads + h) * (nl * p)
-    ch = jnp.arange(c_pad, dtype=jnp.int32)
-    ch_in = ch < c
-    # Unclipped channel columns keep the loads contiguous and 16-byte vectorizable; lanes ch >= C are masked.
-    cols = jnp.broadcast_to((h * c + ch)[None, :], (block_q, c_pad))
+    lanes = tri._chunk_lanes(h, c, chunks, block_q)  # per lane chunk: (cols, lane mask or None)
     point_col = jnp.arange(nl * p, dtype=jnp.int32)[None, :]  # (1, NL*P): one-hot columns of the accumulators
 
-    def add_samples(rows, coef, g, add):
-        """d_value[rows] += coef * g for the (block_q,) queries where ``add``."""
-        contribution = jnp.where(add, coef, 0.0)[:, None] * g
-        if interpret:  # one query per call: distinct addresses; zeros instead of masks
-            for i in range(block_q):
-                atomic_add(d_value_ref, (rows[i:i + 1], cols[i:i + 1]), contribution[i:i + 1])
-        else:
-            atomic_add(d_value_ref, (rows, cols), contribution, mask=(add & q_in)[:, None] & ch_in[None, :])
+    def add_samples(pixel_rows, coef, gs, add):
+        """d_value[pixel_rows] += coef * g for the (block_q,) queries where ``add``, chunk by chunk."""
+        coef = jnp.where(add, coef, 0.0)[:, None]
+        for (cols, lane), g in zip(lanes, gs, strict=True):
+            rows = jnp.broadcast_to(pixel_rows[:, None], cols.shape)
+            contribution = coef * g
+            if interpret:  # one query per call: distinct addresses; zeros instead of masks
+                for i in range(block_q):
+                    atomic_add(d_value_ref, (rows[i:i + 1], cols[i:i + 1]), contribution[i:i + 1])
+            else:
+                atomic_add(d_value_ref, (rows, cols), contribution,
+                           mask=tri._lane_mask(add & q_in, lane, cols.shape))
 
     def view_step(bv, accs):
-        valid, ref_u, ref_v, g = tri._view_cotangent(mask_ref, ref_ref, g_ref, bv=bv, q_count=q_count, q_in=q_in,
-                                                     qc=qc, cols=cols, ch_in=ch_in)
+        valid, ref_u, ref_v, gs = tri._view_cotangent(mask_ref, ref_ref, g_ref, bv=bv, q_count=q_count, q_in=q_in,
+                                                      qc=qc, lanes=lanes)
         if value_grad in WINDOWED:
             count = jnp.maximum(jnp.sum(valid.astype(jnp.float32)), 1.0)
             mean_u = jnp.sum(jnp.where(valid, ref_u, 0.0)) / count
@@ -173,26 +175,29 @@ def _backward_program(value_ref, ref_ref, off_ref, attn_ref, mask_ref, order_ref
                     in_y = ((y0 >= 0.0) & (y0 < wy), (y0 >= -1.0) & (y0 < wy - 1))
                     corner_in_window = [in_y[dy] & in_x[dx] for dy in (0, 1) for dx in (0, 1)]
                 sums = (jnp.zeros((block_q,), jnp.float32),) * 3
-                for corner, (pixel, inside, bilinear, dbdu, dbdv) in enumerate(bilinear_corners(u, v, hl, wl)):
-                    rows = jnp.broadcast_to((bv * length + start + pixel)[:, None], cols.shape)
+                corners = bilinear_corners(u, v, hl, wl, clamp_pixels=tri.CLAMP_PIXELS or value_grad == "window")
+                for corner, (pixel, inside, bilinear, dbdu, dbdv) in enumerate(corners):
+                    pixel_rows = bv * length + start + pixel
                     if point_grads:
-                        sample = plgpu.load(value_ref.at[rows, cols], mask=inside[:, None] & ch_in[None, :],
-                                            other=0.0)
-                        sums = tri._corner_gradient(g, sample, bilinear, dbdu, dbdv, *sums, interpret=interpret)
+                        samples = tuple(
+                            plgpu.load(value_ref.at[jnp.broadcast_to(pixel_rows[:, None], cols.shape), cols],
+                                       mask=tri._lane_mask(inside, lane, cols.shape), other=0.0)
+                            for cols, lane in lanes)
+                        sums = tri._corner_gradient(gs, samples, bilinear, dbdu, dbdv, *sums, interpret=interpret)
                     coef = a * bilinear
                     if value_grad == "atomic":
-                        add_samples(rows, coef, g, inside)
+                        add_samples(pixel_rows, coef, gs, inside)
                     elif value_grad == "none":
                         pass
                     elif value_grad == "tent":  # a window corner is inside the map
-                        add_samples(rows, coef, g, inside & ~corner_in_window[corner])
+                        add_samples(pixel_rows, coef, gs, inside & ~corner_in_window[corner])
                     else:
                         lx = pixel % wl - ox
                         ly = pixel // wl - oy
                         in_window = inside & (lx >= 0) & (lx < wx) & (ly >= 0) & (ly < wy)
                         local = jnp.where(in_window, ly * wx + lx, -1)
                         weights += jnp.where(local[:, None] == window_pixel, coef[:, None], 0.0)
-                        add_samples(rows, coef, g, inside & ~in_window)
+                        add_samples(pixel_rows, coef, gs, inside & ~in_window)
                 if point_grads:
                     new = tri._accumulate_point((*accs, *d_ref_uv), point_col == level * p + point, a, *sums)
                     accs, d_ref_uv = new[:3], new[3:]
@@ -203,18 +208,20 @@ def _backward_program(value_ref, ref_ref, off_ref, attn_ref, mask_ref, order_ref
                 # (pixels, block_q) weights of each band (one band of the transposed matrix for "window").
                 bands = weights if value_grad == "tent" else (weights.T,)
                 for part, band_weights in enumerate(bands):
-                    d_window = lax.dot_general(band_weights, g, (((1,), (0,)), ((), ())), precision=precision,
-                                               preferred_element_type=jnp.float32)  # (band pixels, c_pad)
                     local = part * band_weights.shape[0] + jnp.arange(band_weights.shape[0], dtype=jnp.int32)
                     pixel_rows = bv * length + start + (oy + local // wx) * wl + ox + local % wx
-                    window_rows = jnp.broadcast_to(pixel_rows[:, None], d_window.shape)
-                    window_cols = jnp.broadcast_to((h * c + ch)[None, :], d_window.shape)
-                    if interpret:
-                        atomic_add(d_value_ref, (window_rows, window_cols), d_window)
-                    else:
-                        touched = jnp.max(jnp.where(band_weights != 0.0, 1, 0), axis=1) > 0
-                        atomic_add(d_value_ref, (window_rows, window_cols), d_window,
-                                   mask=touched[:, None] & ch_in[None, :])
+                    touched = None if interpret else jnp.max(jnp.where(band_weights != 0.0, 1, 0), axis=1) > 0
+                    for (first, width, _), (_, lane), g in zip(chunks, lanes, gs, strict=True):
+                        d_window = lax.dot_general(band_weights, g, (((1,), (0,)), ((), ())), precision=precision,
+                                                   preferred_element_type=jnp.float32)  # (band pixels, width)
+                        window_rows = jnp.broadcast_to(pixel_rows[:, None], d_window.shape)
+                        window_cols = jnp.broadcast_to((h * c + first + jnp.arange(width, dtype=jnp.int32))[None, :],
+                                                       d_window.shape)
+                        if interpret:
+                            atomic_add(d_value_ref, (window_rows, window_cols), d_window)
+                        else:
+                            atomic_add(d_value_ref, (window_rows, window_cols), d_window,
+                                       mask=tri._lane_mask(touched, lane, d_window.shape))
         if point_grads:
             tri._store_reference_gradient(outs[0], *d_ref_uv, bv=bv, q_count=q_count, q=q, heads=heads, h=h,
                                           q_in=q_in)
@@ -243,7 +250,7 @@ def _backward_program(value_ref, ref_ref, off_ref, attn_ref, mask_ref, order_ref
 
 def backward_call(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g, order, *,
                   value_grad, point_grads, views_in_grid, block_q, num_warps, window=None, relaxed=None,
-                  interpret=False, debug=False, d_value=None):
+                  interpret=False, debug=False, d_value=None, chunk=None):
     """One backward kernel (see the module docstring): returns (d_value fp32 (B*V*L, H*C) or None,
     d_reference_points per head (B*V*Q*H*2,) or None, d_offsets flat or None, d_weights flat or None).
 
@@ -254,7 +261,7 @@ def backward_call(value, reference_points, offsets, attention_weights, mask, spa
     q = dims[1]
     shapes = tuple(spatial_shapes)
     windows = tuple(window_shape(s, window or WINDOW_SIZE) for s in shapes)
-    c_pad = max(16, tri._next_pow2(c))
+    chunks = tri.channel_chunks(c, chunk)
     if interpret:  # block_q divides Q: no padded slots
         block_q = min(block_q, 8)
         while q % block_q:
@@ -267,7 +274,7 @@ def backward_call(value, reference_points, offsets, attention_weights, mask, spa
     # tf32x3 on tensor cores: ~fp32 accuracy; the CPU interpreter takes an ordinary fp32 precision.
     precision = lax.Precision.HIGHEST if interpret else lax.DotAlgorithmPreset.TF32_TF32_F32_X3
     kernel = functools.partial(
-        _backward_kernel, dims=dims, shapes=shapes, windows=windows, block_q=block_q, c_pad=c_pad,
+        _backward_kernel, dims=dims, shapes=shapes, windows=windows, block_q=block_q, chunks=chunks,
         value_grad=value_grad, point_grads=point_grads, views_in_grid=views_in_grid, interpret=interpret,
         atomic_add=tri._relaxed_atomic_add if relaxed else plgpu.atomic_add, precision=precision,
         parts=TENT_WINDOW_PARTS)
@@ -307,18 +314,24 @@ def backward_call(value, reference_points, offsets, attention_weights, mask, spa
 
 
 def backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g, order, *, variant,
-             block_q, num_warps, window=None, relaxed=None, interpret=False, debug=False):
+             block_q, num_warps, window=None, relaxed=None, interpret=False, debug=False, chunk=None,
+             point_grads_config=None):
     """Gradients (d_value, d_reference_points, d_offsets, d_attention_weights) in the inputs' dtypes, by the
-    kernels of ``VARIANT_KERNELS[variant]``."""
+    kernels of ``VARIANT_KERNELS[variant]``. ``point_grads_config``: (block_q or None, num_warps) of a split
+    variant's point-gradient kernel (default SPLIT_POINT_GRADS_CONFIG); ``chunk``: lanes per channel chunk."""
     b, v, length, heads, c = value.shape
     q = offsets.shape[1]
     d_value = None
     point = None
+    point_q, point_warps = point_grads_config or SPLIT_POINT_GRADS_CONFIG
+    point_q = min(point_q, tri._next_pow2(q)) if point_q else block_q
     for value_grad, point_grads, views_in_grid in VARIANT_KERNELS[variant]:
+        split_half = value_grad == "none"  # the point-gradient kernel of a split variant
         result = backward_call(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g, order,
                                value_grad=value_grad, point_grads=point_grads, views_in_grid=views_in_grid,
-                               block_q=block_q, window=window, relaxed=relaxed, interpret=interpret, debug=debug,
-                               num_warps=SPLIT_POINT_GRADS_WARPS if value_grad == "none" else num_warps)
+                               block_q=point_q if split_half else block_q, window=window,
+                               relaxed=relaxed, interpret=interpret, debug=debug, chunk=chunk,
+                               num_warps=point_warps if split_half else num_warps)
         d_value = result[0] if result[0] is not None else d_value
         point = result[1:] if point_grads else point
     d_ref_heads, d_off, d_attn = point

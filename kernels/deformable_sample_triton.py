@@ -81,6 +81,13 @@ BACKWARD_VARIANT = "split_tent"
 # With 16-bit values (the model's bf16) the tent d_value kernel is slower (V=21, S=16384, SV3D points, bf16:
 # split_tent 32.7 ms, interleaved 30.0, atomic 31.4; 13:12 UTC), so those run this variant.
 BACKWARD_VARIANT_16BIT = "interleaved"
+# The per-head forward and the backward kernels (other than "window") take bilinear corners with unclipped pixel
+# indices (bilinear_corners(..., clamp_pixels=False)): every access is masked by the corner's in-image test, so
+# the clip was dead work on each corner (fewer instructions per point; see docs/deformable.md).
+CLAMP_PIXELS = False
+# Lanes per channel chunk of a head (channel_chunks): 16 tiles the model's C = 48 exactly (three chunks); 0 gives
+# the earlier layout, one block of the next power of two (64 lanes, 16 of them padding).
+CHANNEL_CHUNK = 16
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -239,35 +246,69 @@ def fused_multiply_add(a, b, c, *, interpret=False):
     return out
 
 
+def channel_chunks(c: int, chunk=None):
+    """Static lane chunks covering C channels: tuple of (first channel, width, masked).
+
+    ``chunk`` (default CHANNEL_CHUNK): lanes per chunk, a power of two; None gives one block of the next power
+    of two at least 16 (the earlier layout: C = 48 pads to 64 lanes). Chunks of 16 tile C = 48 exactly, so no
+    lane is padding, and Triton gives each thread 4 channels of one query per chunk: a query's corners,
+    weights and addresses are computed by 4 threads instead of 16."""
+    chunk = CHANNEL_CHUNK if chunk is None else chunk
+    if not chunk:
+        width = max(16, _next_pow2(c))
+        return ((0, width, width > c),)
+    return tuple((start, chunk, start + chunk > c) for start in range(0, c, chunk))
+
+
+def _chunk_lanes(h, c, chunks, block_q):
+    """Per chunk: (cols (block_q, width) int32 of head h, lane mask (width,) bool or None when all lanes are
+    channels). Unclipped columns keep the loads contiguous and vectorizable; masked lanes are never read."""
+    lanes = []
+    for start, width, masked in chunks:
+        ch = start + jnp.arange(width, dtype=jnp.int32)
+        lanes.append((jnp.broadcast_to((h * c + ch)[None, :], (block_q, width)), ch < c if masked else None))
+    return lanes
+
+
+def _lane_mask(row_mask, lane, shape):
+    """(block_q, width) mask: row_mask (block_q,) and the chunk's lane mask (width,) or None."""
+    if lane is None:
+        return jnp.broadcast_to(row_mask[:, None], shape)
+    return row_mask[:, None] & lane[None, :]
+
+
 def _forward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, order_ref, out_ref, *, dims, shapes, block_q,
-                    unroll, fma=False):
+                    unroll, chunks, fma=False):
     v_count, q_count, length, heads, c, nl, p = dims
-    h, bv, q, q_in, valid, ref_u, ref_v, point_base, ch, ch_in = _program_setup(
+    h, bv, q, q_in, valid, ref_u, ref_v, point_base, _, _ = _program_setup(
         ref_ref, mask_ref, order_ref, dims=dims, block_q=block_q)
-    # Unclipped channel columns keep the loads contiguous and 16-byte vectorizable; lanes ch >= C are masked.
-    cols = jnp.broadcast_to((h * c + ch)[None, :], (block_q, ch.shape[0]))
-    acc = jnp.zeros((block_q, ch.shape[0]), jnp.float32)
+    lanes = _chunk_lanes(h, c, chunks, block_q)
+    accs = tuple(jnp.zeros(cols.shape, jnp.float32) for cols, _ in lanes)
     for level, ((hl, wl), start) in enumerate(zip(shapes, _level_starts(shapes), strict=True)):
 
-        def point_step(point, acc, level=level, hl=hl, wl=wl, start=start):
+        def point_step(point, accs, level=level, hl=hl, wl=wl, start=start):
             a, u, v = _point(off_ref, attn_ref, point_base + level * p + point, valid, ref_u, ref_v)
-            for pixel, inside, bilinear, _, _ in bilinear_corners(u, v, hl, wl):
-                rows = jnp.broadcast_to((bv * length + start + pixel)[:, None], cols.shape)
-                sample = plgpu.load(value_ref.at[rows, cols], mask=inside[:, None] & ch_in[None, :], other=0.0)
-                coef = jnp.broadcast_to((a * bilinear)[:, None], acc.shape)
-                if fma:
-                    acc = fused_multiply_add(coef, sample.astype(jnp.float32), acc)
-                else:
-                    acc += coef * sample.astype(jnp.float32)
-            return acc
+            accs = list(accs)
+            for pixel, inside, bilinear, _, _ in bilinear_corners(u, v, hl, wl, clamp_pixels=CLAMP_PIXELS):
+                coef = (a * bilinear)[:, None]
+                for k, (cols, lane) in enumerate(lanes):
+                    rows = jnp.broadcast_to((bv * length + start + pixel)[:, None], cols.shape)
+                    sample = plgpu.load(value_ref.at[rows, cols], mask=_lane_mask(inside, lane, cols.shape),
+                                        other=0.0).astype(jnp.float32)
+                    if fma:
+                        accs[k] = fused_multiply_add(jnp.broadcast_to(coef, cols.shape), sample, accs[k])
+                    else:
+                        accs[k] = accs[k] + coef * sample
+            return tuple(accs)
 
         if unroll:  # all NL*P points' gathers visible to the scheduler at once
             for point in range(p):
-                acc = point_step(point, acc)
+                accs = point_step(point, accs)
         else:  # a loop keeps compile time and code size small
-            acc = lax.fori_loop(0, p, point_step, acc)
-    out_rows = jnp.broadcast_to((bv * q_count + q)[:, None], cols.shape)
-    plgpu.store(out_ref.at[out_rows, cols], acc.astype(out_ref.dtype), mask=q_in[:, None] & ch_in[None, :])
+            accs = lax.fori_loop(0, p, point_step, accs)
+    for (cols, lane), acc in zip(lanes, accs, strict=True):
+        out_rows = jnp.broadcast_to((bv * q_count + q)[:, None], cols.shape)
+        plgpu.store(out_ref.at[out_rows, cols], acc.astype(out_ref.dtype), mask=_lane_mask(q_in, lane, cols.shape))
 
 
 def _forward_all_heads_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, _order_ref, out_ref, *, dims,
@@ -308,21 +349,27 @@ def _forward_all_heads_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, _
     plgpu.store(out_ref.at[out_rows, cols], acc.astype(out_ref.dtype), mask=q_in[:, None] & col_in)
 
 
-def _view_cotangent(mask_ref, ref_ref, g_ref, *, bv, q_count, q_in, qc, cols, ch_in):
-    """Per query of view bv: validity, reference (u, v), and the cotangent rows (block_q, C_pad) in fp32,
-    zero for invalid queries and padded channels."""
+def _view_cotangent(mask_ref, ref_ref, g_ref, *, bv, q_count, q_in, qc, lanes):
+    """Per query of view bv: validity, reference (u, v), and the cotangent rows of each lane chunk
+    ((block_q, width) fp32, zero for invalid queries and padded lanes)."""
     valid = q_in & (mask_ref[bv * q_count + qc] != 0)
     ref_u = ref_ref[(bv * q_count + qc) * 2]
     ref_v = ref_ref[(bv * q_count + qc) * 2 + 1]
-    g_rows = jnp.broadcast_to((bv * q_count + qc)[:, None], cols.shape)
-    g = plgpu.load(g_ref.at[g_rows, cols], mask=q_in[:, None] & ch_in[None, :], other=0.0)
-    g = jnp.where(valid[:, None] & ch_in[None, :], g.astype(jnp.float32), 0.0)
-    return valid, ref_u, ref_v, g
+    gs = []
+    for cols, lane in lanes:
+        g_rows = jnp.broadcast_to((bv * q_count + qc)[:, None], cols.shape)
+        g = plgpu.load(g_ref.at[g_rows, cols], mask=_lane_mask(q_in, lane, cols.shape), other=0.0)
+        gs.append(jnp.where(_lane_mask(valid, lane, cols.shape), g.astype(jnp.float32), 0.0))
+    return valid, ref_u, ref_v, tuple(gs)
 
 
-def _corner_gradient(g, sample, bilinear, dbdu, dbdv, g_sample, g_du, g_dv, *, interpret=False):
-    """Add one bilinear corner to a point's (g·sample, d/du, d/dv) sums, each (block_q,)."""
-    g_dot = jnp.sum(g * sample.astype(jnp.float32), axis=1)
+def _corner_gradient(gs, samples, bilinear, dbdu, dbdv, g_sample, g_du, g_dv, *, interpret=False):
+    """Add one bilinear corner to a point's (g·sample, d/du, d/dv) sums, each (block_q,); gs and samples are
+    the lane chunks of the cotangent and of the corner's value rows (summed elementwise, then one reduction)."""
+    product = gs[0] * samples[0].astype(jnp.float32)
+    for g, sample in zip(gs[1:], samples[1:], strict=True):
+        product = fused_multiply_add(g, sample.astype(jnp.float32), product, interpret=interpret)
+    g_dot = jnp.sum(product, axis=1)
     return tuple(fused_multiply_add(weight, g_dot, total, interpret=interpret)
                  for weight, total in ((bilinear, g_sample), (dbdu, g_du), (dbdv, g_dv)))
 
@@ -369,7 +416,8 @@ def _dims(value, offsets):
 
 
 def forward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, *, interpret=False,
-            variant=None, block_q=None, block_c=None, num_warps=None, sort_queries=None, order=None, debug=False):
+            variant=None, block_q=None, block_c=None, num_warps=None, sort_queries=None, order=None, debug=False,
+            chunk=None):
     """(B, V, Q, H, C) output in value.dtype; mask is (B, V, Q) bool.
 
     ``sort_queries`` (default SORT_QUERIES): programs take their queries in :func:`spatial_query_order`
@@ -378,6 +426,8 @@ def forward(value, reference_points, offsets, attention_weights, mask, spatial_s
 
     ``variant``: one of FORWARD_VARIANTS (default FORWARD_VARIANT); ``block_q`` / ``block_c`` / ``num_warps``
     default to FORWARD_CONFIGS[variant]. ``debug``: ``pallas_call(debug=True)`` (prints the Triton IR).
+    ``chunk``: lanes per channel chunk of the per_head variants (default CHANNEL_CHUNK; 0: one power-of-two
+    block per head), see :func:`channel_chunks`.
     """
     b, v, length, heads, c = value.shape
     dims = _dims(value, offsets)
@@ -396,7 +446,7 @@ def forward(value, reference_points, offsets, attention_weights, mask, spatial_s
         grid = (pl.cdiv(heads * c, block_c), pl.cdiv(q, block_q), b * v)
     else:
         kernel = functools.partial(_forward_kernel, dims=dims, shapes=shapes, block_q=block_q,
-                                   unroll=variant == "per_head_unrolled",
+                                   unroll=variant == "per_head_unrolled", chunks=channel_chunks(c, chunk),
                                    fma=variant == "per_head_fma" and not interpret)
         grid = (heads, pl.cdiv(q, block_q), b * v)
     out = pl.pallas_call(
@@ -414,7 +464,7 @@ def forward(value, reference_points, offsets, attention_weights, mask, spatial_s
 
 def backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g, *, interpret=False,
              block_q=None, num_warps=None, relaxed=None, debug=False, variant=None, sort_queries=None,
-             order=None, window=None):
+             order=None, window=None, chunk=None, point_grads_config=None):
     """Gradients (d_value, d_reference_points, d_offsets, d_attention_weights) in the inputs' dtypes.
 
     ``variant``: one of BACKWARD_VARIANTS (default BACKWARD_VARIANT, BACKWARD_VARIANT_16BIT for 16-bit values), run by
@@ -424,7 +474,9 @@ def backward(value, reference_points, offsets, attention_weights, mask, spatial_
     :func:`relaxed_atomics_status`); False uses ``plgpu.atomic_add`` (acquire-release), for comparison.
     ``debug``: ``pallas_call(debug=True)``, which prints the kernel's jaxpr and Triton IR when it is lowered.
     ``sort_queries`` (default SORT_QUERIES): programs take their queries in :func:`spatial_query_order`;
-    ``order``: that order precomputed (as in :func:`forward`).
+    ``order``: that order precomputed (as in :func:`forward`). ``chunk``: lanes per channel chunk (default
+    CHANNEL_CHUNK, see :func:`channel_chunks`); ``point_grads_config``: (block_q, num_warps) of the split
+    variants' point-gradient kernel (default ``SPLIT_POINT_GRADS_CONFIG``).
     """
     from geolrm_kernels import deformable_sample_backward_triton as bwd
 
@@ -439,4 +491,5 @@ def backward(value, reference_points, offsets, attention_weights, mask, spatial_
     order = resolve_query_order(order, reference_points, mask, sort_queries)
     return bwd.backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g, order,
                         variant=variant, block_q=block_q, num_warps=num_warps or default_warps,
-                        window=window or default_window, relaxed=relaxed, interpret=interpret, debug=debug)
+                        window=window or default_window, relaxed=relaxed, interpret=interpret, debug=debug,
+                        chunk=chunk, point_grads_config=point_grads_config)

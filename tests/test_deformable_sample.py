@@ -348,8 +348,8 @@ def _triton_ir(fn, *args):
 
 
 def test_pallas_backward_uses_relaxed_atomics_for_d_value_only():
-    """Triton IR of the per-sample-atomic backward: the only atomics are the 4 corners x NL levels of d_value,
-    relaxed by default and acquire-release with relaxed=False (the public plgpu.atomic_add)."""
+    """Triton IR of the per-sample-atomic backward: the only atomics are the 4 corners x NL levels x 2 lane chunks
+    (C = 24) of d_value, relaxed by default and acquire-release with relaxed=False (the public plgpu.atomic_add)."""
     import re
 
     from geolrm_kernels import deformable_sample_triton as tri
@@ -368,8 +368,9 @@ def test_pallas_backward_uses_relaxed_atomics_for_d_value_only():
                                                                  variant="atomic"),
                         value, ref, offsets, weights, mask, cot)
         found[relaxed] = re.findall(r"tt\.atomic_rmw (\w+), (\w+),", ir)
-    assert found[True] == [("fadd", "relaxed")] * 4 * len(SHAPES), found[True]
-    assert found[False] == [("fadd", "acq_rel")] * 4 * len(SHAPES), found[False]
+    chunks = len(tri.channel_chunks(24))
+    assert found[True] == [("fadd", "relaxed")] * 4 * len(SHAPES) * chunks, found[True]
+    assert found[False] == [("fadd", "acq_rel")] * 4 * len(SHAPES) * chunks, found[False]
 
 
 def test_hybrid_runs_pallas_forward_and_xla_backward():
@@ -395,7 +396,7 @@ def test_hybrid_runs_pallas_forward_and_xla_backward():
 
 def test_default_forward_fuses_its_multiply_adds_on_cuda():
     """The default forward's CUDA lowering holds the inline fma.rn.f32 (fused_multiply_add), one per corner of
-    each level's point loop; the interpreter computes a * b + c (the interpret tests above)."""
+    each level's point loop and lane chunk; the interpreter computes a * b + c (the interpret tests above)."""
     import re
 
     from geolrm_kernels import deformable_sample_triton as tri
@@ -405,7 +406,7 @@ def test_default_forward_fuses_its_multiply_adds_on_cuda():
     mask = jnp.ones(ref.shape[:3], bool)
     ir = _triton_ir(lambda *a: tri.forward(*a, SHAPES, debug=True), value, ref, offsets, weights, mask)
     found = re.findall(r'tt\.elementwise_inline_asm "fma\.rn\.f32', ir)
-    assert len(found) == 4 * len(SHAPES), found
+    assert len(found) == 4 * len(SHAPES) * len(tri.channel_chunks(24)), found
 
 
 def test_precomputed_query_order_changes_nothing_but_the_order():

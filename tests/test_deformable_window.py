@@ -91,8 +91,9 @@ def test_spatial_query_order_is_a_permutation_grouping_close_points():
     ("interleaved", ["deformable_sample_bwd_interleaved"], 4, 3, 0),
     ("tent_interleaved", ["deformable_sample_bwd_tent_interleaved"], 5, 3, 1)])
 def test_backward_variant_lowering_for_cuda(variant, kernels, atomics, extra_atomics, dots):
-    """Triton IR: per level, 4 corner atomics (the window variants' fallback) + 1 window atomic, all relaxed fp32
-    adds, and one tf32x3 dot per level of the (wy*wx, block_q) window weights; split variants run a d_value
+    """Triton IR: per level and lane chunk (C = 24: two chunks of 16), 4 corner atomics (the window variants'
+    fallback) + 1 window atomic, all relaxed fp32 adds, and one tf32x3 dot per level and chunk of the
+    (wy*wx, block_q) window weights; split variants run a d_value
     kernel and an atomic-free point-gradient kernel; interleaved ones add d_attention_weights and the two
     offset components of their view with 3 more atomics; unknown variants fail."""
     import re
@@ -104,9 +105,12 @@ def test_backward_variant_lowering_for_cuda(variant, kernels, atomics, extra_ato
                     value, ref, offsets, weights, mask, cot)
     assert re.findall(r"tt\.func public @(\w+)", ir) == kernels
     found = re.findall(r"tt\.atomic_rmw (\w+), (\w+),", ir)
-    assert found == [("fadd", "relaxed")] * (atomics * len(SHAPES) + extra_atomics), found
+    chunks = len(tri.channel_chunks(24))
+    assert chunks == 2
+    assert found == [("fadd", "relaxed")] * (atomics * len(SHAPES) * chunks + extra_atomics), found
     found = re.findall(r"tt\.dot .*inputPrecision = (\w+) : tensor<(\d+)x(\d+)xf32>", ir)
-    assert found == [("tf32x3", "64", "16"), ("tf32x3", "16", "16")][:dots * 2], found  # (wy*wx, block_q)
+    want = [("tf32x3", "64", "16")] * chunks + [("tf32x3", "16", "16")] * chunks  # (wy*wx, block_q) per chunk
+    assert found == want[:dots * 2 * chunks], found
     with pytest.raises(ValueError, match="backward variant"):
         tri.backward(value, ref, offsets, weights, mask, SHAPES, cot, variant="sorted")
 

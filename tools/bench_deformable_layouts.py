@@ -1,8 +1,10 @@
 """Lane layouts of the deformable-sampling kernels, old against new in one run (issue #4).
 
 Old: one block of 64 lanes per head (``CHANNEL_CHUNK = 0``; C = 48, so 16 lanes are padding and 16 threads
-share each query's corner arithmetic), with the configurations measured fastest for it on an H100
-(2026-11-25). New: 16-lane chunks (``CHANNEL_CHUNK = 16``, C = 48 = 3 chunks, no padding, 4 threads per query).
+share each query's corner arithmetic) and clipped corner pixel indices (``CLAMP_PIXELS = True``), with the
+configurations measured fastest for it on an H100 (2026-11-25): the kernels as they were before this tool.
+New: 16-lane chunks (``CHANNEL_CHUNK = 16``, C = 48 = 3 chunks, no padding, 4 threads per query) and unclipped
+corner indices. The kernel sweep (3) runs with unclipped indices throughout.
 
 One call does, stopping new measurements at ``--budget-s``:
 
@@ -33,9 +35,9 @@ import bench_deformable as bd  # noqa: E402  (helpers: inputs, model-like points
 
 # A setting: lane chunk, forward (block_q, warps), fp32 backward (variant, (block_q, window, warps),
 # point-gradient (block_q, warps)), 16-bit backward likewise.
-OLD = dict(chunk=0, forward=(16, 4), fp32=("split_tent", (16, 8, 4), (None, 8)),
+OLD = dict(chunk=0, clamp=True, forward=(16, 4), fp32=("split_tent", (16, 8, 4), (None, 8)),
            bf16=("interleaved", (16, None, 8), (None, 8)))
-PREDICTED = dict(chunk=16, forward=(32, 4), fp32=("split_tent", (32, 8, 4), (32, 4)),
+PREDICTED = dict(chunk=16, clamp=False, forward=(32, 4), fp32=("split_tent", (32, 8, 4), (32, 4)),
                  bf16=("interleaved", (32, None, 4), (32, 4)))
 # Kernels alone: (kernel, chunk, block_q, window, warps); the first of each kernel is the old layout's.
 SWEEP = {
@@ -56,9 +58,10 @@ def applied(setting, dtype):
     from geolrm_kernels import deformable_sample_triton as tri
 
     saved = (tri.CHANNEL_CHUNK, dict(tri.FORWARD_CONFIGS), tri.BACKWARD_VARIANT, tri.BACKWARD_VARIANT_16BIT,
-             dict(tri.BACKWARD_CONFIGS), bwd.SPLIT_POINT_GRADS_CONFIG)
+             dict(tri.BACKWARD_CONFIGS), bwd.SPLIT_POINT_GRADS_CONFIG, tri.CLAMP_PIXELS)
     variant, config, point_grads = setting["bf16" if jnp_itemsize(dtype) == 2 else "fp32"]
     tri.CHANNEL_CHUNK = setting["chunk"]
+    tri.CLAMP_PIXELS = setting["clamp"]
     tri.FORWARD_CONFIGS[tri.FORWARD_VARIANT] = (setting["forward"][0], None, setting["forward"][1])
     tri.BACKWARD_VARIANT = tri.BACKWARD_VARIANT_16BIT = variant
     tri.BACKWARD_CONFIGS[variant] = tuple(config)
@@ -67,7 +70,7 @@ def applied(setting, dtype):
         yield
     finally:
         (tri.CHANNEL_CHUNK, tri.FORWARD_CONFIGS, tri.BACKWARD_VARIANT, tri.BACKWARD_VARIANT_16BIT,
-         tri.BACKWARD_CONFIGS, bwd.SPLIT_POINT_GRADS_CONFIG) = saved
+         tri.BACKWARD_CONFIGS, bwd.SPLIT_POINT_GRADS_CONFIG, tri.CLAMP_PIXELS) = saved
 
 
 def jnp_itemsize(dtype):

@@ -9,12 +9,12 @@ corner indices. The kernel sweep (3) runs with unclipped indices throughout.
 One call does, stopping new measurements at ``--budget-s``:
 
 1. ``check``: the op (forward and the four gradients) against the XLA reference for the old and the new
-   settings: fp32 (C = 24 / 40 / 48, masked views and queries, points on borders and outside the image,
+   settings: fp32 (C = 24 / 48, masked views and queries, points on borders and outside the image,
    SV3D points) and bf16 values; fp32 tolerance 1e-5 forward / 1e-4 gradients, bf16 1e-2.
 2. ``op``: fwd and fwd+bwd through ``deformable_sample`` for old, new and the XLA reference at V = 21,
    S = 16384, 140^2 + 80^2, model-like SV3D points (``bench_deformable.jax_inputs``), fp32.
-3. ``kernels``: each kernel alone (forward, point gradients, tent d_value, and for bf16 the interleaved
-   backward) for the configurations of ``SWEEP``, each checked against the reference.
+3. ``kernels``: each kernel alone (forward, point gradients and tent d_value with fp32 values, the interleaved
+   backward with bf16 values) for the configurations of ``SWEEP``, each checked against the reference.
 4. ``picked``: the fastest correct new-layout configuration of each kernel from 3 (per dtype), through the op
    again, then bf16 and the V = 6, S = 8192 row for old / picked / XLA.
 
@@ -41,10 +41,10 @@ PREDICTED = dict(chunk=16, clamp=False, forward=(32, 4), fp32=("split_tent", (32
                  bf16=("interleaved", (32, None, 4), (32, 4)))
 # Kernels alone: (kernel, chunk, block_q, window, warps); the first of each kernel is the old layout's.
 SWEEP = {
-    "forward": [(0, 16, None, 4), (16, 16, None, 2), (16, 16, None, 4), (16, 32, None, 4), (16, 32, None, 8)],
-    "point_grads": [(0, 16, None, 8), (16, 16, None, 2), (16, 16, None, 4), (16, 32, None, 4), (16, 32, None, 8)],
-    "dvalue_tent": [(0, 16, 8, 4), (16, 16, 8, 2), (16, 16, 8, 4), (16, 32, 8, 4), (16, 32, 8, 8)],
-    "interleaved": [(0, 16, None, 8), (16, 16, None, 2), (16, 16, None, 4), (16, 32, None, 4), (16, 32, None, 8)],
+    "forward": [(0, 16, None, 4), (16, 16, None, 2), (16, 32, None, 4), (16, 16, None, 4)],
+    "point_grads": [(0, 16, None, 8), (16, 16, None, 2), (16, 32, None, 4), (16, 16, None, 4)],
+    "dvalue_tent": [(0, 16, 8, 4), (16, 32, 8, 4), (16, 16, 8, 4), (16, 16, 8, 2)],
+    "interleaved": [(0, 16, None, 8), (16, 16, None, 2), (16, 32, None, 4)],
 }
 ROW = (21, "560px", 16384)
 SMALL_ROW = (6, "560px", 8192)
@@ -97,7 +97,6 @@ def check(jax, jnp, ds, settings, log, implementation):
     """Op vs reference for each setting; returns {setting: passed}."""
     cases = [  # (v, shapes, s, heads, c, dtype, masked, points)
         (3, ((28, 28), (16, 16)), 300, 4, 24, jnp.float32, True, "random"),
-        (4, ((37, 23), (9, 13)), 1000, 3, 40, jnp.float32, False, "random"),
         (6, ((140, 140), (80, 80)), 2048, 16, 48, jnp.float32, True, "sv3d_morton"),
         (6, ((112, 112), (64, 64)), 2048, 16, 48, jnp.bfloat16, True, "random"),
     ]
@@ -307,13 +306,13 @@ def main(argv=None):
     save()
     data = inputs(row, "bfloat16")
     kernels += sweep_kernels(jax, jnp, ds, data, bd.LEVEL_SETS[row[1]], "bfloat16", args.reps, deadline, log,
-                             interpret, ("interleaved", "point_grads", "dvalue_tent"))
+                             interpret, ("interleaved",))
     del data
     picked = picked_setting(kernels)
     report["picked"] = picked
     save()
     log(f"picked {picked}")
-    if picked != json.loads(json.dumps(PREDICTED)):
+    if json.dumps(picked) != json.dumps(PREDICTED):
         report["check"].update(check(jax, jnp, ds, {"picked": picked}, log, implementation))
         op_rows(row, "float32", {"picked": picked})
     else:

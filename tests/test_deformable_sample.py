@@ -436,3 +436,24 @@ def test_precomputed_query_order_changes_nothing_but_the_order():
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="query_order must be"):
         deformable_sample(value, ref, offsets, weights, SHAPES, query_order=order[:, :3])
+
+
+def test_unclipped_bilinear_corners_agree_where_inside():
+    """bilinear_corners(clamp_pixels=False), which the GPU kernels use: the same in-image tests, weights and
+    derivatives as the clipped form, and the same pixel wherever the corner is in the image (on borders,
+    pixel centres and outside too)."""
+    from geolrm_kernels.deformable_sample import bilinear_corners
+
+    rng = np.random.default_rng(40)
+    u = jnp.asarray(np.concatenate([rng.uniform(-0.3, 1.3, 500), [0.0, 1.0, 0.5 / 12, 11.5 / 12, -0.1, 1.1]]),
+                    jnp.float32)
+    v = jnp.asarray(np.concatenate([rng.uniform(-0.3, 1.3, 500), [1.0, 0.0, 0.5 / 9, 8.5 / 9, 1.2, -0.2]]),
+                    jnp.float32)
+    for clipped, unclipped in zip(bilinear_corners(u, v, 9, 12), bilinear_corners(u, v, 9, 12, clamp_pixels=False),
+                                  strict=True):
+        inside = np.asarray(clipped[1])
+        np.testing.assert_array_equal(inside, np.asarray(unclipped[1]))
+        assert 0 < inside.sum() < inside.size
+        np.testing.assert_array_equal(np.asarray(clipped[0])[inside], np.asarray(unclipped[0])[inside])
+        for a, b in zip(clipped[2:], unclipped[2:], strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

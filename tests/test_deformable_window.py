@@ -149,3 +149,23 @@ def test_backward_default_follows_the_value_dtype():
         expected = len(bwd.VARIANT_KERNELS[variant])
         assert len(names) == expected and all(n.startswith("deformable_sample_bwd") for n in names), (dtype, names)
     assert tri.BACKWARD_VARIANT_16BIT == "interleaved" and tri.BACKWARD_VARIANT == "split_tent"
+
+
+@pytest.mark.parametrize("c", [48, 40])
+def test_lane_layouts_match_reference(monkeypatch, c):
+    """16-lane chunks (C = 48: three full chunks, no lane mask; C = 40: the last chunk half masked) and the
+    earlier one-block layout (CHANNEL_CHUNK = 0, clipped corner indices) give the reference's output and
+    gradients through the op, with masked views and queries and points on borders / outside the image."""
+    value, ref, offsets, weights = make_inputs(25, b=1, v=2, q=16, heads=2, c=c, shapes=SHAPES, spread=0.5)
+    ref = ref.at[:, :, :4].set(jnp.array([[0.0, 0.0], [1.0, 1.0], [0.5 / 12, 1.0], [-0.3, 0.5]]))
+    masks = dict(view_mask=jnp.array([[True, False]]), query_mask=jnp.ones((1, 16), bool).at[0, 5].set(False))
+    cot = jax.random.normal(jax.random.key(6), (1, 2, 16, 2, c))
+    want = _vjp_all("xla", value, ref, offsets, weights, cot, **masks)
+    for chunk, clamp in ((16, False), (0, True)):
+        monkeypatch.setattr(tri, "CHANNEL_CHUNK", chunk)
+        monkeypatch.setattr(tri, "CLAMP_PIXELS", clamp)
+        got = _vjp_all("pallas_interpret", value, ref, offsets, weights, cot, **masks)
+        for name, g, w, tol in zip(NAMES, got, want, (1e-5,) + (1e-4,) * 4, strict=True):
+            assert rel_err(g, w) <= tol, (chunk, name, rel_err(g, w))
+    assert tri.channel_chunks(48, 16) == ((0, 16, False), (16, 16, False), (32, 16, False))
+    assert tri.channel_chunks(40, 16)[-1] == (32, 16, True) and tri.channel_chunks(48, 0) == ((0, 64, True),)

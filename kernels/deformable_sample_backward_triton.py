@@ -59,10 +59,12 @@ VARIANT_KERNELS = {
     "tent_interleaved": (("tent", True, True),),
 }
 WINDOWED = ("window", "tent")  # value_grad kinds that accumulate a pixel window and add it by a matmul
-# (block_q, num_warps) of the point-gradient kernel of the split variants; block_q None: the d_value kernel's.
-# With one 64-lane block per head (CHANNEL_CHUNK = 0): H100, V=21, S=16384, SV3D points, 12.0 ms at 8 warps,
-# 19.1 at 4 (2026-11-25 12:33-12:39 UTC, docs/deformable.md).
-SPLIT_POINT_GRADS_CONFIG = (None, 8)
+# (block_q, num_warps) of the point-gradient kernel of the split variants (block_q None: the d_value kernel's),
+# for 16-lane chunks and for one 64-lane block per head (chunk 0). H200, V=21, S=16384, SV3D points, fp32
+# (2026-12-04 03:21 UTC): chunked 10.47 ms at (16, 4), 11.42 at (16, 2), 11.93 at (32, 4); one block 11.80 at
+# 8 warps (H100, 2026-11-25: 12.0 ms at 8 warps, 19.1 at 4). See docs/deformable.md.
+SPLIT_POINT_GRADS_CONFIG = (16, 4)
+SPLIT_POINT_GRADS_CONFIG_UNCHUNKED = (None, 8)
 TENT_WINDOW_PARTS = 1  # "tent": the window's weights, matmul and atomics in this many bands of rows
 WINDOW_SIZE = 8  # window of at most WINDOW_SIZE x WINDOW_SIZE pixels per (program, view, level)
 
@@ -261,6 +263,8 @@ def backward_call(value, reference_points, offsets, attention_weights, mask, spa
     q = dims[1]
     shapes = tuple(spatial_shapes)
     windows = tuple(window_shape(s, window or WINDOW_SIZE) for s in shapes)
+    if chunk is None:
+        chunk = tri.BACKWARD_CHANNEL_CHUNK_16BIT if value.dtype.itemsize == 2 else tri.BACKWARD_CHANNEL_CHUNK
     chunks = tri.channel_chunks(c, chunk)
     if interpret:  # block_q divides Q: no padded slots
         block_q = min(block_q, 8)
@@ -318,12 +322,16 @@ def backward(value, reference_points, offsets, attention_weights, mask, spatial_
              point_grads_config=None):
     """Gradients (d_value, d_reference_points, d_offsets, d_attention_weights) in the inputs' dtypes, by the
     kernels of ``VARIANT_KERNELS[variant]``. ``point_grads_config``: (block_q or None, num_warps) of a split
-    variant's point-gradient kernel (default SPLIT_POINT_GRADS_CONFIG); ``chunk``: lanes per channel chunk."""
+    variant's point-gradient kernel (default SPLIT_POINT_GRADS_CONFIG, or SPLIT_POINT_GRADS_CONFIG_UNCHUNKED for
+    chunk 0); ``chunk``: lanes per channel chunk (default by dtype, see ``deformable_sample_triton``)."""
     b, v, length, heads, c = value.shape
     q = offsets.shape[1]
     d_value = None
     point = None
-    point_q, point_warps = point_grads_config or SPLIT_POINT_GRADS_CONFIG
+    if chunk is None:
+        chunk = tri.BACKWARD_CHANNEL_CHUNK_16BIT if value.dtype.itemsize == 2 else tri.BACKWARD_CHANNEL_CHUNK
+    point_q, point_warps = point_grads_config or (SPLIT_POINT_GRADS_CONFIG if chunk else
+                                                  SPLIT_POINT_GRADS_CONFIG_UNCHUNKED)
     point_q = min(point_q, tri._next_pow2(q)) if point_q else block_q
     for value_grad, point_grads, views_in_grid in VARIANT_KERNELS[variant]:
         split_half = value_grad == "none"  # the point-gradient kernel of a split variant

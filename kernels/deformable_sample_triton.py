@@ -72,10 +72,12 @@ SORT_QUERIES = True
 # model-like (SV3D) and on random points. H100, 2026-11-25, V=21, S=16384, SV3D / random points, backward alone:
 # split_tent 27.1 / 57.5 ms, interleaved 29.4 / 52.7, atomic 30.5 / 82.4, tent_interleaved 37.7 / 60.7,
 # tent (fused) 36.2 / 81.2, split 42.7 / 67.2, window 112 / 139 (12:20-13:10 UTC). See docs/deformable.md.
+# "split_tent" runs with BACKWARD_CHANNEL_CHUNK lanes (fp32), its config measured for that layout (H200,
+# 2026-12-04: d_value kernel (16, 8, 2) 11.58 ms, (16, 8, 4) 12.53, (32, 8, 4) 13.35).
 BACKWARD_VARIANTS = ("atomic", "window", "split", "split_window", "tent", "split_tent", "interleaved",
                      "tent_interleaved")
 BACKWARD_CONFIGS = {"atomic": (16, None, 4), "window": (16, 8, 4), "split": (16, None, 4),
-                    "split_window": (16, 8, 4), "tent": (16, 8, 4), "split_tent": (16, 8, 4),
+                    "split_window": (16, 8, 4), "tent": (16, 8, 4), "split_tent": (16, 8, 2),
                     "interleaved": (16, None, 8), "tent_interleaved": (16, 8, 4)}
 BACKWARD_VARIANT = "split_tent"
 # With 16-bit values (the model's bf16) the tent d_value kernel is slower (V=21, S=16384, SV3D points, bf16:
@@ -85,9 +87,15 @@ BACKWARD_VARIANT_16BIT = "interleaved"
 # indices (bilinear_corners(..., clamp_pixels=False)): every access is masked by the corner's in-image test, so
 # the clip was dead work on each corner (fewer instructions per point; see docs/deformable.md).
 CLAMP_PIXELS = False
-# Lanes per channel chunk of a head (channel_chunks): 16 tiles the model's C = 48 exactly (three chunks); 0 gives
-# the earlier layout, one block of the next power of two (64 lanes, 16 of them padding).
-CHANNEL_CHUNK = 16
+# Lanes per channel chunk of a head (channel_chunks): 16 tiles the model's C = 48 exactly (three chunks, no
+# padded lanes, 4 threads per query); 0 is one block of the next power of two (64 lanes, 16 of them padding,
+# 16 threads per query). H200, V=21, S=16384, SV3D points, kernels alone (2026-12-04 03:21 UTC,
+# tools/bench_deformable_layouts.py): fp32 tent d_value 16.22 ms (0) -> 11.58 (16, at (16, 8, 2)), point
+# gradients 11.80 (0, 8 warps) -> 10.47 (16, 4 warps); the forward gains nothing (6.17 ms (0) vs 6.25 (16,
+# block_q 32)), and the bf16 interleaved backward is slower chunked (26.53 -> 29.06 ms at 2 warps).
+FORWARD_CHANNEL_CHUNK = 0
+BACKWARD_CHANNEL_CHUNK = 16  # fp32 values
+BACKWARD_CHANNEL_CHUNK_16BIT = 0  # bf16 / fp16 values
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -246,14 +254,13 @@ def fused_multiply_add(a, b, c, *, interpret=False):
     return out
 
 
-def channel_chunks(c: int, chunk=None):
+def channel_chunks(c: int, chunk: int):
     """Static lane chunks covering C channels: tuple of (first channel, width, masked).
 
-    ``chunk`` (default CHANNEL_CHUNK): lanes per chunk, a power of two; None gives one block of the next power
-    of two at least 16 (the earlier layout: C = 48 pads to 64 lanes). Chunks of 16 tile C = 48 exactly, so no
-    lane is padding, and Triton gives each thread 4 channels of one query per chunk: a query's corners,
-    weights and addresses are computed by 4 threads instead of 16."""
-    chunk = CHANNEL_CHUNK if chunk is None else chunk
+    ``chunk``: lanes per chunk, a power of two; 0 gives one block of the next power of two at least 16 (C = 48
+    pads to 64 lanes). Chunks of 16 tile C = 48 exactly, so no lane is padding, and with 16 queries and 2 warps
+    (or 32 and 4) Triton gives each thread 4 channels of one query per chunk: a query's corners, weights and
+    addresses are computed by 4 threads instead of 16."""
     if not chunk:
         width = max(16, _next_pow2(c))
         return ((0, width, width > c),)
@@ -426,8 +433,8 @@ def forward(value, reference_points, offsets, attention_weights, mask, spatial_s
 
     ``variant``: one of FORWARD_VARIANTS (default FORWARD_VARIANT); ``block_q`` / ``block_c`` / ``num_warps``
     default to FORWARD_CONFIGS[variant]. ``debug``: ``pallas_call(debug=True)`` (prints the Triton IR).
-    ``chunk``: lanes per channel chunk of the per_head variants (default CHANNEL_CHUNK; 0: one power-of-two
-    block per head), see :func:`channel_chunks`.
+    ``chunk``: lanes per channel chunk of the per_head variants (default FORWARD_CHANNEL_CHUNK; 0: one
+    power-of-two block per head), see :func:`channel_chunks`.
     """
     b, v, length, heads, c = value.shape
     dims = _dims(value, offsets)
@@ -446,7 +453,8 @@ def forward(value, reference_points, offsets, attention_weights, mask, spatial_s
         grid = (pl.cdiv(heads * c, block_c), pl.cdiv(q, block_q), b * v)
     else:
         kernel = functools.partial(_forward_kernel, dims=dims, shapes=shapes, block_q=block_q,
-                                   unroll=variant == "per_head_unrolled", chunks=channel_chunks(c, chunk),
+                                   unroll=variant == "per_head_unrolled",
+                                   chunks=channel_chunks(c, FORWARD_CHANNEL_CHUNK if chunk is None else chunk),
                                    fma=variant == "per_head_fma" and not interpret)
         grid = (heads, pl.cdiv(q, block_q), b * v)
     out = pl.pallas_call(
@@ -475,8 +483,9 @@ def backward(value, reference_points, offsets, attention_weights, mask, spatial_
     ``debug``: ``pallas_call(debug=True)``, which prints the kernel's jaxpr and Triton IR when it is lowered.
     ``sort_queries`` (default SORT_QUERIES): programs take their queries in :func:`spatial_query_order`;
     ``order``: that order precomputed (as in :func:`forward`). ``chunk``: lanes per channel chunk (default
-    CHANNEL_CHUNK, see :func:`channel_chunks`); ``point_grads_config``: (block_q, num_warps) of the split
-    variants' point-gradient kernel (default ``SPLIT_POINT_GRADS_CONFIG``).
+    BACKWARD_CHANNEL_CHUNK, BACKWARD_CHANNEL_CHUNK_16BIT for 16-bit values; see :func:`channel_chunks`);
+    ``point_grads_config``: (block_q, num_warps) of the split variants' point-gradient kernel (default
+    ``SPLIT_POINT_GRADS_CONFIG``, ``SPLIT_POINT_GRADS_CONFIG_UNCHUNKED`` with chunk 0).
     """
     from geolrm_kernels import deformable_sample_backward_triton as bwd
 
@@ -489,6 +498,8 @@ def backward(value, reference_points, offsets, attention_weights, mask, spatial_
     if variant in ("window", "split_window", "tent", "split_tent", "tent_interleaved"):
         block_q = max(block_q, 16)  # the window matmul's K
     order = resolve_query_order(order, reference_points, mask, sort_queries)
+    if chunk is None:
+        chunk = BACKWARD_CHANNEL_CHUNK_16BIT if jnp.dtype(value.dtype).itemsize == 2 else BACKWARD_CHANNEL_CHUNK
     return bwd.backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g, order,
                         variant=variant, block_q=block_q, num_warps=num_warps or default_warps,
                         window=window or default_window, relaxed=relaxed, interpret=interpret, debug=debug,

@@ -368,7 +368,7 @@ def test_pallas_backward_uses_relaxed_atomics_for_d_value_only():
                                                                  variant="atomic"),
                         value, ref, offsets, weights, mask, cot)
         found[relaxed] = re.findall(r"tt\.atomic_rmw (\w+), (\w+),", ir)
-    chunks = len(tri.channel_chunks(24))
+    chunks = len(tri.channel_chunks(24, tri.BACKWARD_CHANNEL_CHUNK))
     assert found[True] == [("fadd", "relaxed")] * 4 * len(SHAPES) * chunks, found[True]
     assert found[False] == [("fadd", "acq_rel")] * 4 * len(SHAPES) * chunks, found[False]
 
@@ -406,7 +406,7 @@ def test_default_forward_fuses_its_multiply_adds_on_cuda():
     mask = jnp.ones(ref.shape[:3], bool)
     ir = _triton_ir(lambda *a: tri.forward(*a, SHAPES, debug=True), value, ref, offsets, weights, mask)
     found = re.findall(r'tt\.elementwise_inline_asm "fma\.rn\.f32', ir)
-    assert len(found) == 4 * len(SHAPES) * len(tri.channel_chunks(24)), found
+    assert len(found) == 4 * len(SHAPES) * len(tri.channel_chunks(24, tri.FORWARD_CHANNEL_CHUNK)), found
 
 
 def test_precomputed_query_order_changes_nothing_but_the_order():

@@ -105,7 +105,7 @@ def test_backward_variant_lowering_for_cuda(variant, kernels, atomics, extra_ato
                     value, ref, offsets, weights, mask, cot)
     assert re.findall(r"tt\.func public @(\w+)", ir) == kernels
     found = re.findall(r"tt\.atomic_rmw (\w+), (\w+),", ir)
-    chunks = len(tri.channel_chunks(24))
+    chunks = len(tri.channel_chunks(24, tri.BACKWARD_CHANNEL_CHUNK))
     assert chunks == 2
     assert found == [("fadd", "relaxed")] * (atomics * len(SHAPES) * chunks + extra_atomics), found
     found = re.findall(r"tt\.dot .*inputPrecision = (\w+) : tensor<(\d+)x(\d+)xf32>", ir)
@@ -134,38 +134,82 @@ def test_query_order_changes_nothing_but_the_order():
 
 
 def test_backward_default_follows_the_value_dtype():
-    """fp32 values run BACKWARD_VARIANT, 16-bit values BACKWARD_VARIANT_16BIT (kernel names in the CUDA IR)."""
+    """fp32 values run BACKWARD_VARIANT with BACKWARD_CHANNEL_CHUNK lanes (C = 24: 2 chunks, so 5 atomics per
+    level and chunk in the tent d_value kernel), 16-bit values BACKWARD_VARIANT_16BIT with one block per head
+    (4 atomics per level + 3), read off the kernel names and atomics of the CUDA IR."""
     import re
 
     from geolrm_kernels import deformable_sample_backward_triton as bwd
 
     value, ref, offsets, weights = make_inputs(24, q=16, heads=2, c=24, shapes=SHAPES)
     mask = jnp.ones(ref.shape[:3], bool)
-    for dtype, variant in ((jnp.float32, tri.BACKWARD_VARIANT), (jnp.bfloat16, tri.BACKWARD_VARIANT_16BIT)):
+    for dtype, variant, atomics in ((jnp.float32, tri.BACKWARD_VARIANT, 5 * 2 * len(SHAPES)),
+                                    (jnp.bfloat16, tri.BACKWARD_VARIANT_16BIT, 4 * len(SHAPES) + 3)):
         cot = jnp.ones((1, 2, 16, 2, 24), dtype)
         ir = _triton_ir(lambda *a: tri.backward(*a[:5], SHAPES, a[5], debug=True), value.astype(dtype), ref,
                         offsets, weights, mask, cot)
         names = re.findall(r"tt\.func public @(\w+)", ir)
         expected = len(bwd.VARIANT_KERNELS[variant])
         assert len(names) == expected and all(n.startswith("deformable_sample_bwd") for n in names), (dtype, names)
+        assert len(re.findall(r"tt\.atomic_rmw fadd", ir)) == atomics, dtype
     assert tri.BACKWARD_VARIANT_16BIT == "interleaved" and tri.BACKWARD_VARIANT == "split_tent"
+    assert (tri.FORWARD_CHANNEL_CHUNK, tri.BACKWARD_CHANNEL_CHUNK, tri.BACKWARD_CHANNEL_CHUNK_16BIT) == (0, 16, 0)
 
 
 @pytest.mark.parametrize("c", [48, 40])
 def test_lane_layouts_match_reference(monkeypatch, c):
     """16-lane chunks (C = 48: three full chunks, no lane mask; C = 40: the last chunk half masked) and the
-    earlier one-block layout (CHANNEL_CHUNK = 0, clipped corner indices) give the reference's output and
-    gradients through the op, with masked views and queries and points on borders / outside the image."""
+    one-block layout (chunk 0), with unclipped and clipped corner indices, in the forward and the default fp32
+    backward, give the reference's output and gradients through the op, with masked views and queries and
+    points on borders / outside the image."""
     value, ref, offsets, weights = make_inputs(25, b=1, v=2, q=16, heads=2, c=c, shapes=SHAPES, spread=0.5)
     ref = ref.at[:, :, :4].set(jnp.array([[0.0, 0.0], [1.0, 1.0], [0.5 / 12, 1.0], [-0.3, 0.5]]))
     masks = dict(view_mask=jnp.array([[True, False]]), query_mask=jnp.ones((1, 16), bool).at[0, 5].set(False))
     cot = jax.random.normal(jax.random.key(6), (1, 2, 16, 2, c))
     want = _vjp_all("xla", value, ref, offsets, weights, cot, **masks)
-    for chunk, clamp in ((16, False), (0, True)):
-        monkeypatch.setattr(tri, "CHANNEL_CHUNK", chunk)
+    for chunk, clamp in ((16, False), (0, True), (0, False)):
+        monkeypatch.setattr(tri, "FORWARD_CHANNEL_CHUNK", chunk)
+        monkeypatch.setattr(tri, "BACKWARD_CHANNEL_CHUNK", chunk)
         monkeypatch.setattr(tri, "CLAMP_PIXELS", clamp)
         got = _vjp_all("pallas_interpret", value, ref, offsets, weights, cot, **masks)
         for name, g, w, tol in zip(NAMES, got, want, (1e-5,) + (1e-4,) * 4, strict=True):
             assert rel_err(g, w) <= tol, (chunk, name, rel_err(g, w))
     assert tri.channel_chunks(48, 16) == ((0, 16, False), (16, 16, False), (32, 16, False))
     assert tri.channel_chunks(40, 16)[-1] == (32, 16, True) and tri.channel_chunks(48, 0) == ((0, 64, True),)
+
+
+def test_layout_benchmark_settings_apply_and_pick():
+    """tools/bench_deformable_layouts.py: a setting changes the kernels' module defaults only while applied
+    (the old setting traces the one-block layout: 4 d_value atomics per level), and the picked setting takes the
+    fastest correct configuration of each kernel, the split pair from one lane chunk."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "bench_deformable_layouts.py"
+    spec = importlib.util.spec_from_file_location("bench_deformable_layouts", path)
+    layouts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(layouts)
+    default = layouts.module_defaults()
+    assert default["fp32"][:2] == (tri.BACKWARD_CHANNEL_CHUNK, tri.BACKWARD_VARIANT)
+    value, ref, offsets, weights = make_inputs(26, q=16, heads=2, c=24, shapes=SHAPES)
+    mask = jnp.ones(ref.shape[:3], bool)
+    with layouts.applied(layouts.OLD, jnp.float32):
+        assert tri.BACKWARD_CHANNEL_CHUNK == 0 and tri.CLAMP_PIXELS
+        ir = _triton_ir(lambda *a: tri.backward(*a[:5], SHAPES, a[5], debug=True), value, ref, offsets, weights,
+                        mask, jnp.ones((1, 2, 16, 2, 24)))
+    assert len(re.findall(r"tt\.atomic_rmw fadd", ir)) == 5 * len(SHAPES)  # one chunk: 4 corners + window
+    assert layouts.module_defaults() == default  # restored
+
+    def entry(kernel, chunk, block_q, warps, ms, dtype="float32", ok=True):
+        return dict(kernel=kernel, chunk=chunk, block_q=block_q, window=8 if kernel == "dvalue_tent" else None,
+                    warps=warps, ms=ms, dtype=dtype, ok=ok)
+
+    results = [entry("forward", 0, 16, 4, 6.2), entry("forward", 16, 32, 4, 6.1, ok=False),
+               entry("dvalue_tent", 0, 16, 4, 16.0), entry("dvalue_tent", 16, 16, 2, 11.5),
+               entry("point_grads", 0, 16, 8, 10.0), entry("point_grads", 16, 16, 4, 12.0),
+               entry("interleaved", 16, 32, 4, 25.0, "bfloat16"), entry("interleaved", 0, 16, 8, 26.0, "bfloat16")]
+    picked = layouts.picked_setting(results, default)
+    assert picked["forward"] == [0, 16, 4]  # the faster one failed its check
+    assert picked["fp32"][:3] == [16, "split_tent", [16, 8, 2]] and picked["fp32"][3] == [16, 4]
+    assert picked["bf16"][:3] == [16, "interleaved", [32, None, 4]]

@@ -1,22 +1,25 @@
-"""Lane layouts of the deformable-sampling kernels, old against new in one run (issue #4).
+"""Lane layouts and block configurations of the deformable-sampling kernels, old against new in one run
+(issue #4).
 
-Old: one block of 64 lanes per head (``CHANNEL_CHUNK = 0``; C = 48, so 16 lanes are padding and 16 threads
-share each query's corner arithmetic) and clipped corner pixel indices (``CLAMP_PIXELS = True``), with the
-configurations measured fastest for it on an H100 (2026-11-25): the kernels as they were before this tool.
-New: 16-lane chunks (``CHANNEL_CHUNK = 16``, C = 48 = 3 chunks, no padding, 4 threads per query) and unclipped
-corner indices. The kernel sweep (3) runs with unclipped indices throughout.
+Settings (``OLD``, ``module_defaults()``): which kernels the op runs, with their lane chunk
+(``channel_chunks``), corner-index clipping, block sizes and warps. ``OLD`` is the kernels as they were on
+2026-11-25: one block of 64 lanes per head (chunk 0; C = 48, so 16 lanes are padding and 16 threads share each
+query's corner arithmetic), clipped corner pixel indices, the configurations measured fastest for that layout
+on an H100. ``default``: the module's current defaults (16-lane chunks for the fp32 backward: C = 48 is three
+chunks, no padding, 4 threads per query).
 
 One call does, stopping new measurements at ``--budget-s``:
 
-1. ``check``: the op (forward and the four gradients) against the XLA reference for the old and the new
-   settings: fp32 (C = 24 / 48, masked views and queries, points on borders and outside the image,
-   SV3D points) and bf16 values; fp32 tolerance 1e-5 forward / 1e-4 gradients, bf16 1e-2.
-2. ``op``: fwd and fwd+bwd through ``deformable_sample`` for old, new and the XLA reference at V = 21,
+1. ``check``: the op (forward and the four gradients) against the XLA reference for each setting: fp32
+   (C = 24 / 48, masked views and queries, points on borders and outside the image, SV3D points) and bf16
+   values; fp32 tolerance 1e-5 forward / 1e-4 gradients, bf16 1e-2.
+2. ``op``: fwd and fwd+bwd through ``deformable_sample`` for old, default and the XLA reference at V = 21,
    S = 16384, 140^2 + 80^2, model-like SV3D points (``bench_deformable.jax_inputs``), fp32.
 3. ``kernels``: each kernel alone (forward, point gradients and tent d_value with fp32 values, the interleaved
-   backward with bf16 values) for the configurations of ``SWEEP``, each checked against the reference.
-4. ``picked``: the fastest correct new-layout configuration of each kernel from 3 (per dtype), through the op
-   again, then bf16 and the V = 6, S = 8192 row for old / picked / XLA.
+   backward with bf16 values) for the configurations of ``SWEEP`` (unclipped corner indices), each checked
+   against the reference.
+4. ``picked``: the default with each kernel's fastest correct configuration of 3; if that differs from the
+   default, checked and timed through the op as in 1-2; then bf16 values and the V = 6, S = 8192 row.
 
 Prints one table last (ms, XLA / this, old / this); raw results go to ``OUT/bench_deformable_layouts.json``.
 ``--tiny``: a CPU smoke test (interpret mode, small shapes).
@@ -33,22 +36,35 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_deformable as bd  # noqa: E402  (helpers: inputs, model-like points, timing)
 
-# A setting: lane chunk, forward (block_q, warps), fp32 backward (variant, (block_q, window, warps),
-# point-gradient (block_q, warps)), 16-bit backward likewise.
-OLD = dict(chunk=0, clamp=True, forward=(16, 4), fp32=("split_tent", (16, 8, 4), (None, 8)),
-           bf16=("interleaved", (16, None, 8), (None, 8)))
-PREDICTED = dict(chunk=16, clamp=False, forward=(32, 4), fp32=("split_tent", (32, 8, 4), (32, 4)),
-                 bf16=("interleaved", (32, None, 4), (32, 4)))
-# Kernels alone: (kernel, chunk, block_q, window, warps); the first of each kernel is the old layout's.
+# A setting: clipped corner indices or not; forward (chunk, block_q, warps); fp32 and 16-bit backward (chunk,
+# variant, (block_q, window, warps), point-gradient (block_q, warps) of a split variant).
+OLD = dict(clamp=True, forward=(0, 16, 4), fp32=(0, "split_tent", (16, 8, 4), (None, 8)),
+           bf16=(0, "interleaved", (16, None, 8), (None, 8)))
+# Kernels alone: (chunk, block_q, window, warps); the first of each kernel is the old setting's.
 SWEEP = {
-    "forward": [(0, 16, None, 4), (16, 16, None, 2), (16, 32, None, 4), (16, 16, None, 4)],
-    "point_grads": [(0, 16, None, 8), (16, 16, None, 2), (16, 32, None, 4), (16, 16, None, 4)],
-    "dvalue_tent": [(0, 16, 8, 4), (16, 32, 8, 4), (16, 16, 8, 4), (16, 16, 8, 2)],
-    "interleaved": [(0, 16, None, 8), (16, 16, None, 2), (16, 32, None, 4)],
+    "forward": [(0, 16, None, 4), (16, 32, None, 4), (16, 16, None, 2)],
+    "point_grads": [(0, 16, None, 8), (16, 16, None, 4), (16, 16, None, 2), (16, 32, None, 4)],
+    "dvalue_tent": [(0, 16, 8, 4), (16, 16, 8, 2), (16, 16, 8, 4), (16, 32, 8, 4)],
+    "interleaved": [(0, 16, None, 8), (16, 32, None, 4), (16, 16, None, 4), (16, 16, None, 2)],
 }
 ROW = (21, "560px", 16384)
 SMALL_ROW = (6, "560px", 8192)
 NAMES = ("out", "d_value", "d_ref", "d_offsets", "d_weights")
+
+
+def module_defaults():
+    """The kernels' current defaults as a setting."""
+    from geolrm_kernels import deformable_sample_backward_triton as bwd
+    from geolrm_kernels import deformable_sample_triton as tri
+
+    def backward(chunk, variant):
+        points = bwd.SPLIT_POINT_GRADS_CONFIG if chunk else bwd.SPLIT_POINT_GRADS_CONFIG_UNCHUNKED
+        return chunk, variant, tri.BACKWARD_CONFIGS[variant], points
+
+    forward = tri.FORWARD_CONFIGS[tri.FORWARD_VARIANT]
+    return dict(clamp=tri.CLAMP_PIXELS, forward=(tri.FORWARD_CHANNEL_CHUNK, forward[0], forward[2]),
+                fp32=backward(tri.BACKWARD_CHANNEL_CHUNK, tri.BACKWARD_VARIANT),
+                bf16=backward(tri.BACKWARD_CHANNEL_CHUNK_16BIT, tri.BACKWARD_VARIANT_16BIT))
 
 
 @contextlib.contextmanager
@@ -57,20 +73,25 @@ def applied(setting, dtype):
     from geolrm_kernels import deformable_sample_backward_triton as bwd
     from geolrm_kernels import deformable_sample_triton as tri
 
-    saved = (tri.CHANNEL_CHUNK, dict(tri.FORWARD_CONFIGS), tri.BACKWARD_VARIANT, tri.BACKWARD_VARIANT_16BIT,
-             dict(tri.BACKWARD_CONFIGS), bwd.SPLIT_POINT_GRADS_CONFIG, tri.CLAMP_PIXELS)
-    variant, config, point_grads = setting["bf16" if jnp_itemsize(dtype) == 2 else "fp32"]
-    tri.CHANNEL_CHUNK = setting["chunk"]
+    names = ("CLAMP_PIXELS", "FORWARD_CHANNEL_CHUNK", "BACKWARD_CHANNEL_CHUNK", "BACKWARD_CHANNEL_CHUNK_16BIT",
+             "FORWARD_CONFIGS", "BACKWARD_VARIANT", "BACKWARD_VARIANT_16BIT", "BACKWARD_CONFIGS")
+    saved = {name: getattr(tri, name) for name in names}
+    saved_points = bwd.SPLIT_POINT_GRADS_CONFIG, bwd.SPLIT_POINT_GRADS_CONFIG_UNCHUNKED
+    chunk, variant, config, points = setting["bf16" if jnp_itemsize(dtype) == 2 else "fp32"]
+    forward_chunk, forward_q, forward_warps = setting["forward"]
     tri.CLAMP_PIXELS = setting["clamp"]
-    tri.FORWARD_CONFIGS[tri.FORWARD_VARIANT] = (setting["forward"][0], None, setting["forward"][1])
+    tri.FORWARD_CHANNEL_CHUNK = forward_chunk
+    tri.FORWARD_CONFIGS = {**tri.FORWARD_CONFIGS, tri.FORWARD_VARIANT: (forward_q, None, forward_warps)}
+    tri.BACKWARD_CHANNEL_CHUNK = tri.BACKWARD_CHANNEL_CHUNK_16BIT = chunk
     tri.BACKWARD_VARIANT = tri.BACKWARD_VARIANT_16BIT = variant
-    tri.BACKWARD_CONFIGS[variant] = tuple(config)
-    bwd.SPLIT_POINT_GRADS_CONFIG = tuple(point_grads)
+    tri.BACKWARD_CONFIGS = {**tri.BACKWARD_CONFIGS, variant: tuple(config)}
+    bwd.SPLIT_POINT_GRADS_CONFIG = bwd.SPLIT_POINT_GRADS_CONFIG_UNCHUNKED = tuple(points)
     try:
         yield
     finally:
-        (tri.CHANNEL_CHUNK, tri.FORWARD_CONFIGS, tri.BACKWARD_VARIANT, tri.BACKWARD_VARIANT_16BIT,
-         tri.BACKWARD_CONFIGS, bwd.SPLIT_POINT_GRADS_CONFIG, tri.CLAMP_PIXELS) = saved
+        for name, value in saved.items():
+            setattr(tri, name, value)
+        bwd.SPLIT_POINT_GRADS_CONFIG, bwd.SPLIT_POINT_GRADS_CONFIG_UNCHUNKED = saved_points
 
 
 def jnp_itemsize(dtype):
@@ -213,27 +234,30 @@ def sweep_kernels(jax, jnp, ds, args, shapes, dtype, reps, deadline, log, interp
     return results
 
 
-def pick(results, kind, dtype):
-    """The fastest correct new-layout (chunk > 0) configuration of a kernel: (block_q, window, warps, ms)."""
-    best = min((e for e in results if e["kernel"] == kind and e["dtype"] == dtype and e["chunk"] and e.get("ok")),
-               key=lambda e: e["ms"], default=None)
-    return None if best is None else (best["block_q"], best["window"], best["warps"], best["ms"])
+def fastest(results, kind, dtype, chunk=None):
+    """The fastest correct entry of a kernel (of one lane chunk, if given), or None."""
+    return min((e for e in results if e["kernel"] == kind and e["dtype"] == dtype and e.get("ok")
+                and (chunk is None or e["chunk"] == chunk)), key=lambda e: e["ms"], default=None)
 
 
-def picked_setting(results):
-    setting = json.loads(json.dumps(PREDICTED))
-    fwd = pick(results, "forward", "float32")
-    if fwd:
-        setting["forward"] = (fwd[0], fwd[2])
-    tent, points = pick(results, "dvalue_tent", "float32"), pick(results, "point_grads", "float32")
-    if tent and points:
-        setting["fp32"] = ("split_tent", (tent[0], tent[1], tent[2]), (points[0], points[2]))
-    inter = pick(results, "interleaved", "bfloat16")
-    tent16, points16 = pick(results, "dvalue_tent", "bfloat16"), pick(results, "point_grads", "bfloat16")
-    if inter and (not (tent16 and points16) or inter[3] <= tent16[3] + points16[3]):
-        setting["bf16"] = ("interleaved", (inter[0], None, inter[2]), (None, 8))
-    elif tent16 and points16:
-        setting["bf16"] = ("split_tent", (tent16[0], tent16[1], tent16[2]), (points16[0], points16[2]))
+def picked_setting(results, default):
+    """The default setting with each kernel's fastest measured configuration: the forward's, the pair of split
+    kernels of one lane chunk with the smallest sum (fp32), the interleaved backward's (bf16)."""
+    setting = json.loads(json.dumps(default))
+    forward = fastest(results, "forward", "float32")
+    if forward:
+        setting["forward"] = [forward["chunk"], forward["block_q"], forward["warps"]]
+    pairs = [(fastest(results, "dvalue_tent", "float32", chunk), fastest(results, "point_grads", "float32", chunk))
+             for chunk in sorted({e["chunk"] for e in results})]
+    pairs = [(t, p) for t, p in pairs if t and p]
+    if pairs:
+        tent, points = min(pairs, key=lambda pair: pair[0]["ms"] + pair[1]["ms"])
+        setting["fp32"] = [tent["chunk"], "split_tent", [tent["block_q"], tent["window"], tent["warps"]],
+                           [points["block_q"], points["warps"]]]
+    inter = fastest(results, "interleaved", "bfloat16")
+    if inter:
+        setting["bf16"] = [inter["chunk"], "interleaved", [inter["block_q"], None, inter["warps"]],
+                           setting["bf16"][3]]
     return setting
 
 
@@ -263,9 +287,10 @@ def main(argv=None):
     implementation = "pallas_interpret" if interpret else "pallas"
     row, small_row = ((2, "tiny", 64), (2, "tiny", 32)) if args.tiny else (ROW, SMALL_ROW)
     points = "random" if args.tiny else "sv3d"
+    default = module_defaults()
     report = {"meta": {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "argv": sys.argv,
                        "jax": jax.__version__, "device": str(jax.devices()[0].device_kind), "old": OLD,
-                       "predicted": PREDICTED}, "op": []}
+                       "default": default}, "op": []}
 
     def save():
         with open(os.path.join(args.out, "bench_deformable_layouts.json"), "w") as f:
@@ -295,29 +320,24 @@ def main(argv=None):
             log(f"op {name} {row} {dtype}: {entry}")
         save()
 
-    report["check"] = check(jax, jnp, ds, {"old": OLD, "predicted": PREDICTED}, log, implementation)
+    report["check"] = check(jax, jnp, ds, {"old": OLD, "default": default}, log, implementation)
     save()
-    op_rows(row, "float32", {"old": OLD, "predicted": PREDICTED})
-    data = inputs(row, "float32")
-    kernels = sweep_kernels(jax, jnp, ds, data, bd.LEVEL_SETS[row[1]], "float32", args.reps, deadline, log,
+    op_rows(row, "float32", {"old": OLD, "default": default})
+    shapes = bd.LEVEL_SETS[row[1]]
+    kernels = sweep_kernels(jax, jnp, ds, inputs(row, "float32"), shapes, "float32", args.reps, deadline, log,
                             interpret, ("forward", "point_grads", "dvalue_tent"))
-    del data
-    report["kernels"] = kernels
-    save()
-    data = inputs(row, "bfloat16")
-    kernels += sweep_kernels(jax, jnp, ds, data, bd.LEVEL_SETS[row[1]], "bfloat16", args.reps, deadline, log,
+    kernels += sweep_kernels(jax, jnp, ds, inputs(row, "bfloat16"), shapes, "bfloat16", args.reps, deadline, log,
                              interpret, ("interleaved",))
-    del data
-    picked = picked_setting(kernels)
+    report["kernels"] = kernels
+    picked = picked_setting(kernels, default)
     report["picked"] = picked
     save()
     log(f"picked {picked}")
-    if json.dumps(picked) != json.dumps(PREDICTED):
+    final = {"old": OLD, "default": default}
+    if json.dumps(picked) != json.dumps(json.loads(json.dumps(default))):
         report["check"].update(check(jax, jnp, ds, {"picked": picked}, log, implementation))
         op_rows(row, "float32", {"picked": picked})
-    else:
-        report["check"]["picked"] = report["check"]["predicted"]
-    final = {"old": OLD, "picked": picked}
+        final["picked"] = picked
     op_rows(row, "bfloat16", final)
     op_rows(small_row, "float32", final)
     save()

@@ -79,7 +79,7 @@ def window_shape(level_shape, size=WINDOW_SIZE):
 
 
 def _backward_kernel(*refs, dims, shapes, windows, block_q, chunks, value_grad, point_grads, views_in_grid,
-                     interpret, atomic_add, precision, parts):
+                     interpret, atomic_add, precision, parts, unroll):
     """One program: block_q queries (consecutive in the query order) of one (b, h), and one view
     (``views_in_grid``) or all views in a loop. Refs: value, reference points, offsets, weights, mask, order,
     cotangent, [d_value zeros (aliased), d_value], [d_reference_points per head, d_offsets, d_weights]."""
@@ -92,7 +92,7 @@ def _backward_kernel(*refs, dims, shapes, windows, block_q, chunks, value_grad, 
     program = functools.partial(_backward_program, value_ref, ref_ref, off_ref, attn_ref, mask_ref, order_ref, g_ref,
                                 d_value_ref, outs, dims=dims, shapes=shapes, windows=windows, block_q=block_q,
                                 chunks=chunks, views_in_grid=views_in_grid, interpret=interpret, atomic_add=atomic_add,
-                                precision=precision, parts=parts)
+                                precision=precision, parts=parts, unroll=unroll)
     # Program ids are read here, outside lax.cond (the interpreter only discharges them at the top level).
     first, block, last = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     if point_grads and views_in_grid and value_grad != "none":
@@ -108,7 +108,7 @@ def _backward_kernel(*refs, dims, shapes, windows, block_q, chunks, value_grad, 
 def _backward_program(value_ref, ref_ref, off_ref, attn_ref, mask_ref, order_ref, g_ref, d_value_ref, outs, h, block,
                       last, *,
                       dims, shapes, windows, block_q, chunks, value_grad, point_grads, views_in_grid, interpret,
-                      atomic_add, precision, parts):
+                      atomic_add, precision, parts, unroll):
     """The work of one program for head h (see _backward_kernel)."""
     v_count, q_count, length, heads, c, nl, p = dims
     b = last // v_count if views_in_grid else last
@@ -205,7 +205,7 @@ def _backward_program(value_ref, ref_ref, off_ref, attn_ref, mask_ref, order_ref
                     accs, d_ref_uv = new[:3], new[3:]
                 return accs, d_ref_uv, weights
 
-            accs, d_ref_uv, weights = lax.fori_loop(0, p, point_step, (accs, d_ref_uv, weights))
+            accs, d_ref_uv, weights = tri.point_loop(p, unroll, point_step, (accs, d_ref_uv, weights))
             if value_grad in WINDOWED:
                 # (pixels, block_q) weights of each band (one band of the transposed matrix for "window").
                 bands = weights if value_grad == "tent" else (weights.T,)
@@ -252,11 +252,13 @@ def _backward_program(value_ref, ref_ref, off_ref, attn_ref, mask_ref, order_ref
 
 def backward_call(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g, order, *,
                   value_grad, point_grads, views_in_grid, block_q, num_warps, window=None, relaxed=None,
-                  interpret=False, debug=False, d_value=None, chunk=None):
+                  interpret=False, debug=False, d_value=None, chunk=None, point_unroll=None):
     """One backward kernel (see the module docstring): returns (d_value fp32 (B*V*L, H*C) or None,
     d_reference_points per head (B*V*Q*H*2,) or None, d_offsets flat or None, d_weights flat or None).
 
-    ``d_value``: an fp32 (B*V*L, H*C) buffer to add into (default zeros); ``order``: (B, Q) int32 query order.
+    ``d_value``: an fp32 (B*V*L, H*C) buffer to add into (default zeros); ``order``: (B, Q) int32 query order;
+    ``chunk``: lanes per channel chunk (default by dtype); ``point_unroll``: points per iteration of the point
+    loop (default ``BACKWARD_POINT_UNROLL``).
     """
     b, v, length, heads, c = value.shape
     dims = tri._dims(value, offsets)
@@ -281,7 +283,7 @@ def backward_call(value, reference_points, offsets, attention_weights, mask, spa
         _backward_kernel, dims=dims, shapes=shapes, windows=windows, block_q=block_q, chunks=chunks,
         value_grad=value_grad, point_grads=point_grads, views_in_grid=views_in_grid, interpret=interpret,
         atomic_add=tri._relaxed_atomic_add if relaxed else plgpu.atomic_add, precision=precision,
-        parts=TENT_WINDOW_PARTS)
+        parts=TENT_WINDOW_PARTS, unroll=point_unroll or tri.BACKWARD_POINT_UNROLL)
     f32 = lambda n: jax.ShapeDtypeStruct((n,), jnp.float32)
     out_shape, args, aliases = [], list(tri._flat_inputs(value, reference_points, offsets, attention_weights, mask)), {}
     args += [order.reshape(-1), g.reshape(b * v * q, heads * c)]
@@ -319,7 +321,7 @@ def backward_call(value, reference_points, offsets, attention_weights, mask, spa
 
 def backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g, order, *, variant,
              block_q, num_warps, window=None, relaxed=None, interpret=False, debug=False, chunk=None,
-             point_grads_config=None):
+             point_grads_config=None, point_unroll=None):
     """Gradients (d_value, d_reference_points, d_offsets, d_attention_weights) in the inputs' dtypes, by the
     kernels of ``VARIANT_KERNELS[variant]``. ``point_grads_config``: (block_q or None, num_warps) of a split
     variant's point-gradient kernel (default SPLIT_POINT_GRADS_CONFIG, or SPLIT_POINT_GRADS_CONFIG_UNCHUNKED for
@@ -339,7 +341,7 @@ def backward(value, reference_points, offsets, attention_weights, mask, spatial_
                                value_grad=value_grad, point_grads=point_grads, views_in_grid=views_in_grid,
                                block_q=point_q if split_half else block_q, window=window,
                                relaxed=relaxed, interpret=interpret, debug=debug, chunk=chunk,
-                               num_warps=point_warps if split_half else num_warps)
+                               num_warps=point_warps if split_half else num_warps, point_unroll=point_unroll)
         d_value = result[0] if result[0] is not None else d_value
         point = result[1:] if point_grads else point
     d_ref_heads, d_off, d_attn = point

@@ -94,6 +94,11 @@ CLAMP_PIXELS = False
 # gradients 11.80 (0, 8 warps) -> 10.47 (16, 4 warps); the forward gains nothing (6.17 ms (0) vs 6.25 (16,
 # block_q 32)), and the bf16 interleaved backward is slower chunked (26.53 -> 29.06 ms at 2 warps).
 FORWARD_CHANNEL_CHUNK = 0
+# Points per iteration of the kernels' point loops (lax.fori_loop unroll; 1: a plain loop). More independent
+# gathers in flight per warp for kernels bound by gather latency; not yet measured on a GPU (num_stages > 1
+# leaves these loops as they are: Triton's pipeliner does not take them, same SASS).
+FORWARD_POINT_UNROLL = 1
+BACKWARD_POINT_UNROLL = 1
 BACKWARD_CHANNEL_CHUNK = 16  # fp32 values
 BACKWARD_CHANNEL_CHUNK_16BIT = 0  # bf16 / fp16 values
 
@@ -254,6 +259,27 @@ def fused_multiply_add(a, b, c, *, interpret=False):
     return out
 
 
+def point_loop(points: int, unroll: int, step, carry):
+    """carry = step(point, carry) for point in range(points), ``unroll`` points per iteration of a
+    ``fori_loop`` (the Pallas Triton lowering takes no ``unroll`` of its own), the remainder unrolled after
+    it; ``unroll >= points`` unrolls them all (every gather visible to the scheduler at once), 1 is a plain
+    loop (small code, short compiles)."""
+
+    def body(i, carry):
+        for k in range(unroll):
+            carry = step(i * unroll + k, carry)
+        return carry
+
+    iterations = points // unroll
+    if iterations > 1:
+        carry = lax.fori_loop(0, iterations, body, carry)
+    elif iterations == 1:
+        carry = body(0, carry)
+    for point in range(iterations * unroll, points):
+        carry = step(point, carry)
+    return carry
+
+
 def channel_chunks(c: int, chunk: int):
     """Static lane chunks covering C channels: tuple of (first channel, width, masked).
 
@@ -308,11 +334,7 @@ def _forward_kernel(value_ref, ref_ref, off_ref, attn_ref, mask_ref, order_ref, 
                         accs[k] = accs[k] + coef * sample
             return tuple(accs)
 
-        if unroll:  # all NL*P points' gathers visible to the scheduler at once
-            for point in range(p):
-                accs = point_step(point, accs)
-        else:  # a loop keeps compile time and code size small
-            accs = lax.fori_loop(0, p, point_step, accs)
+        accs = point_loop(p, unroll, point_step, accs)
     for (cols, lane), acc in zip(lanes, accs, strict=True):
         out_rows = jnp.broadcast_to((bv * q_count + q)[:, None], cols.shape)
         plgpu.store(out_ref.at[out_rows, cols], acc.astype(out_ref.dtype), mask=_lane_mask(q_in, lane, cols.shape))
@@ -424,7 +446,7 @@ def _dims(value, offsets):
 
 def forward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, *, interpret=False,
             variant=None, block_q=None, block_c=None, num_warps=None, sort_queries=None, order=None, debug=False,
-            chunk=None):
+            chunk=None, point_unroll=None):
     """(B, V, Q, H, C) output in value.dtype; mask is (B, V, Q) bool.
 
     ``sort_queries`` (default SORT_QUERIES): programs take their queries in :func:`spatial_query_order`
@@ -434,7 +456,8 @@ def forward(value, reference_points, offsets, attention_weights, mask, spatial_s
     ``variant``: one of FORWARD_VARIANTS (default FORWARD_VARIANT); ``block_q`` / ``block_c`` / ``num_warps``
     default to FORWARD_CONFIGS[variant]. ``debug``: ``pallas_call(debug=True)`` (prints the Triton IR).
     ``chunk``: lanes per channel chunk of the per_head variants (default FORWARD_CHANNEL_CHUNK; 0: one
-    power-of-two block per head), see :func:`channel_chunks`.
+    power-of-two block per head), see :func:`channel_chunks`. ``point_unroll``: points per iteration of the
+    point loop (default FORWARD_POINT_UNROLL; "per_head_unrolled" unrolls them all).
     """
     b, v, length, heads, c = value.shape
     dims = _dims(value, offsets)
@@ -453,7 +476,8 @@ def forward(value, reference_points, offsets, attention_weights, mask, spatial_s
         grid = (pl.cdiv(heads * c, block_c), pl.cdiv(q, block_q), b * v)
     else:
         kernel = functools.partial(_forward_kernel, dims=dims, shapes=shapes, block_q=block_q,
-                                   unroll=variant == "per_head_unrolled",
+                                   unroll=dims[-1] if variant == "per_head_unrolled"
+                                   else point_unroll or FORWARD_POINT_UNROLL,
                                    chunks=channel_chunks(c, FORWARD_CHANNEL_CHUNK if chunk is None else chunk),
                                    fma=variant == "per_head_fma" and not interpret)
         grid = (heads, pl.cdiv(q, block_q), b * v)
@@ -472,7 +496,7 @@ def forward(value, reference_points, offsets, attention_weights, mask, spatial_s
 
 def backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g, *, interpret=False,
              block_q=None, num_warps=None, relaxed=None, debug=False, variant=None, sort_queries=None,
-             order=None, window=None, chunk=None, point_grads_config=None):
+             order=None, window=None, chunk=None, point_grads_config=None, point_unroll=None):
     """Gradients (d_value, d_reference_points, d_offsets, d_attention_weights) in the inputs' dtypes.
 
     ``variant``: one of BACKWARD_VARIANTS (default BACKWARD_VARIANT, BACKWARD_VARIANT_16BIT for 16-bit values), run by
@@ -485,7 +509,8 @@ def backward(value, reference_points, offsets, attention_weights, mask, spatial_
     ``order``: that order precomputed (as in :func:`forward`). ``chunk``: lanes per channel chunk (default
     BACKWARD_CHANNEL_CHUNK, BACKWARD_CHANNEL_CHUNK_16BIT for 16-bit values; see :func:`channel_chunks`);
     ``point_grads_config``: (block_q, num_warps) of the split variants' point-gradient kernel (default
-    ``SPLIT_POINT_GRADS_CONFIG``, ``SPLIT_POINT_GRADS_CONFIG_UNCHUNKED`` with chunk 0).
+    ``SPLIT_POINT_GRADS_CONFIG``, ``SPLIT_POINT_GRADS_CONFIG_UNCHUNKED`` with chunk 0); ``point_unroll``: points
+    per iteration of the kernels' point loops (default BACKWARD_POINT_UNROLL).
     """
     from geolrm_kernels import deformable_sample_backward_triton as bwd
 
@@ -503,4 +528,4 @@ def backward(value, reference_points, offsets, attention_weights, mask, spatial_
     return bwd.backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g, order,
                         variant=variant, block_q=block_q, num_warps=num_warps or default_warps,
                         window=window or default_window, relaxed=relaxed, interpret=interpret, debug=debug,
-                        chunk=chunk, point_grads_config=point_grads_config)
+                        chunk=chunk, point_grads_config=point_grads_config, point_unroll=point_unroll)

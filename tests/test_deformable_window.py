@@ -201,15 +201,42 @@ def test_layout_benchmark_settings_apply_and_pick():
     assert len(re.findall(r"tt\.atomic_rmw fadd", ir)) == 5 * len(SHAPES)  # one chunk: 4 corners + window
     assert layouts.module_defaults() == default  # restored
 
-    def entry(kernel, chunk, block_q, warps, ms, dtype="float32", ok=True):
+    def entry(kernel, chunk, block_q, warps, ms, dtype="float32", ok=True, unroll=1):
         return dict(kernel=kernel, chunk=chunk, block_q=block_q, window=8 if kernel == "dvalue_tent" else None,
-                    warps=warps, ms=ms, dtype=dtype, ok=ok)
+                    warps=warps, unroll=unroll, ms=ms, dtype=dtype, ok=ok)
 
     results = [entry("forward", 0, 16, 4, 6.2), entry("forward", 16, 32, 4, 6.1, ok=False),
+               entry("forward", 0, 16, 4, 6.3, unroll=2),
                entry("dvalue_tent", 0, 16, 4, 16.0), entry("dvalue_tent", 16, 16, 2, 11.5),
+               entry("dvalue_tent", 16, 16, 2, 9.0, unroll=2),  # no point-gradient kernel with unroll 2
                entry("point_grads", 0, 16, 8, 10.0), entry("point_grads", 16, 16, 4, 12.0),
                entry("interleaved", 16, 32, 4, 25.0, "bfloat16"), entry("interleaved", 0, 16, 8, 26.0, "bfloat16")]
     picked = layouts.picked_setting(results, default)
-    assert picked["forward"] == [0, 16, 4]  # the faster one failed its check
-    assert picked["fp32"][:3] == [16, "split_tent", [16, 8, 2]] and picked["fp32"][3] == [16, 4]
-    assert picked["bf16"][:3] == [16, "interleaved", [32, None, 4]]
+    assert picked["forward"] == [0, 16, 4, 1]  # the faster one failed its check
+    assert picked["fp32"] == [16, "split_tent", [16, 8, 2], [16, 4], 1]
+    assert picked["bf16"][:3] == [16, "interleaved", [32, None, 4]] and picked["bf16"][4] == 1
+
+
+def test_point_loop_unroll_changes_nothing_but_the_code():
+    """point_unroll = 2 (two iterations of two points and one left over) and 5 (all unrolled) give the
+    forward's and the chunked point-gradient kernel's results of the plain loop (to fp32 rounding: the
+    interpreter's XLA fuses unrolled code differently)."""
+    from geolrm_kernels import deformable_sample_backward_triton as bwd
+
+    value, ref, offsets, weights = make_inputs(27, v=2, q=8, heads=1, c=48, shapes=SHAPES, points=5)
+    mask = jnp.ones(ref.shape[:3], bool).at[0, 1, 3].set(False)
+    cot = jax.random.normal(jax.random.key(7), (1, 2, 8, 1, 48))
+    order = tri.resolve_query_order(None, ref, mask, True)
+
+    def run(unroll):
+        out = tri.forward(value, ref, offsets, weights, mask, SHAPES, interpret=True, point_unroll=unroll)
+        grads = bwd.backward_call(value, ref, offsets, weights, mask, SHAPES, cot, order, value_grad="none",
+                                  point_grads=True, views_in_grid=False, block_q=8, num_warps=4,
+                                  interpret=True, chunk=16, point_unroll=unroll)
+        return (out, *grads[1:])
+
+    plain = run(1)
+    assert float(jnp.abs(plain[0]).max()) > 0 and float(jnp.abs(plain[1]).max()) > 0
+    for unroll in (2, 5):
+        for a, b in zip(run(unroll), plain, strict=True):
+            assert rel_err(a, b) <= 1e-6, unroll

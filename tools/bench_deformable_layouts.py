@@ -36,16 +36,18 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_deformable as bd  # noqa: E402  (helpers: inputs, model-like points, timing)
 
-# A setting: clipped corner indices or not; forward (chunk, block_q, warps); fp32 and 16-bit backward (chunk,
-# variant, (block_q, window, warps), point-gradient (block_q, warps) of a split variant).
-OLD = dict(clamp=True, forward=(0, 16, 4), fp32=(0, "split_tent", (16, 8, 4), (None, 8)),
-           bf16=(0, "interleaved", (16, None, 8), (None, 8)))
-# Kernels alone: (chunk, block_q, window, warps); the first of each kernel is the old setting's.
+# A setting: clipped corner indices or not; forward (chunk, block_q, warps, points per loop iteration); fp32 and
+# 16-bit backward (chunk, variant, (block_q, window, warps), point-gradient (block_q, warps) of a split variant,
+# points per loop iteration).
+OLD = dict(clamp=True, forward=(0, 16, 4, 1), fp32=(0, "split_tent", (16, 8, 4), (None, 8), 1),
+           bf16=(0, "interleaved", (16, None, 8), (None, 8), 1))
+# Kernels alone: (chunk, block_q, window, warps, points per loop iteration); the first of each kernel is the
+# old setting's.
 SWEEP = {
-    "forward": [(0, 16, None, 4), (16, 32, None, 4), (16, 16, None, 2)],
-    "point_grads": [(0, 16, None, 8), (16, 16, None, 4), (16, 16, None, 2), (16, 32, None, 4)],
-    "dvalue_tent": [(0, 16, 8, 4), (16, 16, 8, 2), (16, 16, 8, 4), (16, 32, 8, 4)],
-    "interleaved": [(0, 16, None, 8), (16, 32, None, 4), (16, 16, None, 4), (16, 16, None, 2)],
+    "forward": [(0, 16, None, 4, 1), (0, 16, None, 4, 2), (16, 32, None, 4, 1), (0, 32, None, 8, 1)],
+    "point_grads": [(0, 16, None, 8, 1), (16, 16, None, 4, 1), (16, 16, None, 4, 2), (16, 16, None, 2, 1)],
+    "dvalue_tent": [(0, 16, 8, 4, 1), (16, 16, 8, 2, 1), (16, 16, 8, 2, 2), (16, 16, 8, 4, 1)],
+    "interleaved": [(0, 16, None, 8, 1), (0, 16, None, 8, 2), (16, 32, None, 4, 1), (16, 16, None, 4, 1)],
 }
 ROW = (21, "560px", 16384)
 SMALL_ROW = (6, "560px", 8192)
@@ -59,10 +61,11 @@ def module_defaults():
 
     def backward(chunk, variant):
         points = bwd.SPLIT_POINT_GRADS_CONFIG if chunk else bwd.SPLIT_POINT_GRADS_CONFIG_UNCHUNKED
-        return chunk, variant, tri.BACKWARD_CONFIGS[variant], points
+        return chunk, variant, tri.BACKWARD_CONFIGS[variant], points, tri.BACKWARD_POINT_UNROLL
 
     forward = tri.FORWARD_CONFIGS[tri.FORWARD_VARIANT]
-    return dict(clamp=tri.CLAMP_PIXELS, forward=(tri.FORWARD_CHANNEL_CHUNK, forward[0], forward[2]),
+    return dict(clamp=tri.CLAMP_PIXELS,
+                forward=(tri.FORWARD_CHANNEL_CHUNK, forward[0], forward[2], tri.FORWARD_POINT_UNROLL),
                 fp32=backward(tri.BACKWARD_CHANNEL_CHUNK, tri.BACKWARD_VARIANT),
                 bf16=backward(tri.BACKWARD_CHANNEL_CHUNK_16BIT, tri.BACKWARD_VARIANT_16BIT))
 
@@ -74,11 +77,13 @@ def applied(setting, dtype):
     from geolrm_kernels import deformable_sample_triton as tri
 
     names = ("CLAMP_PIXELS", "FORWARD_CHANNEL_CHUNK", "BACKWARD_CHANNEL_CHUNK", "BACKWARD_CHANNEL_CHUNK_16BIT",
-             "FORWARD_CONFIGS", "BACKWARD_VARIANT", "BACKWARD_VARIANT_16BIT", "BACKWARD_CONFIGS")
+             "FORWARD_CONFIGS", "BACKWARD_VARIANT", "BACKWARD_VARIANT_16BIT", "BACKWARD_CONFIGS",
+             "FORWARD_POINT_UNROLL", "BACKWARD_POINT_UNROLL")
     saved = {name: getattr(tri, name) for name in names}
     saved_points = bwd.SPLIT_POINT_GRADS_CONFIG, bwd.SPLIT_POINT_GRADS_CONFIG_UNCHUNKED
-    chunk, variant, config, points = setting["bf16" if jnp_itemsize(dtype) == 2 else "fp32"]
-    forward_chunk, forward_q, forward_warps = setting["forward"]
+    chunk, variant, config, points, unroll = setting["bf16" if jnp_itemsize(dtype) == 2 else "fp32"]
+    forward_chunk, forward_q, forward_warps, forward_unroll = setting["forward"]
+    tri.FORWARD_POINT_UNROLL, tri.BACKWARD_POINT_UNROLL = forward_unroll, unroll
     tri.CLAMP_PIXELS = setting["clamp"]
     tri.FORWARD_CHANNEL_CHUNK = forward_chunk
     tri.FORWARD_CONFIGS = {**tri.FORWARD_CONFIGS, tri.FORWARD_VARIANT: (forward_q, None, forward_warps)}
@@ -177,24 +182,25 @@ def time_op(jax, ds, implementation, shapes, args, reps, setting=None):
     return entry, (out, *grads)
 
 
-def kernel_fn(jax, kind, chunk, block_q, window, warps, shapes, interpret):
+def kernel_fn(jax, kind, chunk, block_q, window, warps, unroll, shapes, interpret):
     """One kernel alone as a jitted function of (value, ref, offsets, weights, mask, cot)."""
     from geolrm_kernels import deformable_sample_backward_triton as bwd
     from geolrm_kernels import deformable_sample_triton as tri
 
     if kind == "forward":
         return jax.jit(lambda *a: (tri.forward(*a[:5], shapes, block_q=block_q, num_warps=warps, chunk=chunk,
-                                               interpret=interpret),))
+                                               point_unroll=unroll, interpret=interpret),))
     if kind == "interleaved":
         return jax.jit(lambda *a: tri.backward(*a[:5], shapes, a[5], variant="interleaved", block_q=block_q,
-                                               num_warps=warps, chunk=chunk, interpret=interpret))
+                                               num_warps=warps, chunk=chunk, point_unroll=unroll,
+                                               interpret=interpret))
     value_grad, point_grads, views_in_grid = bd.BACKWARD_PARTS[kind]
 
     def f(*a):
         order = tri.resolve_query_order(None, a[1], a[4], True)
         d_value, d_ref, d_off, d_attn = bwd.backward_call(
             *a[:5], shapes, a[5], order, value_grad=value_grad, point_grads=point_grads, views_in_grid=views_in_grid,
-            block_q=block_q, num_warps=warps, window=window, interpret=interpret, chunk=chunk)
+            block_q=block_q, num_warps=warps, window=window, interpret=interpret, chunk=chunk, point_unroll=unroll)
         if not point_grads:
             return (d_value.reshape(a[0].shape),)
         b, v, q, heads = a[0].shape[0], a[0].shape[1], a[2].shape[1], a[0].shape[3]
@@ -214,13 +220,14 @@ def sweep_kernels(jax, jnp, ds, args, shapes, dtype, reps, deadline, log, interp
     tol = 1e-2 if dtype == "bfloat16" else 1e-4
     results = []
     for kind in kinds:
-        for chunk, block_q, window, warps in SWEEP[kind]:
-            entry = dict(kernel=kind, chunk=chunk, block_q=block_q, window=window, warps=warps, dtype=dtype)
+        for chunk, block_q, window, warps, unroll in SWEEP[kind]:
+            entry = dict(kernel=kind, chunk=chunk, block_q=block_q, window=window, warps=warps, unroll=unroll,
+                         dtype=dtype)
             if time.time() > deadline:
                 entry["error"] = "skipped (time budget)"
             else:
                 try:
-                    f = kernel_fn(jax, kind, chunk, block_q, window, warps, shapes, interpret)
+                    f = kernel_fn(jax, kind, chunk, block_q, window, warps, unroll, shapes, interpret)
                     call = lambda f=f: f(value, ref, offsets, weights, mask, cot)  # noqa: E731
                     got = jax.block_until_ready(call())
                     entry["rel_err"] = max(rel_err(jnp, a, b) for a, b in zip(got, wants[kind], strict=True))
@@ -234,30 +241,32 @@ def sweep_kernels(jax, jnp, ds, args, shapes, dtype, reps, deadline, log, interp
     return results
 
 
-def fastest(results, kind, dtype, chunk=None):
-    """The fastest correct entry of a kernel (of one lane chunk, if given), or None."""
+def fastest(results, kind, dtype, chunk=None, unroll=None):
+    """The fastest correct entry of a kernel (of one lane chunk and unroll, if given), or None."""
     return min((e for e in results if e["kernel"] == kind and e["dtype"] == dtype and e.get("ok")
-                and (chunk is None or e["chunk"] == chunk)), key=lambda e: e["ms"], default=None)
+                and chunk in (None, e["chunk"]) and unroll in (None, e["unroll"])),
+               key=lambda e: e["ms"], default=None)
 
 
 def picked_setting(results, default):
     """The default setting with each kernel's fastest measured configuration: the forward's, the pair of split
-    kernels of one lane chunk with the smallest sum (fp32), the interleaved backward's (bf16)."""
+    kernels of one lane chunk and unroll with the smallest sum (fp32), the interleaved backward's (bf16)."""
     setting = json.loads(json.dumps(default))
     forward = fastest(results, "forward", "float32")
     if forward:
-        setting["forward"] = [forward["chunk"], forward["block_q"], forward["warps"]]
-    pairs = [(fastest(results, "dvalue_tent", "float32", chunk), fastest(results, "point_grads", "float32", chunk))
-             for chunk in sorted({e["chunk"] for e in results})]
+        setting["forward"] = [forward["chunk"], forward["block_q"], forward["warps"], forward["unroll"]]
+    groups = sorted({(e["chunk"], e["unroll"]) for e in results})
+    pairs = [(fastest(results, "dvalue_tent", "float32", *group), fastest(results, "point_grads", "float32", *group))
+             for group in groups]
     pairs = [(t, p) for t, p in pairs if t and p]
     if pairs:
         tent, points = min(pairs, key=lambda pair: pair[0]["ms"] + pair[1]["ms"])
         setting["fp32"] = [tent["chunk"], "split_tent", [tent["block_q"], tent["window"], tent["warps"]],
-                           [points["block_q"], points["warps"]]]
+                           [points["block_q"], points["warps"]], tent["unroll"]]
     inter = fastest(results, "interleaved", "bfloat16")
     if inter:
         setting["bf16"] = [inter["chunk"], "interleaved", [inter["block_q"], None, inter["warps"]],
-                           setting["bf16"][3]]
+                           setting["bf16"][3], inter["unroll"]]
     return setting
 
 
@@ -360,17 +369,17 @@ def table(report):
         lines.append(f"| {e['row'][0]}, {e['row'][2]}, {e['dtype']} | {e['setting']} | {e['fwd_ms']:.2f} | "
                      f"{e['fwdbwd_ms']:.2f} | {ratio(xla)} | {ratio(old)} | "
                      f"{(e['fwd_temp'] or 0) / 1e6:.1f} | {'—' if err is None else f'{err:.1e}'} |")
-    lines += ["", "| kernel | dtype | chunk | block_q | window | warps | ms | first÷this | rel err |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| kernel | dtype | chunk | block_q | window | warps | unroll | ms | first÷this | rel err |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for e in report.get("kernels", []):
         first = next(f for f in report["kernels"] if f["kernel"] == e["kernel"] and f["dtype"] == e["dtype"])
         if "ms" in e:
             ratio = f"{first['ms'] / e['ms']:.2f}×" if "ms" in first else "—"
             lines.append(f"| {e['kernel']} | {e['dtype']} | {e['chunk']} | {e['block_q']} | {e['window'] or '—'} | "
-                         f"{e['warps']} | {e['ms']:.2f} | {ratio} | {e['rel_err']:.1e} |")
+                         f"{e['warps']} | {e['unroll']} | {e['ms']:.2f} | {ratio} | {e['rel_err']:.1e} |")
         else:
             lines.append(f"| {e['kernel']} | {e['dtype']} | {e['chunk']} | {e['block_q']} | {e['window'] or '—'} | "
-                         f"{e['warps']} | {e.get('error', '—')[:60]} | | |")
+                         f"{e['warps']} | {e['unroll']} | {e.get('error', '—')[:60]} | | |")
     return "\n".join(lines)
 
 

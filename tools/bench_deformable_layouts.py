@@ -15,9 +15,9 @@ One call does, stopping new measurements at ``--budget-s``:
    values; fp32 tolerance 1e-5 forward / 1e-4 gradients, bf16 1e-2.
 2. ``op``: fwd and fwd+bwd through ``deformable_sample`` for old, default and the XLA reference at V = 21,
    S = 16384, 140^2 + 80^2, model-like SV3D points (``bench_deformable.jax_inputs``), fp32.
-3. ``kernels``: each kernel alone (forward, point gradients and tent d_value with fp32 values, the interleaved
-   backward with bf16 values) for the configurations of ``SWEEP`` (unclipped corner indices), each checked
-   against the reference.
+3. ``kernels``: each kernel alone (forward, point gradients, tent d_value and the one-launch tent backward with
+   fp32 values, the interleaved backward with bf16 values) for the configurations of ``SWEEP`` (unclipped
+   corner indices), each checked against the reference.
 4. ``picked``: the default with each kernel's fastest correct configuration of 3; if that differs from the
    default, checked and timed through the op as in 1-2; then bf16 values and the V = 6, S = 8192 row.
 
@@ -47,6 +47,7 @@ SWEEP = {
     "forward": [(0, 16, None, 4, 1), (0, 16, None, 4, 2), (16, 32, None, 4, 1), (0, 32, None, 8, 1)],
     "point_grads": [(0, 16, None, 8, 1), (16, 16, None, 4, 1), (16, 16, None, 4, 2), (16, 16, None, 2, 1)],
     "dvalue_tent": [(0, 16, 8, 4, 1), (16, 16, 8, 2, 1), (16, 16, 8, 2, 2), (16, 16, 8, 4, 1)],
+    "tent_interleaved": [(16, 16, 8, 2, 1), (16, 16, 8, 4, 1)],
     "interleaved": [(0, 16, None, 8, 1), (0, 16, None, 8, 2), (16, 32, None, 4, 1), (16, 16, None, 4, 1)],
 }
 ROW = (21, "560px", 16384)
@@ -190,8 +191,8 @@ def kernel_fn(jax, kind, chunk, block_q, window, warps, unroll, shapes, interpre
     if kind == "forward":
         return jax.jit(lambda *a: (tri.forward(*a[:5], shapes, block_q=block_q, num_warps=warps, chunk=chunk,
                                                point_unroll=unroll, interpret=interpret),))
-    if kind == "interleaved":
-        return jax.jit(lambda *a: tri.backward(*a[:5], shapes, a[5], variant="interleaved", block_q=block_q,
+    if kind in tri.BACKWARD_VARIANTS:  # a whole backward, one launch or two
+        return jax.jit(lambda *a: tri.backward(*a[:5], shapes, a[5], variant=kind, block_q=block_q, window=window,
                                                num_warps=warps, chunk=chunk, point_unroll=unroll,
                                                interpret=interpret))
     value_grad, point_grads, views_in_grid = bd.BACKWARD_PARTS[kind]
@@ -216,7 +217,8 @@ def sweep_kernels(jax, jnp, ds, args, shapes, dtype, reps, deadline, log, interp
     grads = jax.jit(lambda *a: ds._reference_backward(*a[:5], shapes, a[5]))(value32, ref, offsets, weights, mask,
                                                                              cot32)
     fwd = jax.jit(lambda *a: ds._reference_forward(*a, shapes))(value32, ref, offsets, weights, mask)
-    wants = {"forward": (fwd,), "dvalue_tent": grads[:1], "point_grads": grads[1:], "interleaved": grads}
+    wants = {"forward": (fwd,), "dvalue_tent": grads[:1], "point_grads": grads[1:], "interleaved": grads,
+             "tent_interleaved": grads}
     tol = 1e-2 if dtype == "bfloat16" else 1e-4
     results = []
     for kind in kinds:
@@ -249,8 +251,9 @@ def fastest(results, kind, dtype, chunk=None, unroll=None):
 
 
 def picked_setting(results, default):
-    """The default setting with each kernel's fastest measured configuration: the forward's, the pair of split
-    kernels of one lane chunk and unroll with the smallest sum (fp32), the interleaved backward's (bf16)."""
+    """The default setting with each kernel's fastest measured configuration: the forward's; for fp32 the pair
+    of split kernels of one lane chunk and unroll with the smallest sum, or the one-launch tent backward where
+    that is faster; for bf16 the interleaved backward's."""
     setting = json.loads(json.dumps(default))
     forward = fastest(results, "forward", "float32")
     if forward:
@@ -259,10 +262,17 @@ def picked_setting(results, default):
     pairs = [(fastest(results, "dvalue_tent", "float32", *group), fastest(results, "point_grads", "float32", *group))
              for group in groups]
     pairs = [(t, p) for t, p in pairs if t and p]
+    one_launch = fastest(results, "tent_interleaved", "float32")
     if pairs:
         tent, points = min(pairs, key=lambda pair: pair[0]["ms"] + pair[1]["ms"])
-        setting["fp32"] = [tent["chunk"], "split_tent", [tent["block_q"], tent["window"], tent["warps"]],
-                           [points["block_q"], points["warps"]], tent["unroll"]]
+        if one_launch is None or tent["ms"] + points["ms"] <= one_launch["ms"]:
+            setting["fp32"] = [tent["chunk"], "split_tent", [tent["block_q"], tent["window"], tent["warps"]],
+                               [points["block_q"], points["warps"]], tent["unroll"]]
+            one_launch = None
+    if one_launch:
+        setting["fp32"] = [one_launch["chunk"], "tent_interleaved",
+                           [one_launch["block_q"], one_launch["window"], one_launch["warps"]], setting["fp32"][3],
+                           one_launch["unroll"]]
     inter = fastest(results, "interleaved", "bfloat16")
     if inter:
         setting["bf16"] = [inter["chunk"], "interleaved", [inter["block_q"], None, inter["warps"]],
@@ -334,7 +344,7 @@ def main(argv=None):
     op_rows(row, "float32", {"old": OLD, "default": default})
     shapes = bd.LEVEL_SETS[row[1]]
     kernels = sweep_kernels(jax, jnp, ds, inputs(row, "float32"), shapes, "float32", args.reps, deadline, log,
-                            interpret, ("forward", "point_grads", "dvalue_tent"))
+                            interpret, ("forward", "point_grads", "dvalue_tent", "tent_interleaved"))
     kernels += sweep_kernels(jax, jnp, ds, inputs(row, "bfloat16"), shapes, "bfloat16", args.reps, deadline, log,
                              interpret, ("interleaved",))
     report["kernels"] = kernels

@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 from geolrm_kernels import deformable_sample_triton as tri
 from geolrm_kernels.deformable_sample import _level_starts, bilinear_corners
+from geolrm_kernels.relaxed_atomics import relaxed_atomic_add, relaxed_atomics_status
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
@@ -272,7 +273,7 @@ def backward_call(value, reference_points, offsets, attention_weights, mask, spa
         block_q = min(block_q, 8)
         while q % block_q:
             block_q //= 2
-    available, reason = tri.relaxed_atomics_status()
+    available, reason = relaxed_atomics_status()
     if relaxed is None:
         relaxed = available
     if relaxed and not available:
@@ -282,7 +283,7 @@ def backward_call(value, reference_points, offsets, attention_weights, mask, spa
     kernel = functools.partial(
         _backward_kernel, dims=dims, shapes=shapes, windows=windows, block_q=block_q, chunks=chunks,
         value_grad=value_grad, point_grads=point_grads, views_in_grid=views_in_grid, interpret=interpret,
-        atomic_add=tri._relaxed_atomic_add if relaxed else plgpu.atomic_add, precision=precision,
+        atomic_add=relaxed_atomic_add if relaxed else plgpu.atomic_add, precision=precision,
         parts=TENT_WINDOW_PARTS, unroll=point_unroll or tri.BACKWARD_POINT_UNROLL)
     f32 = lambda n: jax.ShapeDtypeStruct((n,), jnp.float32)
     out_shape, args, aliases = [], list(tri._flat_inputs(value, reference_points, offsets, attention_weights, mask)), {}

@@ -10,6 +10,10 @@ Forward: grid (H, cdiv(Q, block_q), B*V), heads fastest, so programs resident to
 pixels' rows of every head. One program owns block_q queries of one (b, v, h): for each of the NL*P points it
 computes the four bilinear corners and gathers (block_q, C) rows with masked indexed loads. It keeps one
 (block_q, C) fp32 accumulator and writes the output once: no intermediate is larger than the output.
+A head's C channels are handled as lane chunks (``channel_chunks``: one power-of-two block, or tiles of 16
+lanes, each with its own loads, accumulator, atomics and matmuls; ``FORWARD_CHANNEL_CHUNK``,
+``BACKWARD_CHANNEL_CHUNK``), and the corners' pixel indices are left unclipped where every access is masked
+(``CLAMP_PIXELS``).
 
 Programs take their queries in ``spatial_query_order`` (a 2-view Morton key of the reference points, passed to
 the kernels as a (B*Q,) int32 permutation), so that a program's queries read and atomically add to nearby
@@ -34,9 +38,9 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from geolrm_kernels.deformable_query_order import spatial_query_order
 from geolrm_kernels.deformable_sample import _MASKED_LOCATION, _level_starts, bilinear_corners
+from geolrm_kernels.relaxed_atomics import relaxed_atomics_status  # noqa: F401  (re-exported: part of this API)
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
@@ -101,97 +105,6 @@ FORWARD_POINT_UNROLL = 1
 BACKWARD_POINT_UNROLL = 1
 BACKWARD_CHANNEL_CHUNK = 16  # fp32 values
 BACKWARD_CHANNEL_CHUNK_16BIT = 0  # bf16 / fp16 values
-
-
-# ----------------------------------------------------------------------------------------------------------
-# fp32 atomic add with relaxed memory ordering
-# ----------------------------------------------------------------------------------------------------------
-# plgpu.atomic_add lowers to tt.atomic_rmw with acquire-release semantics (hard-coded in Pallas' Triton
-# lowering), which orders every atomic against all other memory operations; accumulating a gradient needs
-# no ordering at all (XLA's scatter and CUDA's atomicAdd are relaxed). A private primitive reuses Pallas'
-# own abstract-eval, interpret-mode discharge and Triton lowering rules of atomic_rmw and only rewrites the
-# `sem` attribute of the emitted op to RELAXED. These are JAX internals: when they are missing or changed
-# (or the primitive fails a self-test of its interpret-mode and CUDA lowerings), relaxed_atomics_status()
-# says why and the backward falls back to the public plgpu.atomic_add.
-def _make_relaxed_atomic_add():
-    from jax._src import core as jax_core
-    from jax._src import tree_util
-    from jax._src.lib.mlir import ir
-    from jax._src.lib.triton import dialect as tt_dialect
-    from jax._src.pallas.triton import lowering as triton_lowering
-    from jax._src.pallas.triton import primitives as triton_primitives
-    from jax._src.state import discharge as state_discharge
-    from jax._src.state import primitives as state_primitives
-
-    add = triton_primitives.AtomicOpType.ADD
-    base_lowering = triton_lowering.triton_lowering_rules[triton_primitives.atomic_rmw_p]
-    relaxed = int(tt_dialect.MemSemantic.RELAXED)
-    primitive = jax_core.Primitive("deformable_relaxed_atomic_add")
-    primitive.def_effectful_abstract_eval(functools.partial(triton_primitives._atomic_abstract_eval,
-                                                            atomic_type=add))
-    state_discharge.register_discharge_rule(primitive)(
-        functools.partial(triton_primitives._atomic_rmw_discharge_rule, atomic_type=add))
-
-    def lowering(ctx, *args_flat, args_tree):
-        result = base_lowering(ctx, *args_flat, args_tree=args_tree, atomic_type=add)
-        op = result.owner
-        if op.name != "tt.atomic_rmw" or "sem" not in op.attributes:
-            raise NotImplementedError(f"expected a tt.atomic_rmw op from Pallas' lowering, got {op.name}")
-        op.attributes["sem"] = ir.IntegerAttr.get(op.attributes["sem"].type, relaxed)
-        return result
-
-    triton_lowering.register_lowering(primitive)(lowering)
-
-    def atomic_add(x_ref, idx, val, *, mask=None):
-        """``x_ref[idx] += val`` atomically with relaxed ordering; same arguments as ``plgpu.atomic_add``."""
-        ref, transforms = state_primitives.get_ref_and_transforms(x_ref, idx, "atomic_rmw")
-        args_flat, args_tree = tree_util.tree_flatten((ref, transforms, val, mask))
-        return primitive.bind(*args_flat, args_tree=args_tree)
-
-    return atomic_add
-
-
-def _self_test(atomic_add):
-    """Runs a tiny kernel with ``atomic_add`` in interpret mode and lowers it for CUDA (works without a GPU)."""
-
-    def kernel(x_ref, _, o_ref):
-        index = jnp.arange(4, dtype=jnp.int32)
-        atomic_add(o_ref, (index,), x_ref[index])
-
-    def call(x, interpret):
-        return pl.pallas_call(kernel, out_shape=jax.ShapeDtypeStruct((4,), jnp.float32), grid=(2,),
-                              input_output_aliases={1: 0}, interpret=interpret,
-                              compiler_params=plgpu.CompilerParams(num_warps=1, num_stages=1),
-                              )(x, jnp.ones((4,), jnp.float32))
-
-    # Ahead-of-time lowering and a compiled call on numpy input: also runs concretely when first called while
-    # a caller's jit is being traced.
-    x = np.arange(4, dtype=np.float32)
-    spec = jax.ShapeDtypeStruct(x.shape, x.dtype)
-    interpreted = jax.jit(functools.partial(call, interpret=True)).trace(spec).lower().compile()
-    got = np.asarray(interpreted(x))
-    if not np.array_equal(got, 1.0 + 2.0 * x):
-        raise ValueError(f"interpret-mode atomic add gave {got}")
-    jax.jit(functools.partial(call, interpret=False)).trace(spec).lower(lowering_platforms=("cuda",))
-
-
-try:
-    _relaxed_atomic_add = _make_relaxed_atomic_add()
-    _RELAXED_IMPORT_ERROR = None
-except Exception as _err:  # noqa: BLE001 -- any change of the JAX internals used: public atomics instead
-    _relaxed_atomic_add, _RELAXED_IMPORT_ERROR = None, _err
-
-
-@functools.cache
-def relaxed_atomics_status() -> tuple[bool, str | None]:
-    """(available, reason if not): the private primitive was built and passed :func:`_self_test`."""
-    if _relaxed_atomic_add is None:
-        return False, repr(_RELAXED_IMPORT_ERROR)
-    try:
-        _self_test(_relaxed_atomic_add)
-    except Exception as err:  # noqa: BLE001 -- same: fall back to plgpu.atomic_add
-        return False, repr(err)
-    return True, None
 
 
 def query_order(reference_points, mask, sort_queries):

@@ -637,9 +637,9 @@ def main(argv=None):
                         help="backward variant of the table's Pallas column (default: the kernel's default)")
     parser.add_argument("--block-q", help="block_q:num_warps of the table's Pallas backward and forward, e.g. "
                                           "16:4,16:4 (default: the kernels' defaults)")
-    parser.add_argument("--profile", help="only run these backward variants or parts (BACKWARD_PARTS) once each "
-                                          "(comma-separated, each optionally @block_q/window/warps) on the first "
-                                          "row's inputs (--points), e.g. under ncu")
+    parser.add_argument("--profile", help="only run these backward variants, parts (BACKWARD_PARTS) or 'forward' "
+                                          "once each (comma-separated, each optionally @block_q/window/warps) on "
+                                          "the first row's inputs (--points), e.g. under ncu")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--torch-json", help="reuse torch results written by an earlier run instead of measuring")
     parser.add_argument("--reps", type=int, default=5)
@@ -705,7 +705,10 @@ def main(argv=None):
             # "kind" or "kind@block_q/window/warps"; kind: a backward variant or a part of BACKWARD_PARTS
             kind, _, config = variant.partition("@")
             block_q, size, warps = (int(x) if x not in ("", "-") else None for x in (config or "-/-/-").split("/"))
-            if kind in BACKWARD_PARTS:
+            if kind == "forward":  # the op's forward kernel (its default variant and lane chunk)
+                f = jax.jit(lambda *a, block_q=block_q, warps=warps: tri.forward(
+                    *a[:5], LEVEL_SETS[lv], block_q=block_q, num_warps=warps, interpret=interpret))
+            elif kind in BACKWARD_PARTS:
                 value_grad, point_grads, views_in_grid = BACKWARD_PARTS[kind]
                 f = jax.jit(lambda *a, value_grad=value_grad, point_grads=point_grads, views_in_grid=views_in_grid,
                             block_q=block_q, size=size, warps=warps: bwd.backward_call(

@@ -227,7 +227,7 @@ def _backward_program(value_ref, ref_ref, off_ref, attn_ref, mask_ref, order_ref
                                        mask=tri._lane_mask(touched, lane, d_window.shape))
         if point_grads:
             tri._store_reference_gradient(outs[0], *d_ref_uv, bv=bv, q_count=q_count, q=q, heads=heads, h=h,
-                                          q_in=q_in)
+                                          q_in=q_in, point_col=point_col, interpret=interpret)
         return accs
 
     zeros = jnp.zeros((block_q, nl * p), jnp.float32)
@@ -237,10 +237,10 @@ def _backward_program(value_ref, ref_ref, off_ref, attn_ref, mask_ref, order_ref
     else:
         accs = lax.fori_loop(0, v_count, lambda view, accs: view_step(b * v_count + view, accs), accs)
     if point_grads and views_in_grid:  # one view per program: add into the zeros
-        index = (((b * q_count + q) * heads + h) * (nl * p))[:, None] + point_col  # (block_q, NL*P)
+        attn_index, off_index = tri.point_gradient_index(b, q_count, q, heads, h, nl * p, point_col)
         d_attn_acc, d_u_acc, d_v_acc = accs
-        for ref, idx, acc in ((outs[2], index, d_attn_acc), (outs[1], index * 2, d_u_acc),
-                              (outs[1], index * 2 + 1, d_v_acc)):
+        for ref, idx, acc in ((outs[2], attn_index, d_attn_acc), (outs[1], off_index, d_u_acc),
+                              (outs[1], off_index + nl * p, d_v_acc)):
             if interpret:  # block_q divides Q there: every slot is a query; distinct addresses per call
                 atomic_add(ref, (idx,), acc)
             else:
@@ -293,7 +293,9 @@ def backward_call(value, reference_points, offsets, attention_weights, mask, spa
         aliases = {len(args): 0}
         args.append(jnp.zeros((b * v * length, heads * c), jnp.float32) if d_value is None else d_value)
     if point_grads:
-        out_shape += [f32(b * v * q * heads * 2), f32(offsets.size), f32(attention_weights.size)]
+        # d_reference_points per head with NL*P slots of padding (see tri._store_reference_gradient); d_offsets
+        # planar (B, Q, H, 2, NL*P), see tri.point_gradient_index.
+        out_shape += [f32(b * v * q * heads * 2 + dims[5] * dims[6]), f32(offsets.size), f32(attention_weights.size)]
         if views_in_grid:  # programs of different views add into d_offsets / d_weights: zeros, aliased
             first = len(out_shape) - 2
             aliases.update({len(args): first, len(args) + 1: first + 1})
@@ -316,8 +318,11 @@ def backward_call(value, reference_points, offsets, attention_weights, mask, spa
         name=name,
     )(*args)
     d_value = results[0] if value_grad != "none" else None
-    rest = results[1:] if value_grad != "none" else results
-    return (d_value, *rest) if point_grads else (d_value, None, None, None)
+    if not point_grads:
+        return d_value, None, None, None
+    d_ref_heads, d_off, d_attn = results[-3:]
+    return (d_value, d_ref_heads[:b * v * q * heads * 2], tri.planar_offsets(d_off, offsets.shape).reshape(-1),
+            d_attn)
 
 
 def backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g, order, *, variant,

@@ -103,6 +103,11 @@ FORWARD_CHANNEL_CHUNK = 0
 # leaves these loops as they are: Triton's pipeliner does not take them, same SASS).
 FORWARD_POINT_UNROLL = 1
 BACKWARD_POINT_UNROLL = 1
+# The point-gradient kernels store each view's d_reference_points as one tile in the accumulators' layout, which
+# keeps the (16, 4)-warp chunked kernel free of shared memory (XLA launches any kernel that uses shared memory
+# preferring shared memory, leaving the gathers a small L1; see docs/deformable.md). False: two (block_q,)
+# stores, whose layout conversion needs shared memory (kept for the benchmark's comparison).
+REFERENCE_GRADIENT_TILE_STORE = True
 BACKWARD_CHANNEL_CHUNK = 16  # fp32 values
 BACKWARD_CHANNEL_CHUNK_16BIT = 0  # bf16 / fp16 values
 
@@ -327,19 +332,46 @@ def _accumulate_point(accumulators, one_hot, a, g_sample, g_du, g_dv):
             d_ref_u + d_u, d_ref_v + d_v)
 
 
-def _store_reference_gradient(d_ref_ref, d_ref_u, d_ref_v, *, bv, q_count, q, heads, h, q_in):
-    ref_index = ((bv * q_count + q) * heads + h) * 2  # d_reference_points per head: (B, V, Q, H, 2)
-    plgpu.store(d_ref_ref.at[ref_index], d_ref_u, mask=q_in)
-    plgpu.store(d_ref_ref.at[ref_index + 1], d_ref_v, mask=q_in)
+def _store_reference_gradient(d_ref_ref, d_ref_u, d_ref_v, *, bv, q_count, q, heads, h, q_in, point_col,
+                              interpret=False):
+    """Store one view's d_reference_points of head h, (B, V, Q, H, 2) flat (padded by NL·P slots at the end).
+
+    On the GPU u and v go out as one (block_q, NL·P) tile, of which columns 0 and 1 are stored: a tile of the
+    accumulators' shape, with addresses contiguous along its columns, keeps their register layout, so Triton
+    needs no layout conversion through shared memory (a kernel that uses any shared memory is launched
+    preferring shared memory over L1, which the point-gradient kernel's gathers need; see docs/deformable.md).
+    The interpreter, which cannot skip masked addresses within one store, takes two stores of (block_q,)."""
+    ref_index = ((bv * q_count + q) * heads + h) * 2
+    if interpret or not REFERENCE_GRADIENT_TILE_STORE:
+        plgpu.store(d_ref_ref.at[ref_index], d_ref_u, mask=q_in)
+        plgpu.store(d_ref_ref.at[ref_index + 1], d_ref_v, mask=q_in)
+        return
+    index = ref_index[:, None] + point_col
+    uv = jnp.where(point_col == 0, d_ref_u[:, None], d_ref_v[:, None])
+    plgpu.store(d_ref_ref.at[index], uv, mask=q_in[:, None] & (point_col < 2))
+
+
+def point_gradient_index(b, q_count, q, heads, h, points, point_col):
+    """(block_q, NL·P) indices of d_attention_weights (B, Q, H, NL·P) and of the x plane of d_offsets, which
+    the kernels write planar, (B, Q, H, 2, NL·P) (y plane at + NL·P), so that each tile's addresses are
+    contiguous along its columns (see _store_reference_gradient); ``planar_offsets`` restores the layout."""
+    row = (b * q_count + q) * heads + h
+    return (row * points)[:, None] + point_col, (row * 2 * points)[:, None] + point_col
+
+
+def planar_offsets(d_off_planar, offsets_shape):
+    """(B, Q, H, 2, NL·P) flat -> offsets_shape (B, Q, H, NL, P, 2)."""
+    b, q, heads, nl, p, _ = offsets_shape
+    return jnp.moveaxis(d_off_planar.reshape(b, q, heads, 2, nl, p), 3, -1)
 
 
 def _store_point_gradients(d_attn_ref, d_off_ref, d_attn_acc, d_u_acc, d_v_acc, *, b, q_count, q, heads, h,
                            points, point_col, q_in):
-    index = (((b * q_count + q) * heads + h) * points)[:, None] + point_col  # (block_q, NL*P)
-    store_mask = jnp.broadcast_to(q_in[:, None], index.shape)
-    plgpu.store(d_attn_ref.at[index], d_attn_acc, mask=store_mask)
-    plgpu.store(d_off_ref.at[index * 2], d_u_acc, mask=store_mask)
-    plgpu.store(d_off_ref.at[index * 2 + 1], d_v_acc, mask=store_mask)
+    attn_index, off_index = point_gradient_index(b, q_count, q, heads, h, points, point_col)
+    store_mask = jnp.broadcast_to(q_in[:, None], attn_index.shape)
+    plgpu.store(d_attn_ref.at[attn_index], d_attn_acc, mask=store_mask)
+    plgpu.store(d_off_ref.at[off_index], d_u_acc, mask=store_mask)
+    plgpu.store(d_off_ref.at[off_index + points], d_v_acc, mask=store_mask)
 
 
 def _flat_inputs(value, reference_points, offsets, attention_weights, mask):

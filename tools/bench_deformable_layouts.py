@@ -15,8 +15,9 @@ One call does, stopping new measurements at ``--budget-s``:
    values; fp32 tolerance 1e-5 forward / 1e-4 gradients, bf16 1e-2.
 2. ``op``: fwd and fwd+bwd through ``deformable_sample`` for old, default and the XLA reference at V = 21,
    S = 16384, 140^2 + 80^2, model-like SV3D points (``bench_deformable.jax_inputs``), fp32.
-3. ``kernels``: each kernel alone (forward, point gradients, tent d_value and the one-launch tent backward with
-   fp32 values, the interleaved backward with bf16 values) for the configurations of ``SWEEP`` (unclipped
+3. ``kernels``: each kernel alone (forward, point gradients (also with the shared-memory stores of
+   ``REFERENCE_GRADIENT_TILE_STORE = False``), tent d_value and the one-launch tent backward with fp32 values;
+   the interleaved, split and split-tent backwards with bf16 values) for the configurations of ``SWEEP`` (unclipped
    corner indices), each checked against the reference.
 4. ``picked``: the default with each kernel's fastest correct configuration of 3; if that differs from the
    default, checked and timed through the op as in 1-2; then bf16 values and the V = 6, S = 8192 row.
@@ -44,12 +45,20 @@ OLD = dict(clamp=True, forward=(0, 16, 4, 1), fp32=(0, "split_tent", (16, 8, 4),
 # Kernels alone: (chunk, block_q, window, warps, points per loop iteration); the first of each kernel is the
 # old setting's.
 SWEEP = {
-    "forward": [(0, 16, None, 4, 1), (0, 16, None, 4, 2), (16, 32, None, 4, 1), (0, 32, None, 8, 1)],
-    "point_grads": [(0, 16, None, 8, 1), (16, 16, None, 4, 1), (16, 16, None, 4, 2), (16, 16, None, 2, 1)],
-    "dvalue_tent": [(0, 16, 8, 4, 1), (16, 16, 8, 2, 1), (16, 16, 8, 2, 2), (16, 16, 8, 4, 1)],
-    "tent_interleaved": [(16, 16, 8, 2, 1), (16, 16, 8, 4, 1)],
-    "interleaved": [(0, 16, None, 8, 1), (0, 16, None, 8, 2), (16, 32, None, 4, 1), (16, 16, None, 4, 1)],
+    "forward": [(0, 16, None, 4, 1), (16, 32, None, 4, 1), (16, 16, None, 4, 1)],
+    "point_grads": [(0, 16, None, 8, 1), (16, 16, None, 4, 1), (16, 16, None, 4, 2), (16, 32, None, 4, 1)],
+    # The same kernel with d_reference_points stored as two (block_q,) vectors (a layout conversion through
+    # shared memory, so XLA launches it preferring shared memory over L1): REFERENCE_GRADIENT_TILE_STORE off.
+    "point_grads_smem": [(16, 16, None, 4, 1)],
+    "dvalue_tent": [(0, 16, 8, 4, 1), (16, 16, 8, 2, 1), (16, 16, 8, 2, 2)],
+    "tent_interleaved": [(16, 16, 8, 2, 1)],
+    "interleaved": [(0, 16, None, 8, 1)],
+    # Whole split backwards with 16-bit values (d_value kernel at (block_q, window, warps); the point-gradient
+    # kernel at SPLIT_POINT_GRADS_CONFIG).
+    "split": [(16, 16, None, 4, 1)],
+    "split_tent": [(16, 16, 8, 2, 1)],
 }
+BF16_BACKWARDS = ("interleaved", "split", "split_tent")
 ROW = (21, "560px", 16384)
 SMALL_ROW = (6, "560px", 8192)
 NAMES = ("out", "d_value", "d_ref", "d_offsets", "d_weights")
@@ -195,9 +204,17 @@ def kernel_fn(jax, kind, chunk, block_q, window, warps, unroll, shapes, interpre
         return jax.jit(lambda *a: tri.backward(*a[:5], shapes, a[5], variant=kind, block_q=block_q, window=window,
                                                num_warps=warps, chunk=chunk, point_unroll=unroll,
                                                interpret=interpret))
-    value_grad, point_grads, views_in_grid = bd.BACKWARD_PARTS[kind]
+    value_grad, point_grads, views_in_grid = bd.BACKWARD_PARTS[kind.removesuffix("_smem")]
+    tile_store = not kind.endswith("_smem")
 
     def f(*a):
+        saved, tri.REFERENCE_GRADIENT_TILE_STORE = tri.REFERENCE_GRADIENT_TILE_STORE, tile_store  # at trace time
+        try:
+            return traced(*a)
+        finally:
+            tri.REFERENCE_GRADIENT_TILE_STORE = saved
+
+    def traced(*a):
         order = tri.resolve_query_order(None, a[1], a[4], True)
         d_value, d_ref, d_off, d_attn = bwd.backward_call(
             *a[:5], shapes, a[5], order, value_grad=value_grad, point_grads=point_grads, views_in_grid=views_in_grid,
@@ -218,7 +235,7 @@ def sweep_kernels(jax, jnp, ds, args, shapes, dtype, reps, deadline, log, interp
                                                                              cot32)
     fwd = jax.jit(lambda *a: ds._reference_forward(*a, shapes))(value32, ref, offsets, weights, mask)
     wants = {"forward": (fwd,), "dvalue_tent": grads[:1], "point_grads": grads[1:], "interleaved": grads,
-             "tent_interleaved": grads}
+             "tent_interleaved": grads, "split": grads, "split_tent": grads, "point_grads_smem": grads[1:]}
     tol = 1e-2 if dtype == "bfloat16" else 1e-4
     results = []
     for kind in kinds:
@@ -253,7 +270,7 @@ def fastest(results, kind, dtype, chunk=None, unroll=None):
 def picked_setting(results, default):
     """The default setting with each kernel's fastest measured configuration: the forward's; for fp32 the pair
     of split kernels of one lane chunk and unroll with the smallest sum, or the one-launch tent backward where
-    that is faster; for bf16 the interleaved backward's."""
+    that is faster; for bf16 the fastest whole backward of BF16_BACKWARDS."""
     setting = json.loads(json.dumps(default))
     forward = fastest(results, "forward", "float32")
     if forward:
@@ -273,10 +290,15 @@ def picked_setting(results, default):
         setting["fp32"] = [one_launch["chunk"], "tent_interleaved",
                            [one_launch["block_q"], one_launch["window"], one_launch["warps"]], setting["fp32"][3],
                            one_launch["unroll"]]
-    inter = fastest(results, "interleaved", "bfloat16")
-    if inter:
-        setting["bf16"] = [inter["chunk"], "interleaved", [inter["block_q"], None, inter["warps"]],
-                           setting["bf16"][3], inter["unroll"]]
+    whole = [e for e in (fastest(results, kind, "bfloat16") for kind in BF16_BACKWARDS) if e]
+    if whole:
+        best = min(whole, key=lambda e: e["ms"])
+        from geolrm_kernels import deformable_sample_backward_triton as bwd
+
+        points = setting["bf16"][3] if best["kernel"] == "interleaved" else (
+            list(bwd.SPLIT_POINT_GRADS_CONFIG) if best["chunk"] else list(bwd.SPLIT_POINT_GRADS_CONFIG_UNCHUNKED))
+        setting["bf16"] = [best["chunk"], best["kernel"], [best["block_q"], best["window"], best["warps"]], points,
+                           best["unroll"]]
     return setting
 
 
@@ -344,9 +366,10 @@ def main(argv=None):
     op_rows(row, "float32", {"old": OLD, "default": default})
     shapes = bd.LEVEL_SETS[row[1]]
     kernels = sweep_kernels(jax, jnp, ds, inputs(row, "float32"), shapes, "float32", args.reps, deadline, log,
-                            interpret, ("forward", "point_grads", "dvalue_tent", "tent_interleaved"))
+                            interpret, ("forward", "point_grads", "point_grads_smem", "dvalue_tent",
+                                                       "tent_interleaved"))
     kernels += sweep_kernels(jax, jnp, ds, inputs(row, "bfloat16"), shapes, "bfloat16", args.reps, deadline, log,
-                             interpret, ("interleaved",))
+                             interpret, BF16_BACKWARDS)
     report["kernels"] = kernels
     picked = picked_setting(kernels, default)
     report["picked"] = picked

@@ -84,9 +84,11 @@ BACKWARD_CONFIGS = {"atomic": (16, None, 4), "window": (16, 8, 4), "split": (16,
                     "split_window": (16, 8, 4), "tent": (16, 8, 4), "split_tent": (16, 8, 2),
                     "interleaved": (16, None, 8), "tent_interleaved": (16, 8, 4)}
 BACKWARD_VARIANT = "split_tent"
-# With 16-bit values (the model's bf16) the tent d_value kernel is slower (V=21, S=16384, SV3D points, bf16:
-# split_tent 32.7 ms, interleaved 30.0, atomic 31.4; 13:12 UTC), so those run this variant.
-BACKWARD_VARIANT_16BIT = "interleaved"
+# 16-bit values (the model's bf16): split_tent in 16-lane chunks too since 2026-12-04 (H200, V=21, S=16384, SV3D
+# points, whole backward alone: 19.18 ms against 26.38 for "interleaved" with one block per head and 31.45 for
+# "split" chunked; through the op fwd+bwd 23.57 vs 30.86 ms; 04:34 UTC). It gained once its point-gradient
+# kernel used no shared memory (REFERENCE_GRADIENT_TILE_STORE); before that "interleaved" was fastest.
+BACKWARD_VARIANT_16BIT = "split_tent"
 # The per-head forward and the backward kernels (other than "window") take bilinear corners with unclipped pixel
 # indices (bilinear_corners(..., clamp_pixels=False)): every access is masked by the corner's in-image test, so
 # the clip was dead work on each corner (fewer instructions per point; see docs/deformable.md).
@@ -95,21 +97,23 @@ CLAMP_PIXELS = False
 # padded lanes, 4 threads per query); 0 is one block of the next power of two (64 lanes, 16 of them padding,
 # 16 threads per query). H200, V=21, S=16384, SV3D points, kernels alone (2026-12-04 03:21 UTC,
 # tools/bench_deformable_layouts.py): fp32 tent d_value 16.22 ms (0) -> 11.58 (16, at (16, 8, 2)), point
-# gradients 11.80 (0, 8 warps) -> 10.47 (16, 4 warps); the forward gains nothing (6.17 ms (0) vs 6.25 (16,
-# block_q 32)), and the bf16 interleaved backward is slower chunked (26.53 -> 29.06 ms at 2 warps).
+# gradients 11.80 (0, 8 warps) -> 10.47 (16, 4 warps), and 7.20 once free of shared memory (04:34 UTC); the
+# forward gains nothing (6.12 ms (0) vs 6.15 (16, block_q 32)).
 FORWARD_CHANNEL_CHUNK = 0
-# Points per iteration of the kernels' point loops (lax.fori_loop unroll; 1: a plain loop). More independent
-# gathers in flight per warp for kernels bound by gather latency; not yet measured on a GPU (num_stages > 1
-# leaves these loops as they are: Triton's pipeliner does not take them, same SASS).
+# Points per iteration of the kernels' point loops (lax.fori_loop unroll; 1: a plain loop). Measured on the
+# H200 (2026-12-04, kernels alone): 2 slows the forward (6.27 -> 6.50 ms) and the shared-memory-free point
+# gradients (7.20 -> 8.86), and speeds the tent d_value kernel by 4% (11.48 -> 11.04), so 1 everywhere.
+# num_stages > 1 leaves these loops as they are (Triton's pipeliner does not take them, same SASS).
 FORWARD_POINT_UNROLL = 1
 BACKWARD_POINT_UNROLL = 1
 # The point-gradient kernels store each view's d_reference_points as one tile in the accumulators' layout, which
-# keeps the (16, 4)-warp chunked kernel free of shared memory (XLA launches any kernel that uses shared memory
-# preferring shared memory, leaving the gathers a small L1; see docs/deformable.md). False: two (block_q,)
-# stores, whose layout conversion needs shared memory (kept for the benchmark's comparison).
+# keeps the (16, 4)-warp chunked kernel free of shared memory. XLA launches any kernel that uses shared memory
+# with cuFuncSetCacheConfig(PREFER_SHARED), which leaves the gathers about 25 KB of L1 (Nsight Compute on the
+# H200: L1 hit rate 11% -> 54%, 10.29 -> 7.20 ms; see docs/deformable.md). False: two (block_q,) stores, whose
+# layout conversion goes through shared memory (kept for the benchmark's comparison).
 REFERENCE_GRADIENT_TILE_STORE = True
 BACKWARD_CHANNEL_CHUNK = 16  # fp32 values
-BACKWARD_CHANNEL_CHUNK_16BIT = 0  # bf16 / fp16 values
+BACKWARD_CHANNEL_CHUNK_16BIT = 16  # bf16 / fp16 values
 
 
 def query_order(reference_points, mask, sort_queries):

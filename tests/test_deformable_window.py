@@ -135,8 +135,9 @@ def test_query_order_changes_nothing_but_the_order():
 
 def test_backward_default_follows_the_value_dtype():
     """fp32 values run BACKWARD_VARIANT with BACKWARD_CHANNEL_CHUNK lanes (C = 24: 2 chunks, so 5 atomics per
-    level and chunk in the tent d_value kernel), 16-bit values BACKWARD_VARIANT_16BIT with one block per head
-    (4 atomics per level + 3), read off the kernel names and atomics of the CUDA IR."""
+    level and chunk in the tent d_value kernel), 16-bit values BACKWARD_VARIANT_16BIT with
+    BACKWARD_CHANNEL_CHUNK_16BIT lanes (the same split tent kernels), read off the kernel names and atomics of
+    the CUDA IR."""
     import re
 
     from geolrm_kernels import deformable_sample_backward_triton as bwd
@@ -144,7 +145,7 @@ def test_backward_default_follows_the_value_dtype():
     value, ref, offsets, weights = make_inputs(24, q=16, heads=2, c=24, shapes=SHAPES)
     mask = jnp.ones(ref.shape[:3], bool)
     for dtype, variant, atomics in ((jnp.float32, tri.BACKWARD_VARIANT, 5 * 2 * len(SHAPES)),
-                                    (jnp.bfloat16, tri.BACKWARD_VARIANT_16BIT, 4 * len(SHAPES) + 3)):
+                                    (jnp.bfloat16, tri.BACKWARD_VARIANT_16BIT, 5 * 2 * len(SHAPES))):
         cot = jnp.ones((1, 2, 16, 2, 24), dtype)
         ir = _triton_ir(lambda *a: tri.backward(*a[:5], SHAPES, a[5], debug=True), value.astype(dtype), ref,
                         offsets, weights, mask, cot)
@@ -152,8 +153,8 @@ def test_backward_default_follows_the_value_dtype():
         expected = len(bwd.VARIANT_KERNELS[variant])
         assert len(names) == expected and all(n.startswith("deformable_sample_bwd") for n in names), (dtype, names)
         assert len(re.findall(r"tt\.atomic_rmw fadd", ir)) == atomics, dtype
-    assert tri.BACKWARD_VARIANT_16BIT == "interleaved" and tri.BACKWARD_VARIANT == "split_tent"
-    assert (tri.FORWARD_CHANNEL_CHUNK, tri.BACKWARD_CHANNEL_CHUNK, tri.BACKWARD_CHANNEL_CHUNK_16BIT) == (0, 16, 0)
+    assert tri.BACKWARD_VARIANT_16BIT == "split_tent" and tri.BACKWARD_VARIANT == "split_tent"
+    assert (tri.FORWARD_CHANNEL_CHUNK, tri.BACKWARD_CHANNEL_CHUNK, tri.BACKWARD_CHANNEL_CHUNK_16BIT) == (0, 16, 16)
 
 
 @pytest.mark.parametrize("c", [48, 40])
@@ -186,6 +187,8 @@ def test_layout_benchmark_settings_apply_and_pick():
     import re
     from pathlib import Path
 
+    from geolrm_kernels import deformable_sample_backward_triton as bwd
+
     path = Path(__file__).resolve().parents[1] / "tools" / "bench_deformable_layouts.py"
     spec = importlib.util.spec_from_file_location("bench_deformable_layouts", path)
     layouts = importlib.util.module_from_spec(spec)
@@ -215,6 +218,36 @@ def test_layout_benchmark_settings_apply_and_pick():
     assert picked["forward"] == [0, 16, 4, 1]  # the faster one failed its check
     assert picked["fp32"] == [16, "split_tent", [16, 8, 2], [16, 4], 1]
     assert picked["bf16"][:3] == [16, "interleaved", [32, None, 4]] and picked["bf16"][4] == 1
+    # A faster whole split backward for 16-bit values takes the chunked point-gradient kernel's configuration.
+    results.append(dict(entry("split_tent", 16, 16, 2, 19.0, "bfloat16"), window=8))
+    picked = layouts.picked_setting(results, default)
+    assert picked["bf16"] == [16, "split_tent", [16, 8, 2], list(bwd.SPLIT_POINT_GRADS_CONFIG), 1]
+
+
+@pytest.mark.parametrize("tile_store", [True, False])
+def test_point_gradient_kernel_stores_only_tiles(monkeypatch, tile_store):
+    """The point-gradient kernel's CUDA lowering stores nothing but (block_q, NL*P) tiles with contiguous
+    columns (d_reference_points as one tile, d_offsets planar), so Triton needs no layout conversion, and so no
+    shared memory, for its stores (docs/deformable.md: XLA launches kernels that use shared memory preferring it
+    over L1). REFERENCE_GRADIENT_TILE_STORE = False brings back the (block_q,) stores of d_reference_points."""
+    import re
+
+    from geolrm_kernels import deformable_sample_backward_triton as bwd
+
+    monkeypatch.setattr(tri, "REFERENCE_GRADIENT_TILE_STORE", tile_store)
+    value, ref, offsets, weights = make_inputs(27, q=32, heads=2, c=48, shapes=SHAPES)
+    mask = jnp.ones(ref.shape[:3], bool)
+    order = jnp.arange(32, dtype=jnp.int32)[None]
+    cot = jnp.ones((1, 2, 32, 2, 48))
+    ir = _triton_ir(lambda *a: bwd.backward_call(
+        *a[:5], SHAPES, a[5], order, value_grad="none", point_grads=True, views_in_grid=False, block_q=16,
+        num_warps=4, chunk=16, debug=True), value, ref, offsets, weights, mask, cot)
+    stores = re.findall(r"tt\.store [^\n]*: tensor<([0-9x]+)x!tt\.ptr<f32>>", ir)
+    assert stores, ir[:2000]
+    one_d = [shape for shape in stores if "x" not in shape]
+    tile = f"16x{offsets.shape[3] * offsets.shape[4]}"  # (block_q, NL*P)
+    assert all(shape == tile for shape in stores if "x" in shape), stores
+    assert (one_d == []) if tile_store else (one_d == ["16", "16"]), stores
 
 
 def test_point_loop_unroll_changes_nothing_but_the_code():

@@ -148,7 +148,11 @@ def main(argv=None) -> int:
         return 0
     rows = []
     settings = ("off", "on") if args.remat == "both" else (args.remat,)
-    base = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("--remat")]
+    given = list(sys.argv[1:] if argv is None else argv)
+    base = []  # the arguments without --remat and its value ("--remat on" or "--remat=on")
+    for i, a in enumerate(given):
+        if not (a.startswith("--remat") or (i and given[i - 1] == "--remat")):
+            base.append(a)
     for setting in settings:  # one process per setting, so each peak-memory reading is its own
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), *base, "--child", setting],
                               capture_output=True, text=True)

@@ -79,6 +79,22 @@ def tiny_model_config() -> ml_collections.ConfigDict:
     return cfg
 
 
+def demo_model_config() -> ml_collections.ConfigDict:
+    """The demo model shipped with the package (configs/demo.py trains it): the GeoLRM architecture at about
+    8M parameters, 256 px inputs (16 px patches), a 32³ occupancy grid and up to 4096 anchors × 32 Gaussians."""
+    cfg = _base(
+        encoder=dict(dino_hidden=192, dino_layers=4, dino_heads=3, dino_mlp_ratio=4, dino_patch=16,
+                     dino_pos_grid=16, dino_ln_eps=1e-6, feat_dim=64, bn_eps=1e-5),
+        proposal=dict(dim=144, layers=4, heads=4, grid_size=32, token_res=2, num_points=4,
+                      xyz_scale=0.5, capacity=4096),
+        reconstruction=dict(dim=192, layers=6, heads=4, grid_size=32, num_points=4, gs_per_token=32,
+                            offset_max=0.08, scale_max=0.02, xyz_scale=0.5),
+    )
+    cfg.attention_over_heads = False
+    cfg.input_size = 256
+    return cfg
+
+
 def config_from_fixture(cfg_json: dict, source: str = "config.json") -> ml_collections.ConfigDict:
     """Model config from a geolrm_small-format `config.json` (keys serializer, lrm_generator, dinov2_config).
 

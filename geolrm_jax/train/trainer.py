@@ -52,6 +52,10 @@ def metrics_collection(names):
 
 
 def default_data_iterator(config, split: str, seed: int, batch_size: int):
+    if config.data.get("source", "tfds") == "procedural":
+        from geolrm_jax.data.procedural_pipeline import ProceduralIterator
+
+        return ProceduralIterator(config.data, split, seed=seed, batch_size=batch_size)
     from geolrm_jax.data.pipeline import make_iterator
 
     return make_iterator(config.data, split, seed=seed, batch_size=batch_size)

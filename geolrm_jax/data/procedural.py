@@ -132,7 +132,7 @@ def _convex(rng):
 
 def _cup(rng):
     r, h, t = rng.uniform(0.15, 0.3), rng.uniform(0.15, 0.35), rng.uniform(0.015, 0.04)
-    parts = [_part("cylinder", (0, 0, 0), (r, h), shell=t, cut=(0.0, 0.0, 1.0, h - t))]
+    parts = [_part("cylinder", (0, 0, 0), (r, h), shell=t, cut=(0.0, 0.0, 1.0, h - 1.5 * t))]
     if rng.random() < 0.6:  # handle: half a torus on the side, its axis horizontal
         big = rng.uniform(0.35, 0.6) * h
         parts.append(_part("torus", (r - 0.5 * t, 0, 0), (big, rng.uniform(0.015, 0.035)), _rot_x(np.pi / 2),
@@ -217,7 +217,7 @@ def _lamp(rng):
     return [_part("cylinder", (0, 0, -stem_h), (base_r, 0.02)),
             _part("cylinder", (0, 0, 0), (rng.uniform(0.01, 0.025), stem_h)),
             _part("cylinder", (0, 0, stem_h), (shade_r, shade_h), shell=t,
-                  cut=(0.0, 0.0, 1.0, shade_h - t))]
+                  cut=(0.0, 0.0, 1.0, shade_h - 1.5 * t))]
 
 
 def _frame(rng):

@@ -7,7 +7,8 @@
 # On a fresh machine they are restored from .devcarry/demo_state.tar.part-* when present. Stage 1 trains until
 # its step target or S1_SECONDS, stage 2 (initialized from stage 1) for the rest of SECONDS_TOTAL; each run is
 # stopped with SIGTERM, which saves a checkpoint. Results in $OUT: the logs, the procedural-data benchmark, the
-# TensorBoard scalars as JSON, and the workdirs' latest checkpoints as demo_state.tar.part-* (15 MiB parts).
+# TensorBoard scalars as JSON and a plot, the exported bf16 model (demo_model.tar) and, with STATE=1, the
+# workdirs' latest checkpoints as demo_state.tar.part-* (15 MiB parts).
 set -u
 OUT=${OUT:-/tmp/demo-out}
 mkdir -p "$OUT" /tmp/k /tmp/site runs
@@ -35,5 +36,13 @@ fi
 left=$(( total - ($(date +%s) - start) - ${RESERVE:-75} ))
 train 2 "$left" --config.init_from=runs/demo1 ${S2_ARGS:-}
 python3 tools/export_scalars.py runs/demo1 runs/demo2 --out "$OUT/scalars.json" || true
-( cd runs && tar -c --exclude='*.orbax-checkpoint-tmp*' demo1 demo2 ) | split -b 15M - "$OUT/demo_state.tar.part-"
+python3 tools/plot_training.py "$OUT/scalars.json" --out "$OUT/curves.png" || true
+if [ -d runs/demo2/checkpoints ]; then
+  python3 tools/export_demo_model.py runs/demo2 --out /tmp/demo_model >"$OUT/export.log" 2>&1 \
+    && tar -c -C /tmp demo_model > "$OUT/demo_model.tar" || true
+fi
+if [ "${STATE:-0}" = 1 ]; then  # the whole training state (large: only when $OUT has room for it)
+  ( cd runs && tar -c --exclude='*.orbax-checkpoint-tmp*' demo1 demo2 ) | split -b 15M - "$OUT/demo_state.tar.part-"
+fi
+gzip -f "$OUT"/train*.log
 ls -la "$OUT"

@@ -70,7 +70,7 @@ def build_stages(config, size: int) -> Stages:
 
     from geolrm_jax.model.decoder import GaussianDecoder
     from geolrm_jax.model.encoder import HierarchicalEncoder
-    from geolrm_jax.model.geolrm import compute_dtype
+    from geolrm_jax.model.geolrm import compute_dtype, decoder_dtype
     from geolrm_jax.model.proposal import grid_points, select_anchors
     from geolrm_jax.model.transformer import GeoTransformer
 
@@ -88,7 +88,7 @@ def build_stages(config, size: int) -> Stages:
     proposal_transformer, reconstruction_transformer = transformer(pc), transformer(rc)
     f, t = pc.grid_size // pc.token_res, pc.token_res
     upsample = nn.Dense(t ** 3, dtype=dtype)
-    decoder = GaussianDecoder(rc.gs_per_token, rc.offset_max, rc.scale_max, dtype)
+    decoder = GaussianDecoder(rc.gs_per_token, rc.offset_max, rc.scale_max, decoder_dtype(cfg))
 
     def sub(variables, network, module):
         return {col: tree[network][module] for col, tree in variables.items()

@@ -101,7 +101,7 @@ def random_variables(config, seed: int = 0, inference: bool = False):
     import jax.numpy as jnp
 
     from geolrm_jax.model.convert import expected_variables
-    from geolrm_jax.model.geolrm import compute_dtype
+    from geolrm_jax.model.geolrm import kernel_dtype
 
     shapes = expected_variables(config)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
@@ -116,7 +116,7 @@ def random_variables(config, seed: int = 0, inference: bool = False):
         else:
             value = (0.02 * rng.standard_normal(leaf.shape)).astype(np.float32)
         if inference and name == "kernel":
-            value = value.astype(compute_dtype(config))
+            value = value.astype(kernel_dtype(config, path))
         values.append(jnp.asarray(value))
     return jax.tree_util.tree_unflatten(treedef, values)
 

@@ -208,6 +208,57 @@ def test_bf16_mode_close_to_fp32(tiny):
     assert 0 < rel < 5e-2, rel
 
 
+def _decode_reference(params, latents, anchors, mask, k, offset_max=0.2, scale_max=0.02):
+    """The original's get_gaussians in float64 numpy -> (B, S·K, 14)."""
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    x = np.asarray(latents, np.float64) @ p["latent_decoder_0"]["kernel"] + p["latent_decoder_0"]["bias"]
+    x = x / (1 + np.exp(-x)) @ p["latent_decoder_2"]["kernel"] + p["latent_decoder_2"]["bias"]
+    b, s = x.shape[:2]
+    f = x.reshape(b, s, k, 14)
+    sig = lambda t: 1 / (1 + np.exp(-t))
+    q = f[..., 7:11]
+    out = np.concatenate([np.asarray(anchors, np.float64)[:, :, None] + sig(f[..., :3]) * offset_max,
+                          (sig(f[..., 3:4]) * np.asarray(mask)[:, :, None, None]), sig(f[..., 4:7]) * scale_max,
+                          q / np.linalg.norm(q, axis=-1, keepdims=True), np.clip(f[..., 11:], -0.5, 0.5) + 0.5], -1)
+    return out.reshape(b, s * k, 14)
+
+
+def test_bf16_mode_decodes_gaussians_in_float32(tiny):
+    """As the original (get_gaussians outside its autocast): float32 latents in, float32 decoding."""
+    from geolrm_jax.model.decoder import gaussians_to_array
+
+    _, inputs, variables, (_, out, _) = tiny
+    anchors, mask = out["anchors"], out["anchor_mask"]
+    errors = {}
+    for decoder_dtype in ("float32", "bfloat16"):
+        config = model_config.tiny_model_config()
+        config.dtype, config.decoder_dtype = "bfloat16", decoder_dtype
+        model = GeoLRM(config)
+        gaussians, state = run_fast_compiled(
+            lambda v, m=model: m.apply(v, *inputs, anchors, mask, method=m.reconstruct, mutable=["intermediates"]),
+            variables)
+        latents = state["intermediates"]["reconstruction"]["latents"][0]
+        assert latents.dtype == jnp.float32
+        want = _decode_reference(variables["params"]["reconstruction"]["decoder"], latents, anchors, mask,
+                                 config.reconstruction.gs_per_token)
+        errors[decoder_dtype] = np.abs(np.asarray(gaussians_to_array(gaussians), np.float64) - want).max()
+    assert errors["float32"] < 1e-5, errors
+    assert errors["bfloat16"] > 20 * errors["float32"], errors  # the test sees the difference
+
+
+def test_rms_norm_rounds_once_to_its_dtype():
+    from geolrm_jax.model.transformer import RMSNorm
+
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(4, 48)) * 3, jnp.float32)
+    weight = jnp.asarray(1 + 0.1 * rng.normal(size=48), jnp.float32)
+    got = RMSNorm(1e-5, jnp.bfloat16).apply({"params": {"weight": weight}}, x)
+    x64 = np.asarray(x, np.float64)
+    want = x64 / np.sqrt(np.mean(x64 ** 2, -1, keepdims=True) + 1e-5) * np.asarray(weight, np.float64)
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(jnp.asarray(want, jnp.float32).astype(jnp.bfloat16)))
+
+
 def test_remat_traces_through_grad():
     config = model_config.tiny_model_config()
     config.remat = True
@@ -316,9 +367,11 @@ def test_inference_variables_give_identical_bf16_outputs():
 
     variables = reconstruct.random_variables(config, seed=1)
     cast = inference_variables(variables, config)
-    kernels = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(cast)[0]
-               if str(getattr(path[-1], "key", "")) == "kernel"]
-    assert kernels and all(k.dtype == jnp.bfloat16 for k in kernels)
+    kernels = {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(cast)[0]
+               if str(getattr(path[-1], "key", "")) == "kernel"}
+    decoder = {k: v for k, v in kernels.items() if "'decoder'" in k}
+    assert len(decoder) == 2 and all(k.dtype == jnp.float32 for k in decoder.values())  # decoded in float32
+    assert len(kernels) > 2 and all(v.dtype == jnp.bfloat16 for k, v in kernels.items() if k not in decoder)
     biases = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(cast)[0]
               if str(getattr(path[-1], "key", "")) == "bias"]
     assert biases and all(b.dtype == jnp.float32 for b in biases)

@@ -1,10 +1,13 @@
 """Compare the JAX GeoLRM with reference outputs of the original (a geolrm_small-format directory).
 
     python tools/check_parity.py --fixture ../shared/fixtures/geolrm_small [--dtype bfloat16]
+        [--reference outputs.npz] [--token-attention]
 
 The directory holds config.json, state_dict.safetensors (or state_dict.pt), inputs.npz and outputs.npz (see
-the fixture README). Prints max abs and relative error (max|a−b| / max|b|) for every array in outputs.npz and
-exits 1 if any relative error exceeds the tolerance (1e-4 in float32), 2 on bad input.
+the fixture README); `tools/make_parity_fixture_released.py` makes one at the released widths. Prints max abs
+and relative error (max|a−b| / max|b|) for every array of the reference file (outputs.npz, the original in
+float32) and exits 1 if any relative error exceeds the tolerance (1e-4 in float32, 5e-2 in bfloat16), 2 on bad
+input. `--reference outputs_fp32_tokens.npz --token-attention` checks the original's other attention branch.
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ def compare(ours: dict, reference: dict) -> dict[str, tuple[float, float]]:
     errors = {}
     for name in reference:
         if name not in ours:
-            raise KeyError(f"outputs.npz holds {name!r}, which this tool does not know how to reproduce")
+            raise KeyError(f"the reference holds {name!r}, which this tool does not know how to reproduce")
         a, b = np.asarray(ours[name], np.float64), np.asarray(reference[name], np.float64)
         if a.shape != b.shape:
             raise ValueError(f"{name}: shape {a.shape} != reference {b.shape}")
@@ -110,6 +113,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fixture", required=True, help="directory in the geolrm_small format")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--reference", default="outputs.npz", help="reference arrays in the fixture directory")
     parser.add_argument("--tolerance", type=float, default=None,
                         help="max relative error (default 1e-4 for float32, 5e-2 for bfloat16)")
     parser.add_argument("--token-attention", action="store_true",
@@ -119,8 +123,10 @@ def main(argv=None) -> int:
                         help="jax default matmul precision (highest keeps GPUs off TF32)")
     args = parser.parse_args(argv)
     tol = args.tolerance if args.tolerance is not None else (1e-4 if args.dtype == "float32" else 5e-2)
-    out_path = os.path.join(args.fixture, "outputs.npz")
+    out_path = os.path.join(args.fixture, args.reference)
     try:
+        if not os.path.exists(out_path):
+            raise FileNotFoundError(f"missing {out_path}")
         reference = dict(np.load(out_path))
         with jax.default_matmul_precision(args.precision):
             ours = compute_outputs(args.fixture, args.dtype, attention_over_heads=not args.token_attention)

@@ -9,7 +9,13 @@ Fields:
     num_points (deformable points per level), xyz_scale, capacity (max anchors kept = original max_seq_len).
   reconstruction: original `GeoLRM` (lrm_generator).
     dim, layers, heads, grid_size (RoPE grid), num_points, gs_per_token, offset_max, scale_max, xyz_scale.
-  dtype:          "float32" or "bfloat16" compute dtype; params always stay float32.
+  dtype:          "float32" or "bfloat16" compute dtype; params always stay float32. The bf16 mode follows the
+                  original's autocast (docs/model.md, "bf16 mode"): matrix products in bf16, norms, softmaxes
+                  and residual streams in float32.
+  decoder_dtype:  compute dtype of the Gaussian decoder (latent MLP, activations, quaternion normalization),
+                  whatever `dtype` is: "float32" (default) as the original, whose `get_gaussians` runs outside
+                  its bf16 autocast; "bfloat16" only to measure what float32 costs (its rotations are off by
+                  up to 0.1).
   remat:          rematerialize each transformer block in the backward pass.
   remat_policy:   name of a `jax.checkpoint_policies` member used when remat is on.
   attention_impl: `jax.nn.dot_product_attention` implementation: None = cuDNN on GPU when dtype/shape allow,
@@ -38,6 +44,7 @@ def _base(encoder, proposal, reconstruction) -> ml_collections.ConfigDict:
     cfg.proposal = ml_collections.ConfigDict(proposal)
     cfg.reconstruction = ml_collections.ConfigDict(reconstruction)
     cfg.dtype = "float32"
+    cfg.decoder_dtype = "float32"
     cfg.remat = False
     cfg.remat_policy = "nothing_saveable"
     cfg.attention_impl = ml_collections.FieldReference(None, field_type=str)

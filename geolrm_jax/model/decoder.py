@@ -3,11 +3,15 @@
 Per anchor: Linear → SiLU → Linear to K·14 features, per Gaussian [xyz, opacity, scale ×3, quat ×4, rgb ×3]:
   means = anchor + sigmoid · offset_max, opacity = sigmoid, scale = sigmoid · scale_max,
   quat = L2-normalized (w first), rgb = clamp(x, −0.5, 0.5) + 0.5.
-Padded anchors (mask False) give opacity 0. Activations are computed in float32.
+Padded anchors (mask False) give opacity 0. The activations are computed in float32; the MLP in `dtype`,
+float32 by default (as the original, whose `get_gaussians` runs outside its bf16 autocast: in bf16 a raw
+quaternion of small norm turns bf16 rounding into rotation errors of up to 0.1), at HIGHEST matmul precision
+in float32 (no TF32 on GPUs).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -39,7 +43,9 @@ def gaussians_to_array(g: Gaussians):
 
 
 class GaussianDecoder(nn.Module):
-    """latents (B, S, dim), anchors (B, S, 3), anchor_mask (B, S) -> Gaussians (B, S·gs_per_token, ...)."""
+    """latents (B, S, dim), anchors (B, S, 3), anchor_mask (B, S) -> Gaussians (B, S·gs_per_token, ...).
+
+    dtype: compute dtype of the latent MLP (`config.decoder_dtype`)."""
 
     gs_per_token: int
     offset_max: float
@@ -54,8 +60,10 @@ class GaussianDecoder(nn.Module):
         # cannot be reshaped into (K, 14) and sliced (nor its gradient formed) without replicating it. Outside
         # such a context these constraints are no-ops.
         batch_only = lambda t: nn.with_logical_constraint(t, ("batch", None, None))
-        x = batch_only(nn.Dense(out, dtype=self.dtype, name="latent_decoder_0")(latents))
-        x = batch_only(nn.Dense(out, dtype=self.dtype, name="latent_decoder_2")(nn.silu(x)))
+        precision = jax.lax.Precision.HIGHEST if self.dtype == jnp.float32 else None
+        dense = functools.partial(nn.Dense, out, dtype=self.dtype, precision=precision)
+        x = batch_only(dense(name="latent_decoder_0")(latents))
+        x = batch_only(dense(name="latent_decoder_2")(nn.silu(x)))
         b, s, _ = x.shape
         return gaussians_from_features(x.reshape(b, s, self.gs_per_token, GS_DIM), anchors, anchor_mask,
                                        self.offset_max, self.scale_max)

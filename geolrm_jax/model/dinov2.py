@@ -99,14 +99,12 @@ class Dinov2Layer(nn.Module):
                    for n in ("q_proj", "k_proj", "v_proj"))
         y = attention(q, k, v, implementation=self.attention_impl).reshape(b, t, self.hidden)
         y = dense(self.hidden, name="o_proj")(y)
-        # the residual stream stays float32; branches are computed in `dtype`
-        x = x + (y * self.param("layer_scale1", nn.initializers.ones, (self.hidden,)).astype(self.dtype)
-                 ).astype(jnp.float32)
+        # the residual stream stays float32; branches are computed in `dtype` and scaled in float32
+        x = x + y.astype(jnp.float32) * self.param("layer_scale1", nn.initializers.ones, (self.hidden,))
         y = nn.LayerNorm(epsilon=self.eps, dtype=self.dtype, name="norm2")(x)
         y = dense(self.hidden * self.mlp_ratio, name="fc1")(y)
         y = dense(self.hidden, name="fc2")(gelu_erf(y))
-        return x + (y * self.param("layer_scale2", nn.initializers.ones, (self.hidden,)).astype(self.dtype)
-                    ).astype(jnp.float32)
+        return x + y.astype(jnp.float32) * self.param("layer_scale2", nn.initializers.ones, (self.hidden,))
 
 
 class PatchConv(nn.Module):
@@ -138,7 +136,7 @@ class PatchConv(nn.Module):
 class Dinov2Backbone(nn.Module):
     """HF Dinov2Backbone last feature map. Input: ImageNet-normalized images (N, H, W, 3).
 
-    Returns (N, H // patch, W // patch, hidden). Param names follow HF (see convert.dinov2_from_hf).
+    Returns (N, H // patch, W // patch, hidden) float32. Param names follow HF (see convert.dinov2_from_hf).
     """
 
     hidden: int
@@ -165,7 +163,7 @@ class Dinov2Backbone(nn.Module):
         for i in range(self.layers):
             x = Dinov2Layer(self.hidden, self.heads, self.mlp_ratio, self.eps, self.dtype,
                             self.attention_impl, name=f"layer_{i}")(x)
-        x = nn.LayerNorm(epsilon=self.eps, dtype=self.dtype, name="layernorm")(x)
+        x = nn.LayerNorm(epsilon=self.eps, dtype=jnp.float32, name="layernorm")(x)  # float32 as the original's
         return x[:, 1:].reshape(n, gh, gw, self.hidden)
 
 

@@ -37,6 +37,14 @@ def compute_dtype(config) -> Any:
     return _DTYPES[config.dtype]
 
 
+def decoder_dtype(config) -> Any:
+    """Compute dtype of the Gaussian decoder: float32 unless `config.decoder_dtype` says otherwise."""
+    name = config.get("decoder_dtype", "float32")
+    if name not in _DTYPES:
+        raise ValueError(f"config.decoder_dtype must be one of {sorted(_DTYPES)}, got {name!r}")
+    return _DTYPES[name]
+
+
 def sanitize_cameras(c2ws, Ks, view_mask):
     """Replace the cameras of padded views by a valid dummy (identity pose, unit intrinsics) so that no
     NaN from a singular pose can leak through a zero weight."""
@@ -64,7 +72,7 @@ class ReconstructionNetwork(nn.Module):
                                  name="transformer")(
             anchors, anchor_mask, feats, c2ws, Ks, view_mask)
         self.sow("intermediates", "latents", latents)
-        return GaussianDecoder(rc.gs_per_token, rc.offset_max, rc.scale_max, self.dtype, name="decoder")(
+        return GaussianDecoder(rc.gs_per_token, rc.offset_max, rc.scale_max, decoder_dtype(cfg), name="decoder")(
             latents, anchors, anchor_mask)
 
 
@@ -75,6 +83,7 @@ class GeoLRM(nn.Module):
 
     def setup(self):
         dtype = compute_dtype(self.config)
+        decoder_dtype(self.config)  # validated before tracing
         self.proposal = ProposalNetwork(self.config, dtype)
         self.reconstruction = ReconstructionNetwork(self.config, dtype)
 
@@ -98,18 +107,27 @@ class GeoLRM(nn.Module):
                 "gaussians": gaussians}
 
 
+def kernel_dtype(config, path) -> Any:
+    """The dtype a `kernel` leaf at tree path `path` (jax key path) computes in, None for other leaves:
+    `config.decoder_dtype` inside the Gaussian decoder, the compute dtype elsewhere."""
+    keys = [str(getattr(k, "key", k)) for k in path]
+    if not keys or keys[-1] != "kernel":
+        return None
+    return decoder_dtype(config) if "decoder" in keys else compute_dtype(config)
+
+
 def inference_variables(variables, config) -> dict:
-    """variables with every matrix/convolution weight (`kernel` leaves) stored in the compute dtype.
+    """variables with every matrix/convolution weight (`kernel` leaves) stored in the dtype it computes in.
 
     Dense and convolution layers cast their kernel to `config.dtype` on every call; casting once up front
     gives bit-identical outputs, saves that per-call pass over the weights and halves their memory in bf16.
-    Everything else (biases, norms, embeddings, BatchNorm statistics) keeps its dtype. A no-op in float32.
+    The Gaussian decoder's kernels are cast to `config.decoder_dtype` (float32: kept). Everything else
+    (biases, norms, embeddings, BatchNorm statistics) keeps its dtype. A no-op in float32.
     Meant for inference: train on the float32 master weights."""
-    dtype = compute_dtype(config)
 
     def cast(path, leaf):
-        name = str(getattr(path[-1], "key", path[-1]))
-        return leaf.astype(dtype) if name == "kernel" and leaf.dtype == jnp.float32 else leaf
+        target = kernel_dtype(config, path)
+        return leaf.astype(target) if target is not None and leaf.dtype == jnp.float32 else leaf
 
     return jax.tree_util.tree_map_with_path(cast, variables)
 

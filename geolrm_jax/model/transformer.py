@@ -31,7 +31,8 @@ NUM_LEVELS = 2
 
 
 class RMSNorm(nn.Module):
-    """x · rsqrt(mean(x²) + eps) · weight, statistics in float32; result in `dtype`."""
+    """x · rsqrt(mean(x²) + eps) · weight in float32, rounded once to `dtype` (the original computes it in
+    float32 and its next bf16 matrix product rounds it)."""
 
     eps: float = 1e-5
     dtype: Any = jnp.float32
@@ -41,7 +42,7 @@ class RMSNorm(nn.Module):
         weight = self.param("weight", nn.initializers.ones, (x.shape[-1],))
         x32 = x.astype(jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
-        return (y.astype(self.dtype) * weight.astype(self.dtype)).astype(self.dtype)
+        return (y * weight.astype(jnp.float32)).astype(self.dtype)
 
 
 def rope_grid_index(xyzs, xyz_scale: float, grid_size: int):
@@ -255,7 +256,7 @@ class GeoTransformerBlock(nn.Module):
 
 class GeoTransformer(nn.Module):
     """xyzs (B, S, 3), query_mask (B, S) bool, feats (B, V, L, C), c2ws (B, V, 4, 4), Ks (B, V, 3, 3),
-    view_mask (B, V) bool -> latents (B, S, dim) after the final RMSNorm."""
+    view_mask (B, V) bool -> latents (B, S, dim) float32 after the final RMSNorm."""
 
     dim: int
     layers: int
@@ -300,5 +301,5 @@ class GeoTransformer(nn.Module):
                      self.dtype, self.attention_impl, self.sample_impl, self.attention_over_heads, name="layers")(
             h, cos, sin, query_mask, key_lengths, with_bias_columns(feats.astype(self.dtype)), ref_points, view_mask,
             inverse, query_order)
-        out = RMSNorm(self.norm_eps, self.dtype, name="norm")(h)
+        out = RMSNorm(self.norm_eps, jnp.float32, name="norm")(h)  # float32 latents, as the original's
         return out if inverse is None else take_tokens(out, inverse)

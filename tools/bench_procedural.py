@@ -22,6 +22,7 @@ def main(argv=None):
                         help="override a field of default_procedural_config()")
     args = parser.parse_args(argv)
     config = pp.default_procedural_config()
+    config.grid_size = 32  # the demo model's
     for item in args.set:
         key, value = item.split("=", 1)
         config[key] = type(config[key])(value)
@@ -37,7 +38,8 @@ def main(argv=None):
         stacked = pp.stack_examples(examples)
         t1 = time.perf_counter()
         out = pp.render_batch(stacked, input_size=config.input_size, render_size=config.render_size,
-                              grid_size=config.grid_size, supersample=config.supersample, steps=config.steps)
+                              grid_size=config.grid_size, supersample=config.supersample, steps=config.steps,
+                              input_supersample=config.input_supersample)
         jax.tree.map(np.asarray, out)
         t2 = time.perf_counter()
         sample_s += t1 - t0

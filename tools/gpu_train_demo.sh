@@ -26,7 +26,7 @@ train() {  # stage seconds extra-args...
   local stage=$1 secs=$2; shift 2
   [ "$secs" -gt 60 ] || return 0
   timeout -s TERM -k 60 "$secs" python3 -m geolrm_jax.train.main --config=configs/demo.py:$stage \
-    --workdir=runs/demo$stage "$@" >>"$OUT/train$stage.log" 2>&1
+    --workdir=$PWD/runs/demo$stage "$@" >>"$OUT/train$stage.log" 2>&1
   echo "stage $stage exit $? after $(( $(date +%s) - start )) s"
   grep -E "loss|psnr|iou" "$OUT/train$stage.log" | grep -v absl | tail -3
 }
@@ -34,7 +34,7 @@ if [ "${S1_SECONDS:-0}" -gt 0 ]; then
   train 1 "$S1_SECONDS" ${S1_ARGS:-}
 fi
 left=$(( total - ($(date +%s) - start) - ${RESERVE:-75} ))
-train 2 "$left" --config.init_from=runs/demo1 ${S2_ARGS:-}
+train 2 "$left" --config.init_from=$PWD/runs/demo1 ${S2_ARGS:-}
 python3 tools/export_scalars.py runs/demo1 runs/demo2 --out "$OUT/scalars.json" || true
 python3 tools/plot_training.py "$OUT/scalars.json" --out "$OUT/curves.png" || true
 if [ -d runs/demo2/checkpoints ]; then

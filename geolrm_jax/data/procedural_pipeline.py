@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -40,7 +39,8 @@ def default_procedural_config() -> ml_collections.ConfigDict:
     c.grid_size = 64
     c.input_views = 6
     c.target_views = 6
-    c.supersample = 2
+    c.supersample = 2  # rays per pixel (per axis) of the targets
+    c.input_supersample = 1  # and of the inputs
     c.steps = 96
     c.family_weights = (1.0, 1.0, 1.0)  # procedural.FAMILIES
     c.rig_weights = (0.5, 0.25, 0.25)  # RIGS
@@ -48,6 +48,16 @@ def default_procedural_config() -> ml_collections.ConfigDict:
     c.num_epochs = -1  # -1: forever; else one pass over num_examples
     c.num_examples = 512  # examples per pass when num_epochs = 1 (evaluation)
     return c
+
+
+_HOST = jax.devices("cpu")[0]
+
+
+@functools.cache
+def _preset(name: str):
+    with jax.default_device(_HOST):
+        cams = geometry.CAMERA_PRESETS[name]()
+        return np.asarray(cams.c2w, np.float32), np.asarray(cams.K, np.float32)
 
 
 def _fov_framing(radius):
@@ -58,15 +68,14 @@ def _fov_framing(radius):
 def input_rig(rng: np.random.Generator, rig: str, max_views: int):
     """-> c2w (n, 4, 4), K (n, 3, 3) float32 of one rig."""
     if rig == "zero123pp":
-        cams = geometry.zero123pp_cameras()
-        c2w, K = np.asarray(cams.c2w), np.asarray(cams.K)
+        c2w, K = _preset("zero123pp")
         return c2w[:max_views], K[:max_views]
     n = int(rng.integers(2, max_views + 1))
     if rig == "sv3d":
-        cams = geometry.sv3d_cameras()
+        c2w, K = _preset("sv3d")
         start, step = rng.integers(21), 21 / n
         index = (start + np.round(np.arange(n) * step).astype(int)) % 21
-        return np.asarray(cams.c2w)[index], np.asarray(cams.K)[index]
+        return c2w[index], K[index]
     return random_views(rng, n)
 
 
@@ -74,8 +83,9 @@ def random_views(rng: np.random.Generator, n: int):
     az = rng.uniform(0, 360, n)
     el = rng.uniform(-15, 50, n)
     radius = rng.uniform(1.6, 4.0, n)
-    c2w = np.asarray(geometry.spherical_c2w(az, el, radius), np.float32)
-    K = np.asarray(geometry.fov_to_intrinsics(_fov_framing(radius)), np.float32)
+    with jax.default_device(_HOST):  # small host-side math: no accelerator round trips per example
+        c2w = np.asarray(geometry.spherical_c2w(az, el, radius), np.float32)
+        K = np.asarray(geometry.fov_to_intrinsics(_fov_framing(radius)), np.float32)
     return c2w, K
 
 
@@ -107,14 +117,16 @@ def sample_example(config, seed: int, stream: int, index: int, training: bool) -
             "target_mask": np.ones(vt, bool), "background": background.astype(np.float32)}
 
 
-@functools.partial(jax.jit, static_argnames=("input_size", "render_size", "grid_size", "supersample", "steps"))
+@functools.partial(jax.jit, static_argnames=("input_size", "render_size", "grid_size", "supersample", "steps",
+                                             "input_supersample"))
 def render_batch(examples: dict, *, input_size: int, render_size: int, grid_size: int, supersample: int,
-                 steps: int) -> dict:
+                 steps: int, input_supersample: int = 1) -> dict:
     """The JAX half: render a stacked batch of ``sample_example`` outputs into the training batch dict."""
 
     def one(ex):
         scene = ex["scene"]
-        rgba, _, _ = procedural.render_views(scene, ex["input_c2w"], ex["input_K"], input_size, supersample, steps)
+        rgba, _, _ = procedural.render_views(scene, ex["input_c2w"], ex["input_K"], input_size, input_supersample,
+                                             steps)
         alpha = rgba[..., 3:]
         inputs = (rgba[..., :3] * alpha + (1 - alpha)) * ex["input_mask"][:, None, None, None]
         rgba_t, depth, _ = procedural.render_views(scene, ex["target_c2w"], ex["target_K"], render_size,
@@ -159,7 +171,8 @@ class ProceduralIterator:
                     for i in range(self.batch_size)]
         self.index += self.batch_size
         batch = render_batch(stack_examples(examples), input_size=c.input_size, render_size=c.render_size,
-                             grid_size=c.grid_size, supersample=c.supersample, steps=c.steps)
+                             grid_size=c.grid_size, supersample=c.supersample, steps=c.steps,
+                             input_supersample=c.get("input_supersample", 1))
         self.examples += self.batch_size
         return jax.tree.map(np.asarray, batch)
 
@@ -175,11 +188,3 @@ class ProceduralIterator:
     def close(self) -> None:
         pass
 
-
-def as_arrays(batch: dict) -> dict:
-    """Drop the bookkeeping keys (family, rig) the model does not take."""
-    return {k: v for k, v in batch.items() if k not in ("family", "rig")}
-
-
-def device_batch(batch: dict) -> dict:
-    return jax.tree.map(jnp.asarray, as_arrays(batch))

@@ -73,7 +73,7 @@ class Trainer:
 
     def __init__(self, config, workdir, *, task=None, make_data_iterator=None, mesh=None):
         self.config = config
-        self.workdir = os.fspath(workdir)
+        self.workdir = os.path.abspath(os.fspath(workdir))  # Orbax needs absolute paths
         if mesh is None:
             count = config.mesh.get("num_devices", -1)
             devices = jax.devices() if count in (None, -1) else jax.devices()[:count]

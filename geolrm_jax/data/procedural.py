@@ -306,7 +306,10 @@ def _length(v, axis=-1):
 
 def part_distances(scene: Scene, points) -> tuple[jnp.ndarray, jnp.ndarray]:
     """points (N, 3) world -> (distances (N, P) of each part, local points (N, P, 3)). Invalid parts: +far."""
-    local = jnp.einsum("pji,npj->npi", scene.rotation, points[:, None, :] - scene.center)  # R^T (x - c)
+    # R^T (x - c) and the plane test as sums of products, not contractions: XLA then fuses the whole distance
+    # into one elementwise kernel per tracing step instead of launching tiny matrix products.
+    diff = points[:, None, :] - scene.center
+    local = sum(diff[..., j : j + 1] * scene.rotation[:, j, :] for j in range(3))
     s = scene.size
     radial = _length(local[..., :2])
     sphere = _length(local) - s[:, 0]
@@ -319,7 +322,7 @@ def part_distances(scene: Scene, points) -> tuple[jnp.ndarray, jnp.ndarray]:
     torus = jnp.sqrt((radial - s[:, 0]) ** 2 + local[..., 2] ** 2) - s[:, 1]
     d = jnp.choose(scene.kind, [sphere, box, cylinder, capsule, torus], mode="clip")
     d = jnp.where(scene.shell > 0, jnp.abs(d) - scene.shell, d)
-    plane = jnp.einsum("npi,pi->np", local, scene.cut[:, :3]) - scene.cut[:, 3]
+    plane = sum(local[..., i] * scene.cut[:, i] for i in range(3)) - scene.cut[:, 3]
     d = jnp.where(scene.has_cut, jnp.maximum(d, plane), d)
     return jnp.where(scene.valid, d, _FAR), local
 
@@ -331,8 +334,7 @@ def sdf(scene: Scene, points) -> jnp.ndarray:
 
 def _normals(scene, points, h=1e-3):
     k = jnp.asarray([[1, -1, -1], [-1, -1, 1], [-1, 1, -1], [1, 1, 1]], jnp.float32)
-    values = jnp.stack([sdf(scene, points + h * kk) for kk in k], -1)  # (N, 4)
-    n = values @ k
+    n = sum(sdf(scene, points + h * kk)[:, None] * kk for kk in k)
     return n / _length(n)[..., None]
 
 
@@ -372,7 +374,8 @@ def shade(scene: Scene, points):
     dist, local = part_distances(scene, points)
     part = jnp.argmin(dist, -1)
     normals = _normals(scene, points)
-    light = jnp.maximum(normals @ scene.light_dirs.T, 0.0) @ scene.light_weights
+    light = sum(jnp.maximum(jnp.sum(normals * scene.light_dirs[i], -1), 0.0) * scene.light_weights[i]
+                for i in range(scene.light_dirs.shape[0]))
     color = _albedo(scene, part, local) * (scene.ambient + light)[:, None]
     return jnp.clip(color, 0.0, 1.0), normals
 

@@ -83,7 +83,7 @@ def _train(argv) -> int:
         if created and os.path.isdir(workdir) and _only_folders(workdir):
             shutil.rmtree(workdir, ignore_errors=True)  # made by this run, nothing written yet
         raise
-    if result.get("stop_signal"):
+    if isinstance(result, dict) and result.get("stop_signal"):
         signum = int(result["stop_signal"])
         print(f"{PROG}: stopped by {signal.Signals(signum).name} after step {result['step']}, checkpoint saved in "
               f"{workdir}; run the same command to resume", file=sys.stderr)

@@ -59,13 +59,24 @@ def one_line(err: BaseException) -> str:
 # Signals
 
 _deferral = {"depth": 0, "pending": None}
+# Signals handled by signals_raise in this command. The Interrupted raised by the handler can be swallowed when
+# the handler happens to run inside a __del__ or a callback ("Exception ignored in ..."), so raise_if_interrupted
+# raises it again where it matters (before an output is moved into place).
+_received: list[int] = []
 
 
 def _raise_interrupted(signum, frame):
+    _received.append(signum)
     if _deferral["depth"]:
         _deferral["pending"] = _deferral["pending"] or signum
         return
     raise Interrupted(signum)
+
+
+def raise_if_interrupted() -> None:
+    """Raise ``Interrupted`` if a SIGINT/SIGTERM arrived under ``signals_raise`` (even if its exception was lost)."""
+    if _received:
+        raise Interrupted(_received[0])
 
 
 @contextlib.contextmanager
@@ -106,9 +117,12 @@ def signals_deferred():
 def run_command(prog: str, command: Callable[[], int | None], expected=EXPECTED_ERRORS) -> int:
     """Run a command's body with ``signals_raise``: expected failures become one line on stderr and exit code 2,
     SIGINT/SIGTERM exit code 128 + signal number. ``GEOLRM_TRACEBACK=1`` re-raises instead (debugging)."""
+    _received.clear()
     with signals_raise():
         try:
-            return int(command() or 0)
+            code = int(command() or 0)
+            raise_if_interrupted()
+            return code
         except Interrupted as sig:
             print(f"{prog}: interrupted by {signal.Signals(sig.signum).name}; partial outputs removed",
                   file=sys.stderr)
@@ -121,6 +135,8 @@ def run_command(prog: str, command: Callable[[], int | None], expected=EXPECTED_
                 raise
             print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
             return EXIT_USAGE
+        finally:
+            _received.clear()
 
 
 def read_or_fail(load: Callable, path, what: str):
@@ -336,6 +352,7 @@ def staged_output(dest, *, folder: bool = True, inner: str | None = None):
         raise
     try:
         yield tmp if inner is None else tmp / inner
+        raise_if_interrupted()
         with signals_deferred():
             commit(tmp if inner is None else tmp / inner, dest)
             if inner is not None:

@@ -397,6 +397,7 @@ def run(args) -> dict:
     timings: dict[str, float] = {}
 
     def stage(name):
+        io_atomic.raise_if_interrupted()  # a signal whose exception was swallowed stops here
         bar.set_description(name)
         return time.perf_counter()
 

@@ -165,6 +165,27 @@ def test_signal_during_a_cleanup_waits_for_it():
         assert finished
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_signal_swallowed_by_a_finalizer_still_stops_the_commit(tmp_path, capsys):
+    """A handler that runs inside __del__ cannot propagate its exception ("Exception ignored in ..."); the
+    command must still stop before moving the output into place."""
+
+    class SignalsInFinalizer:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)  # the Python-level handler runs here, inside __del__
+
+    def body():
+        with io_atomic.staged_output(tmp_path / "out") as tmp:
+            (tmp / "x").write_text("complete?")
+            SignalsInFinalizer()  # dropped at once
+        return 0
+
+    assert io_atomic.run_command("t", body) == 143
+    assert not (tmp_path / "out").exists() and hidden(tmp_path) == []
+    assert "interrupted by SIGTERM" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_mid_write_keeps_the_previous_output(tmp_path, signum):
     """A real signal to a process writing through staged_output: exit 128+n, the old output intact, no debris."""

@@ -280,13 +280,20 @@ def test_signal_during_a_real_reconstruction(tmp_path, signum):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert _wait_for(lambda: hidden(tmp_path) or proc.poll() is not None), "no staging folder appeared"
+        try:  # signal dispositions at the moment of sending, for the failure message
+            status = [line for line in pathlib.Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                      if line.startswith(("SigBlk", "SigIgn", "SigCgt"))]
+        except OSError:
+            status = []
+        seen = hidden(tmp_path)
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=240)
+        diagnosis = f"{err}\n[test] staging seen: {seen}; child signal state when signalled: {status}"
     finally:
         if proc.poll() is None:
             proc.kill()
     lines = [line for line in err.strip().splitlines() if not line.startswith("warning:")]
-    assert proc.returncode == 128 + signum, err
+    assert proc.returncode == 128 + signum, diagnosis
     assert lines == [f"geolrm-jax reconstruct: interrupted by {signal.Signals(signum).name}; "
-                     "partial outputs removed"], err
+                     "partial outputs removed"], diagnosis
     assert tree(out) == {"summary.json": b'{"previous": true}'} and hidden(tmp_path) == []

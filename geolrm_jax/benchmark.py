@@ -368,7 +368,8 @@ def check_arguments(args) -> None:
     apply_overrides(convert.config_from_arg(args.model_config), args.set)
     if args.out:
         config_file = None if args.model_config in ("official", "tiny") else args.model_config
-        io_atomic.check_destination(args.out, inputs=[config_file], overwrite=args.overwrite, owned=results_problem)
+        io_atomic.check_destination(args.out, inputs=[config_file], overwrite=args.overwrite, owned=results_problem,
+                                    folder=False)
 
 
 def main(argv=None) -> int:

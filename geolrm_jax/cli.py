@@ -50,7 +50,7 @@ def _cameras_run(args) -> int:
     out = None
     if args.out:
         out = args.out if args.out.endswith(".npz") else args.out + ".npz"  # as numpy.savez names it
-        io_atomic.check_destination(out, overwrite=args.overwrite, owned=rays_file_problem)
+        io_atomic.check_destination(out, overwrite=args.overwrite, owned=rays_file_problem, folder=False)
     preset = geometry.CAMERA_PRESETS[args.preset]()
     c2w, K = np.asarray(preset.c2w), np.asarray(preset.K)
     geometry.validate_cameras(c2w, K, source=f"preset {args.preset}")

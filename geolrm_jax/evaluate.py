@@ -275,7 +275,7 @@ def _evaluate(args) -> int:
     inputs = [root, list_path, choice.checkpoint, args.lpips_weights]
     for name, fields in (("metrics.csv", CSV_FIELDS), ("summary.csv", SUMMARY_FIELDS)):
         io_atomic.check_destination(out / name, inputs=inputs, overwrite=args.overwrite,
-                                    owned=lambda path, fields=fields: csv_problem(path, fields))
+                                    owned=lambda path, fields=fields: csv_problem(path, fields), folder=False)
     predict, weights, random_weights = model_predictor(args, choice)
     if random_weights:
         print(f"WARNING: {reconstruct.RANDOM_WEIGHTS_NOTE}.")

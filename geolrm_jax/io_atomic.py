@@ -82,14 +82,26 @@ def raise_if_interrupted() -> None:
 @contextlib.contextmanager
 def signals_raise():
     """Within: SIGINT and SIGTERM raise ``Interrupted`` in the main thread (the default SIGTERM action would kill
-    the process without running any cleanup). A no-op outside the main thread."""
+    the process without running any cleanup). A no-op outside the main thread.
+
+    When the handler runs inside a garbage-collector callback or a ``__del__`` (JAX registers one), Python cannot
+    propagate the exception and would print it as "Exception ignored in ..."; that report is suppressed here, and
+    ``raise_if_interrupted`` raises it again at the command's next step."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    previous_hook = sys.unraisablehook
+
+    def quiet_hook(unraisable):
+        if not isinstance(unraisable.exc_value, Interrupted):
+            previous_hook(unraisable)
+
     previous = {s: signal.signal(s, _raise_interrupted) for s in HANDLED_SIGNALS}
+    sys.unraisablehook = quiet_hook
     try:
         yield
     finally:
+        sys.unraisablehook = previous_hook
         for s, handler in previous.items():
             signal.signal(s, handler)
 
@@ -187,12 +199,13 @@ def check_apart(dest, inputs: Iterable) -> pathlib.Path:
 
 def check_destination(dest, *, inputs: Iterable = (), overwrite: bool = False,
                       owned: Callable[[pathlib.Path], str | None] | None = None,
-                      flag: str = "--overwrite") -> pathlib.Path:
+                      flag: str = "--overwrite", folder: bool = True) -> pathlib.Path:
     """Check that ``dest`` may be written (see the module doc) -> its resolved path; raises ``OutputError``.
 
     inputs: paths the command reads (missing ones are ignored). owned(path) -> None when an existing ``dest``
     is something this command writes, else the reason it is not (e.g. "holds notes.txt"). An existing empty
-    folder counts as owned. Without ``owned``, an existing destination is never replaced.
+    folder counts as owned. Without ``owned``, an existing destination is never replaced. ``folder=False``: the
+    output is a file, so an existing folder there is refused.
     """
     shown = os.fspath(dest)
     target = check_apart(dest, inputs)
@@ -200,6 +213,8 @@ def check_destination(dest, *, inputs: Iterable = (), overwrite: bool = False,
         raise OutputError(f"{shown}: is (or contains) the current folder; choose another output")
     if os.path.islink(dest):
         raise OutputError(f"{shown}: is a symbolic link; not replacing it (give its target or another path)")
+    if not folder and target.is_dir():
+        raise OutputError(f"{shown}: is a folder; give a file name")
     if target.exists():
         empty_folder = target.is_dir() and not any(target.iterdir())
         if not empty_folder:

@@ -24,8 +24,10 @@ def test_cameras_size_and_out(tmp_path, capsys):
     assert np.load(tmp_path / "missing" / "folder" / "rays.npz")["plucker"].shape == (6, 8, 8, 6)
     assert cli.main(["cameras", "--size", "8", "--out", str(out)]) == 2
     assert "--overwrite" in errors(capsys)[0]
-    assert cli.main(["cameras", "--size", "4", "--out", str(out), "--overwrite"]) == 0
-    assert np.load(tmp_path / "missing" / "folder" / "rays.npz")["plucker"].shape == (6, 4, 4, 6)
+    written = tmp_path / "missing" / "folder" / "rays.npz"
+    inode = written.stat().st_ino
+    assert cli.main(["cameras", "--size", "8", "--out", str(out), "--overwrite"]) == 0
+    assert written.stat().st_ino != inode and np.load(written)["plucker"].shape == (6, 8, 8, 6)  # a new file
     users = tmp_path / "data.npz"
     np.savez(users, weights=np.ones(3))
     assert cli.main(["cameras", "--size", "8", "--out", str(users), "--overwrite"]) == 2

@@ -264,6 +264,7 @@ def _wait_for(predicate, timeout=240.0):
     return False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_during_a_real_reconstruction(tmp_path, signum):
     """The real command (tiny model, random weights) signalled while it works: exit 128+n, one line, the previous

@@ -91,6 +91,7 @@ def test_stop_by_signal_exit_code_and_message(tmp_path, capsys, monkeypatch, dat
     assert rc == 130 and "stopped by SIGINT after step 7" in err[0] and "resume" in err[0]
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_and_the_run_resumes_exactly(tmp_path):
     """SIGINT as SIGTERM (tests/test_train_infra.py): a checkpoint at the next step boundary, then a stop."""
     import jax

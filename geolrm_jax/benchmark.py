@@ -259,6 +259,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--isolate", action="store_true", help="run each configuration in its own process")
     p.add_argument("--budget-s", type=float, help="start no new configuration after this many seconds")
     p.add_argument("--out", help="write the rows as JSON here (rewritten after every configuration)")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out this command wrote")
     p.add_argument("--anchors", default="proposal", choices=("proposal", "surface"),
                    help="reconstruction anchors: the proposal stage's (with random weights, voxels scattered "
                         "through the grid) or a sphere's surface voxels (object-like locality)")
@@ -322,8 +323,9 @@ def run(args) -> list[dict]:
                 print(f"done: {views} views, {size} px, {dtype}: {1e3 * rows[-1]['total_s']:.1f} ms "
                       f"({time.perf_counter() - start:.0f} s elapsed)", file=sys.stderr, flush=True)
                 if args.out:
-                    with open(args.out, "w") as f:
-                        json.dump(rows, f, indent=1)
+                    from geolrm_jax import io_atomic
+
+                    io_atomic.write_text(args.out, json.dumps(rows, indent=1))
     if skipped:
         print(f"--budget-s {args.budget_s} reached; not run: " + ", ".join(f"{v} views {s} px {d}"
                                                                          for v, s, d in skipped),
@@ -341,13 +343,46 @@ def _run_isolated(args, dtype: str, size: int, views: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])[0]
 
 
+def results_problem(path) -> str | None:
+    """None when ``path`` is a JSON list of result rows (what ``--out`` gets), else what it is instead."""
+    try:
+        rows = json.loads(open(path, encoding="utf-8").read())
+    except (OSError, ValueError) as err:
+        return f"not this command's JSON ({type(err).__name__})"
+    ok = isinstance(rows, list) and all(isinstance(r, dict) and "total_s" in r for r in rows)
+    return None if ok else "not a list of benchmark rows"
+
+
+def check_arguments(args) -> None:
+    """Arguments, the model config and ``--out`` checked before anything is compiled; ``ValueError``."""
+    from geolrm_jax import io_atomic
+    from geolrm_jax.model import convert
+
+    bad = [s for s in args.sizes if s < 28 or s % 28]
+    if bad:
+        raise ValueError(f"--sizes must be positive multiples of 28 (patch 14, and 4 for the low level), got {bad}")
+    if any(v < 1 for v in args.views):
+        raise ValueError(f"--views must be at least 1, got {args.views}")
+    if args.repeats < 1:
+        raise ValueError(f"--repeats {args.repeats}: must be at least 1")
+    apply_overrides(convert.config_from_arg(args.model_config), args.set)
+    if args.out:
+        config_file = None if args.model_config in ("official", "tiny") else args.model_config
+        io_atomic.check_destination(args.out, inputs=[config_file], overwrite=args.overwrite, owned=results_problem,
+                                    folder=False)
+
+
 def main(argv=None) -> int:
     parser = _parser()
     parser.add_argument("--json-stdout", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    bad = [s for s in args.sizes if s % 28]
-    if bad:
-        parser.error(f"--sizes must be multiples of 28 (patch 14, and 4 for the low level), got {bad}")
+    from geolrm_jax import io_atomic
+
+    return io_atomic.run_command("geolrm-jax bench", lambda: _main(args))
+
+
+def _main(args) -> int:
+    check_arguments(args)
     rows = run(args)
     if args.json_stdout:
         print(json.dumps(rows))

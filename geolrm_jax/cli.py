@@ -10,19 +10,47 @@ from __future__ import annotations
 import argparse
 import sys
 
+MAX_CAMERA_SIZE = 8192
+
 
 def _cameras(argv: list[str]) -> int:
     """Print a camera preset and summarize the rays / Plücker embedding the model would see."""
     parser = argparse.ArgumentParser(prog="geolrm-jax cameras", description=_cameras.__doc__)
     parser.add_argument("--preset", choices=["sv3d", "zero123pp"], default="zero123pp")
     parser.add_argument("--size", type=int, default=448, help="input image size in pixels (square)")
-    parser.add_argument("--out", help="optional .npz to write c2w, K and the (V, H, W, 6) Plücker rays to")
+    parser.add_argument("--out", help="optional .npz to write c2w, K and the (V, H, W, 6) Plücker rays to "
+                        "(missing folders are created)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an --out this command wrote")
     args = parser.parse_args(argv)
 
+    from geolrm_jax import io_atomic
+
+    return io_atomic.run_command("geolrm-jax cameras", lambda: _cameras_run(args))
+
+
+def rays_file_problem(path) -> str | None:
+    """None when ``path`` is an .npz this command wrote (exactly c2w, K, plucker), else what it is instead."""
     import numpy as np
 
-    from geolrm_jax import geometry
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            names = sorted(data.files)
+    except Exception as err:  # not an npz at all
+        return f"not an .npz written by this command ({type(err).__name__})"
+    return None if names == ["K", "c2w", "plucker"] else f"it holds arrays {names[:4]}"
 
+
+def _cameras_run(args) -> int:
+    import numpy as np
+
+    from geolrm_jax import geometry, io_atomic
+
+    if not 1 <= args.size <= MAX_CAMERA_SIZE:
+        raise ValueError(f"--size {args.size}: must be in 1..{MAX_CAMERA_SIZE} pixels")
+    out = None
+    if args.out:
+        out = args.out if args.out.endswith(".npz") else args.out + ".npz"  # as numpy.savez names it
+        io_atomic.check_destination(out, overwrite=args.overwrite, owned=rays_file_problem, folder=False)
     preset = geometry.CAMERA_PRESETS[args.preset]()
     c2w, K = np.asarray(preset.c2w), np.asarray(preset.K)
     geometry.validate_cameras(c2w, K, source=f"preset {args.preset}")
@@ -41,9 +69,10 @@ def _cameras(argv: list[str]) -> int:
             f"{v:>4} {az:8.1f} {el:6.1f} {radius:6.2f} {fov[v]:6.1f}  ({centre_uv[v, 0]:.3f}, {centre_uv[v, 1]:.3f})"
             f"  {np.linalg.norm(d):.4f}"
         )
-    if args.out:
-        np.savez(args.out, c2w=c2w, K=K, plucker=rays)
-        print(f"wrote {args.out}")
+    if out is not None:
+        with io_atomic.staged_output(out, folder=False) as tmp, open(tmp, "wb") as f:
+            np.savez(f, c2w=c2w, K=K, plucker=rays)
+        print(f"wrote {out}")
     return 0
 
 

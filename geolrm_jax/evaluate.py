@@ -21,8 +21,10 @@ Protocol, per object and per value N of ``--num-views``:
   target views, unprojected at full resolution, with both sets scaled by 2 ([-0.5, 0.5]^3 -> [-1, 1]^3).
 
 Writes ``metrics.csv`` (one row per object and N) and ``summary.csv`` (means per N) into ``--out`` (each via
-a temporary file renamed into place) and prints the summary table. Weights are found as in
-``geolrm-jax reconstruct``; with none, random weights run and the output says so.
+a temporary file renamed into place; existing ones need ``--overwrite`` and must be this command's CSVs) and
+prints the summary table. Arguments, the object list, the weights' location and the output are checked before
+the model is loaded. Weights are found as in ``geolrm-jax reconstruct``; with none, random weights run and the
+output says so.
 """
 
 from __future__ import annotations
@@ -130,19 +132,17 @@ def evaluate_object(object_dir: str, predict: Predictor, num_views: int, *, inpu
     return row
 
 
-def model_predictor(args) -> tuple[Predictor, str, bool]:
-    """(predict, weights description, random?) from the reconstruct command's weight search."""
+def model_predictor(args, choice=None) -> tuple[Predictor, str, bool]:
+    """(predict, weights description, random?) from the reconstruct command's weight search (``choice``: a
+    ``reconstruct.ModelChoice`` already resolved)."""
     import jax
     import jax.numpy as jnp
 
     from geolrm_jax import reconstruct
-    from geolrm_jax.model import convert
 
-    checkpoint, how = reconstruct.find_checkpoint(args.checkpoint)
-    config_name = args.model_config or ("official" if checkpoint is not None else "tiny")
-    config = convert.config_from_arg(config_name)
-    if args.dtype:
-        config.dtype = args.dtype
+    if choice is None:
+        choice = reconstruct.resolve_model(args.checkpoint, args.model_config, args.dtype)
+    checkpoint, how, config, config_name = choice.checkpoint, choice.how, choice.config, choice.config_name
     if checkpoint is None:
         variables = reconstruct.random_variables(config, args.seed)
         weights = f"{reconstruct.RANDOM_WEIGHTS_NOTE}; architecture {config_name}, seed {args.seed}"
@@ -182,12 +182,36 @@ def format_summary(summary: list[dict]) -> str:
 
 
 def write_csv(path: pathlib.Path, rows: list[dict], fields) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "w", newline="") as f:
+    from geolrm_jax import io_atomic
+
+    with io_atomic.staged_output(path, folder=False) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(path)
+
+
+SUMMARY_FIELDS = ("num_views", "objects", *METRICS)
+
+
+def csv_problem(path: pathlib.Path, fields) -> str | None:
+    """None when ``path`` is a CSV with this command's header ``fields`` (``--overwrite`` may replace it)."""
+    try:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        return f"unreadable as CSV ({type(err).__name__})"
+    return None if header == list(fields) else "its header differs from this command's"
+
+
+def check_arguments(args) -> None:
+    """Numeric arguments in range; ``ValueError`` naming the flag."""
+    for n in args.num_views:
+        input_view_ids(n)
+    for flag, value in (("--max-objects", args.max_objects), ("--max-targets", args.max_targets),
+                        ("--input-size", args.input_size), ("--render-size", args.render_size),
+                        ("--num-points", args.num_points)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} {value}: must be at least 1")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -209,34 +233,50 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lpips-weights", help=".npz from tools/convert_lpips.py (LPIPS is skipped without it)")
     p.add_argument("--num-points", type=int, default=geometry_metrics.DEFAULT_NUM_POINTS)
     p.add_argument("--out", default="evals", help="folder for metrics.csv and summary.csv")
+    p.add_argument("--overwrite", action="store_true", help="replace metrics.csv / summary.csv in --out")
     return p
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    from geolrm_jax import reconstruct
+    from geolrm_jax import io_atomic
+
+    return io_atomic.run_command("geolrm-jax eval", lambda: _evaluate(args))
+
+
+def _evaluate(args) -> int:
+    from geolrm_jax import io_atomic, reconstruct
     from geolrm_jax.data import gobjaverse_io
 
+    check_arguments(args)
     root = pathlib.Path(args.root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder")
     list_path = pathlib.Path(args.object_list or root / "object_list.json")
-    try:
-        splits = gobjaverse_io.read_object_list(list_path)
-        if args.split not in splits:
-            raise ValueError(f"{list_path}: no split {args.split!r} (has {sorted(splits)})")
-        names = splits[args.split][: args.max_objects]
-        for n in args.num_views:
-            input_view_ids(n)
-        predict, weights, random_weights = model_predictor(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"geolrm-jax eval: error: {err}", file=sys.stderr)
-        return 2
-    config_name = args.model_config or ("tiny" if random_weights else "official")
-    input_size = args.input_size or reconstruct.DEFAULT_IMAGE_SIZE.get(config_name, 448)
+    splits = gobjaverse_io.read_object_list(list_path)
+    if args.split not in splits:
+        raise ValueError(f"{list_path}: no split {args.split!r} (has {sorted(splits)})")
+    names = splits[args.split][: args.max_objects]
+    if not names:
+        raise ValueError(f"{list_path}: split {args.split!r} lists no object")
+    choice = reconstruct.resolve_model(args.checkpoint, args.model_config, args.dtype)
+    input_size = args.input_size or reconstruct.DEFAULT_IMAGE_SIZE.get(choice.preset, 448)
+    step = int(np.lcm(4, choice.config.encoder.dino_patch))
+    if input_size % step:
+        raise ValueError(f"--input-size {input_size} must be a multiple of {step}")
     lpips_params = None
     if args.lpips_weights:
         from geolrm_jax.train.lpips import load_lpips_params
 
-        lpips_params = load_lpips_params(args.lpips_weights)
+        lpips_params = io_atomic.read_or_fail(load_lpips_params, args.lpips_weights, "LPIPS weights")
+    out = pathlib.Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise io_atomic.OutputError(f"--out {out}: exists and is not a folder")
+    inputs = [root, list_path, choice.checkpoint, args.lpips_weights]
+    for name, fields in (("metrics.csv", CSV_FIELDS), ("summary.csv", SUMMARY_FIELDS)):
+        io_atomic.check_destination(out / name, inputs=inputs, overwrite=args.overwrite,
+                                    owned=lambda path, fields=fields: csv_problem(path, fields), folder=False)
+    predict, weights, random_weights = model_predictor(args, choice)
     if random_weights:
         print(f"WARNING: {reconstruct.RANDOM_WEIGHTS_NOTE}.")
     print(f"weights: {weights}")
@@ -256,11 +296,9 @@ def main(argv=None) -> int:
     if not rows:
         print(f"geolrm-jax eval: error: no object of split {args.split!r} could be evaluated", file=sys.stderr)
         return 2
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows)
     write_csv(out / "metrics.csv", rows, CSV_FIELDS)
-    write_csv(out / "summary.csv", summary, ("num_views", "objects", *METRICS))
+    write_csv(out / "summary.csv", summary, SUMMARY_FIELDS)
     print(format_summary(summary))
     if bad:
         print(f"{len(bad)} objects skipped as unreadable: {', '.join(bad)}")

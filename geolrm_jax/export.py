@@ -198,25 +198,59 @@ def to_uint8(images) -> np.ndarray:
 VIDEO_SUFFIXES = (".mp4", ".gif")
 
 
+def run_ffmpeg(args: list[str], stdin: bytes | None = None, source: str = "ffmpeg") -> bytes:
+    """Run the ffmpeg of imageio-ffmpeg with ``args``, feeding ``stdin``; returns its stdout.
+
+    Spawned with ``process_group=0`` instead of imageio-ffmpeg's ``preexec_fn=os.setpgrp``: the child runs no
+    Python code, so no ``os.fork()`` of the multithreaded JAX process (JAX warns that it may deadlock) and
+    CPython can use vfork/posix_spawn. Its own process group keeps a terminal's Ctrl-C for us; an exception or
+    signal here kills it. Raises ``ValueError`` naming ``source`` with ffmpeg's last message on failure.
+    """
+    import subprocess
+
+    import imageio_ffmpeg
+
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", *args]
+    if stdin is not None:
+        command.remove("-nostdin")
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0)
+    try:
+        out, err = proc.communicate(stdin)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if proc.returncode:
+        lines = err.decode("utf-8", "replace").strip().splitlines()
+        raise ValueError(f"{source}: ffmpeg failed (exit {proc.returncode}): {lines[-1] if lines else ''}")
+    return out
+
+
 def write_video(path, frames, fps: int = 30) -> None:
-    """Write frames (T, H, W, 3) float in [0, 1] or uint8 to an MP4 (H.264 via imageio-ffmpeg) or GIF.
+    """Write frames (T, H, W, 3) float in [0, 1] or uint8 to an MP4 (H.264, yuv420p, through ffmpeg) or GIF.
 
     The format follows the suffix of ``path`` (.mp4 or .gif). MP4 needs even H and W (yuv420p).
     """
-    import imageio.v3 as iio
-
     path = pathlib.Path(path)
     frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"{path}: frames must have shape (T, H, W, 3), got {frames.shape}")
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+        raise ValueError(f"{path}: frames must have shape (T >= 1, H, W, 3), got {frames.shape}")
+    if not fps > 0:
+        raise ValueError(f"{path}: fps must be positive, got {fps}")
     frames = frames if frames.dtype == np.uint8 else to_uint8(frames)
     suffix = path.suffix.lower()
     if suffix == ".mp4":
-        if frames.shape[1] % 2 or frames.shape[2] % 2:
-            raise ValueError(f"{path}: MP4 needs an even frame size, got {frames.shape[1]}x{frames.shape[2]}")
-        iio.imwrite(path, frames, extension=".mp4", fps=fps, codec="libx264", macro_block_size=1,
-                    pixelformat="yuv420p", plugin="FFMPEG")
+        t, h, w, _ = frames.shape
+        if h % 2 or w % 2:
+            raise ValueError(f"{path}: MP4 needs an even frame size, got {h}x{w}")
+        run_ffmpeg(["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "-",
+                    "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "25",
+                    "-f", "mp4", "-y", os.fspath(path)],
+                   stdin=np.ascontiguousarray(frames).tobytes(), source=os.fspath(path))
     elif suffix == ".gif":
+        import imageio.v3 as iio
+
         iio.imwrite(path, frames, extension=".gif", duration=1000.0 / fps, loop=0, plugin="pillow")
     else:
         raise ValueError(f"{path}: video suffix must be one of {VIDEO_SUFFIXES}")

@@ -31,14 +31,19 @@ The presets place the camera at the radius given by ``radius`` (default 1.5, wha
 ``run_geolrm.py`` and ``run_geolrm_zero123.py`` pass; the Zero123++ preset itself is defined at radius 4).
 
 Errors: ``InputError`` (a ``ValueError``) naming the file: unreadable image, image without a camera (or a camera
-without an image), wrong number of views or frames, non-square image or tile.
+without an image), wrong number of views or frames, non-square image or tile, image smaller than
+``MIN_IMAGE_SIZE``, malformed camera file, no camera looking at the object box. Cameras that miss the object box
+[-0.5, 0.5]^3 or see it very small are reported on stderr as warnings (``camera_warnings``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
+import re
+import sys
 from typing import NamedTuple
 
 import numpy as np
@@ -53,6 +58,9 @@ SV3D_FRAMES = 21
 ZERO123PP_ROWS, ZERO123PP_COLS = 3, 2
 # The original's 4-view subset of the Zero123++ grid (run_geolrm_zero123.py, --view 4).
 ZERO123PP_FOUR_VIEWS = (0, 2, 4, 5)
+MIN_IMAGE_SIZE = 8  # px; smaller images (e.g. 1x1) carry no object to reconstruct
+OBJECT_HALF_EXTENT = 0.5  # the model reconstructs inside [-0.5, 0.5]^3
+MIN_OBJECT_SPAN = 0.25  # warn when the object box spans less than this fraction of every image
 
 
 class InputError(ValueError):
@@ -95,8 +103,12 @@ def read_image(path) -> np.ndarray:
         with Image.open(path) as img:
             img.load()
             return _pil_to_float(img, str(path))
+    except InputError:
+        raise
     except (OSError, UnidentifiedImageError, ValueError) as err:
         raise InputError(f"{path}: cannot read image: {err}") from err
+    except Exception as err:  # Pillow's decoders raise SyntaxError, struct.error, DecompressionBombError, ...
+        raise InputError(f"{path}: cannot read image: {type(err).__name__}: {err}") from err
 
 
 def resize_square(image: np.ndarray, size: int, source: str = "image") -> np.ndarray:
@@ -106,6 +118,10 @@ def resize_square(image: np.ndarray, size: int, source: str = "image") -> np.nda
     h, w = image.shape[:2]
     if h != w:
         raise InputError(f"{source}: image must be square, got {w}x{h} (width x height)")
+    if h < MIN_IMAGE_SIZE:
+        raise InputError(f"{source}: image is {w}x{h} px; at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} are needed")
+    if size < 1:
+        raise InputError(f"{source}: cannot resize to {size} px")
     if h == size:
         return image.astype(np.float32)
     channels = [
@@ -119,7 +135,7 @@ def resize_square(image: np.ndarray, size: int, source: str = "image") -> np.nda
 def _matrix(value, shape, source: str, field: str) -> np.ndarray:
     try:
         arr = np.asarray(value, np.float64)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         raise InputError(f"{source}: field '{field}' is not a numeric matrix: {err}") from err
     if arr.shape != shape:
         raise InputError(f"{source}: field '{field}' must have shape {shape}, got {arr.shape}")
@@ -129,8 +145,8 @@ def _matrix(value, shape, source: str, field: str) -> np.ndarray:
 def _load_json(path: pathlib.Path) -> dict:
     try:
         meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: cannot read cameras JSON: {err}") from err
+    except (OSError, ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise InputError(f"{path}: cannot read cameras JSON: {type(err).__name__}: {err}") from err
     if not isinstance(meta, dict) or not isinstance(meta.get("frames"), list) or not meta["frames"]:
         raise InputError(f"{path}: expected an object with a non-empty list 'frames'")
     return meta
@@ -147,15 +163,25 @@ def read_cameras_json(path) -> tuple[list[pathlib.Path], np.ndarray, np.ndarray]
             raise InputError(f"{where}: each frame needs 'file' and 'c2w'")
         if "K" not in frame and "K" not in meta:
             raise InputError(f"{where}: no 'K' in the frame and no top-level 'K'")
-        files.append(path.parent / frame["file"])
+        files.append(path.parent / _file_name(frame["file"], where, "file"))
         c2ws.append(_matrix(frame["c2w"], (4, 4), where, "c2w"))
         ks.append(_matrix(frame.get("K", meta.get("K")), (3, 3), where, "K"))
     c2w, K = np.stack(c2ws), np.stack(ks)
+    _validate(c2w, K, path)
+    return files, c2w.astype(np.float32), K.astype(np.float32)
+
+
+def _file_name(value, where: str, field: str) -> str:
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        raise InputError(f"{where}: field '{field}' must be a file name, got {value!r:.80}")
+    return value
+
+
+def _validate(c2w: np.ndarray, K: np.ndarray, path: pathlib.Path) -> None:
     try:
         geometry.validate_cameras(c2w, K, source=str(path))
     except ValueError as err:
         raise InputError(str(err)) from err
-    return files, c2w.astype(np.float32), K.astype(np.float32)
 
 
 def write_cameras_json(path, files, c2w, K) -> None:
@@ -186,14 +212,17 @@ def _nerf_intrinsics(meta: dict, frame: dict, where: str, image_hw: tuple[int, i
 
 
 def _resolve_nerf_image(folder: pathlib.Path, file_path: str, where: str) -> pathlib.Path:
-    candidate = (folder / file_path).resolve()
-    if candidate.suffix.lower() in IMAGE_SUFFIXES:
-        return candidate
-    for suffix in IMAGE_SUFFIXES:
-        with_suffix = candidate.with_name(candidate.name + suffix)
-        if with_suffix.exists():
-            return with_suffix
-    raise InputError(f"{where}: image '{file_path}' not found in {folder}")
+    try:
+        candidate = (folder / file_path).resolve()
+        if candidate.suffix.lower() in IMAGE_SUFFIXES:
+            return candidate
+        for suffix in IMAGE_SUFFIXES:
+            with_suffix = candidate.with_name(candidate.name + suffix)
+            if with_suffix.exists():
+                return with_suffix
+    except (OSError, ValueError) as err:  # e.g. a name too long for the file system
+        raise InputError(f"{where}: image '{file_path:.80}' cannot be looked up: {err}") from err
+    raise InputError(f"{where}: image '{file_path:.80}' not found in {folder}")
 
 
 def read_transforms_json(path) -> tuple[list[pathlib.Path], np.ndarray, np.ndarray]:
@@ -205,18 +234,20 @@ def read_transforms_json(path) -> tuple[list[pathlib.Path], np.ndarray, np.ndarr
         where = f"{path} frames[{i}]"
         if not isinstance(frame, dict) or "file_path" not in frame or "transform_matrix" not in frame:
             raise InputError(f"{where}: each frame needs 'file_path' and 'transform_matrix'")
-        image_path = _resolve_nerf_image(path.parent, frame["file_path"], where)
+        image_path = _resolve_nerf_image(path.parent, _file_name(frame["file_path"], where, "file_path"), where)
         files.append(image_path)
         c2ws.append(_matrix(frame["transform_matrix"], (4, 4), where, "transform_matrix"))
-        hw = (int(frame.get("h", meta.get("h", 0)) or 0), int(frame.get("w", meta.get("w", 0)) or 0))
-        if not all(hw):
-            hw = _image_hw(image_path)
-        ks.append(_nerf_intrinsics(meta, frame, where, hw))
+        try:
+            hw = (int(frame.get("h", meta.get("h", 0)) or 0), int(frame.get("w", meta.get("w", 0)) or 0))
+            if not all(hw):
+                hw = _image_hw(image_path)
+            ks.append(_nerf_intrinsics(meta, frame, where, hw))
+        except InputError:
+            raise
+        except (TypeError, ValueError, OverflowError, ZeroDivisionError) as err:  # non-numeric or zero fields
+            raise InputError(f"{where}: bad intrinsics ({type(err).__name__}: {err})") from err
     c2w, K = np.stack(c2ws), np.stack(ks)
-    try:
-        geometry.validate_cameras(c2w, K, source=str(path))
-    except ValueError as err:
-        raise InputError(str(err)) from err
+    _validate(c2w, K, path)
     return files, c2w.astype(np.float32), K.astype(np.float32)
 
 
@@ -256,8 +287,12 @@ def read_posed_folder(folder, image_size: int, num_views: int | None = None,
         if image.resolve() not in listed:
             raise InputError(f"{image}: image has no camera in {camera_file}")
     for f in files:
-        if not f.exists():
-            raise InputError(f"{f}: listed in {camera_file} but the file does not exist")
+        try:
+            found = f.is_file()
+        except OSError as err:
+            raise InputError(f"{str(f):.200}: listed in {camera_file} but cannot be looked up: {err}") from err
+        if not found:
+            raise InputError(f"{str(f):.200}: listed in {camera_file} but the file does not exist")
     index = select_view_indices(len(files), num_views, camera_file)
     _check_view_count(len(index), max_views, camera_file)
     images = np.stack([resize_square(read_image(files[i]), image_size, str(files[i])) for i in index])
@@ -283,15 +318,50 @@ def preset_cameras(name: str, radius: float | None = None) -> tuple[np.ndarray, 
     return c2w, K
 
 
+def _split_ppm_stream(data: bytes, source: str) -> list[np.ndarray]:
+    """Concatenated binary PPMs (``P6 W H 255``, as ffmpeg's ``image2pipe`` writes them) -> (H, W, 3) uint8."""
+    frames, pos, header = [], 0, re.compile(rb"P6\s+(\d+)\s+(\d+)\s+(\d+)\s")
+    while pos < len(data):
+        match = header.match(data, pos)
+        if match is None or int(match.group(3)) != 255:
+            raise InputError(f"{source}: cannot read video: unexpected frame data from ffmpeg")
+        w, h = int(match.group(1)), int(match.group(2))
+        start, end = match.end(), match.end() + w * h * 3
+        if end > len(data):
+            raise InputError(f"{source}: cannot read video: truncated frame from ffmpeg")
+        frames.append(np.frombuffer(data, np.uint8, w * h * 3, start).reshape(h, w, 3))
+        pos = end
+    return frames
+
+
 def read_video_frames(path) -> np.ndarray:
-    """All frames of a video/GIF -> (T, H, W, 3) float32 in [0, 1], alpha composited on white."""
+    """All frames of a video/GIF -> (T, H, W, 3) float32 in [0, 1], alpha composited on white.
+
+    Videos are decoded by the ffmpeg of imageio-ffmpeg (``export.run_ffmpeg``, which spawns it without forking
+    the JAX process), GIFs by Pillow.
+    """
     import imageio.v3 as iio
 
+    from geolrm_jax import export
+
     path = pathlib.Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such video file")
     try:
-        plugin = "pillow" if path.suffix.lower() == ".gif" else "FFMPEG"
-        frames = np.asarray(iio.imread(path, index=None, plugin=plugin))
-    except Exception as err:  # imageio/ffmpeg raise many types for unreadable files
+        if path.suffix.lower() == ".gif":
+            frames = np.asarray(iio.imread(path, index=None, plugin="pillow"))
+        else:
+            data = export.run_ffmpeg(["-i", os.fspath(path), "-f", "image2pipe", "-c:v", "ppm",
+                                      "-pix_fmt", "rgb24", "-"], source=str(path))
+            frames = _split_ppm_stream(data, str(path))
+            if not frames:
+                raise InputError(f"{path}: cannot read video: no frames")
+            if len({f.shape for f in frames}) != 1:
+                raise InputError(f"{path}: cannot read video: frame size changes within the video")
+            frames = np.stack(frames)
+    except InputError:
+        raise
+    except Exception as err:  # Pillow and ffmpeg fail in many ways on unreadable files
         raise InputError(f"{path}: cannot read video: {err}") from err
     if frames.ndim == 3:
         frames = frames[..., None].repeat(3, -1)
@@ -364,14 +434,64 @@ def detect_kind(path) -> str:
     raise InputError(f"{path}: cannot tell the input kind from the suffix; pass --input-kind")
 
 
+def camera_warnings(c2w: np.ndarray, K: np.ndarray, sources, where) -> list[str]:
+    """Check that the cameras look at the object box [-0.5, 0.5]^3, the only place the model reconstructs.
+
+    Raises ``InputError`` when no camera has the box in front of it and its centre (within the box's projected
+    radius) in the image; returns warnings for single views that miss it, and for cameras so far away that the
+    box spans less than ``MIN_OBJECT_SPAN`` of every image.
+    """
+    c2w, K = np.asarray(c2w, np.float64), np.asarray(K, np.float64)
+    radius = OBJECT_HALF_EXTENT * math.sqrt(3.0)  # bounding sphere of the box
+    centre_cam = np.linalg.inv(c2w)[:, :3, 3]  # the world origin in camera coordinates
+    depth = -centre_cam[:, 2]  # OpenGL cameras look down -z
+    safe = np.maximum(depth, 1e-9)
+    u = K[:, 0, 0] * -centre_cam[:, 0] / safe + K[:, 0, 2]  # mirrored u, as geometry.project_points
+    v = K[:, 1, 1] * -centre_cam[:, 1] / safe + K[:, 1, 2]
+    span = np.minimum(2.0 * radius * np.minimum(K[:, 0, 0], K[:, 1, 1]) / safe, 1.0)
+    inside = np.linalg.norm(centre_cam, axis=-1) <= radius  # a camera inside the bounding sphere sees part of it
+    margin = span / 2
+    sees = inside | ((depth > 0) & (np.abs(1.0 - u - 0.5) <= 0.5 + margin) & (np.abs(v - 0.5) <= 0.5 + margin))
+    if not sees.any():
+        raise InputError(f"{where}: no camera looks at the object box [-0.5, 0.5]^3, where the model "
+                         "reconstructs (c2w must be OpenGL camera-to-world, looking down -z, with the object "
+                         "at the origin)")
+    warnings = []
+    if not sees.all():
+        missed = [str(sources[i]) for i in np.flatnonzero(~sees)]
+        warnings.append(f"{where}: {len(missed)} of {len(sees)} views do not look at the object box "
+                        f"[-0.5, 0.5]^3: {', '.join(missed[:4])}{' ...' if len(missed) > 4 else ''}")
+    largest = float(np.where(inside, 1.0, np.where(sees, span, 0.0)).max())
+    if largest < MIN_OBJECT_SPAN:
+        distance = float(np.linalg.norm(c2w[:, :3, 3], axis=-1).min())
+        warnings.append(f"{where}: the object box spans at most {100 * largest:.0f}% of any image (nearest "
+                        f"camera {distance:.3g} from the origin); the model expects the object to fill the "
+                        "view (cameras about 1.5-2.5 away), so expect an empty or poor result")
+    return warnings
+
+
 def load_views(path, image_size: int, kind: str = "auto", num_views: int | None = None,
-               max_views: int | None = None, radius: float = 1.5) -> ViewSet:
-    """Read any supported input (see the module doc) -> ``ViewSet`` at ``image_size``."""
+               max_views: int | None = None, radius: float = 1.5, warn=None) -> ViewSet:
+    """Read any supported input (see the module doc) -> ``ViewSet`` at ``image_size``.
+
+    ``warn(message)`` receives the ``camera_warnings`` (default: printed to stderr as ``warning: ...``).
+    """
     if kind not in INPUT_KINDS:
         raise InputError(f"{path}: unknown input kind {kind!r}; choose one of {INPUT_KINDS}")
+    if image_size < 1:
+        raise InputError(f"{path}: image size must be positive, got {image_size}")
     kind = detect_kind(path) if kind == "auto" else kind
     if kind == "posed":
-        return read_posed_folder(path, image_size, num_views, max_views)
-    if kind == "sv3d":
-        return read_sv3d(path, image_size, num_views, max_views, radius)
-    return read_zero123pp(path, image_size, num_views, max_views, radius)
+        views = read_posed_folder(path, image_size, num_views, max_views)
+    elif kind == "sv3d":
+        views = read_sv3d(path, image_size, num_views, max_views, radius)
+    else:
+        views = read_zero123pp(path, image_size, num_views, max_views, radius)
+    folder = pathlib.Path(path)
+    where = next((folder / n for n in CAMERA_FILES if (folder / n).exists()), folder) if kind == "posed" else path
+    for message in camera_warnings(views.c2w, views.K, views.sources, where):
+        if warn is None:
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            warn(message)
+    return views

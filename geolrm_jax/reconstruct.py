@@ -8,7 +8,11 @@ folder, a Zero123++ grid image). Outputs, all inside OUT (default ``outputs/<nam
 ``gaussians.ply`` (standard 3DGS layout, or the original's with ``--ply-format original``),
 ``gaussians.splat``, ``turntable.mp4`` (or ``.gif``), optionally ``views/NNN.png`` (renders at the input
 cameras) and ``summary.json`` (timings, peak device memory, weights used, counts). Everything is written to a
-temporary folder next to OUT and renamed into place at the end, so a failure leaves no partial output.
+temporary folder next to OUT and renamed into place at the end (``io_atomic.staged_output``), so a failure,
+Ctrl-C or SIGTERM leaves no partial output. An existing OUT needs ``--overwrite`` and is replaced only when it
+holds nothing but these files; OUT may not be, contain or lie inside the input, the checkpoint or the current
+folder. Every argument and path is checked before the weights are loaded; an empty result (no anchor, no
+Gaussian above ``--min-opacity``) is an error.
 
 Weights, first found wins:
 
@@ -20,7 +24,9 @@ Weights, first found wins:
 4. none: the model runs with RANDOM weights (seeded) and says so in its output. Until a trained checkpoint
    ships, this is what happens out of the box; the default architecture is then the tiny one.
 
-A checkpoint's architecture is ``--model-config`` (default ``official``).
+A checkpoint's architecture is ``--model-config``; without it, the config that ``geolrm-jax convert`` saved in an
+Orbax folder (``geolrm_model_config.json``), else ``official``. Cache entries that are not readable
+checkpoints (e.g. a stray 0-byte file) are skipped with a warning.
 """
 
 from __future__ import annotations
@@ -28,16 +34,17 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import pathlib
-import shutil
+import re
 import sys
-import tempfile
 import time
+from typing import NamedTuple
 
 import numpy as np
 
-from geolrm_jax import export, inputs
+from geolrm_jax import export, inputs, io_atomic
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt")
 BUNDLED_CHECKPOINTS = pathlib.Path(__file__).parent / "assets" / "checkpoints"
@@ -46,6 +53,11 @@ DEFAULT_IMAGE_SIZE = {"official": 448, "tiny": 56}
 SV3D_IMAGE_SIZE = 560  # run_geolrm.py resizes SV3D frames to 560, run_geolrm_zero123.py to 448
 MAX_VIEWS = 21
 RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS (no checkpoint found): the output is NOT a reconstruction"
+OUTPUT_NAMES = ("gaussians.ply", "gaussians.splat", "turntable.mp4", "turntable.gif", "summary.json", "views")
+
+
+class EmptyResultError(ValueError):
+    """The model produced nothing to export (no anchor or no Gaussian above the opacity threshold)."""
 
 
 def cache_dir() -> pathlib.Path:
@@ -56,23 +68,40 @@ def _is_checkpoint(path: pathlib.Path) -> bool:
     return path.is_dir() or path.suffix.lower() in CHECKPOINT_SUFFIXES
 
 
-def find_checkpoint(explicit: str | None = None) -> tuple[pathlib.Path | None, str]:
-    """(checkpoint path or None, how it was found); see the module doc for the search order."""
-    if explicit:
-        path = pathlib.Path(explicit)
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def find_checkpoint(explicit: str | None = None, warn=_warn) -> tuple[pathlib.Path | None, str]:
+    """(checkpoint path or None, how it was found); see the module doc for the search order.
+
+    An explicit or ``$GEOLRM_CHECKPOINT`` path that is missing raises ``FileNotFoundError``, one that is not a
+    readable checkpoint ``convert.CheckpointError``; unreadable cache entries are skipped, each with a
+    ``warn(message)``."""
+    from geolrm_jax.model import convert
+
+    for value, how in ((explicit, "--checkpoint"), (os.environ.get("GEOLRM_CHECKPOINT"), "$GEOLRM_CHECKPOINT")):
+        if not value:
+            continue
+        path = pathlib.Path(value)
         if not path.exists():
-            raise FileNotFoundError(f"{path}: checkpoint not found")
-        return path, "--checkpoint"
-    env = os.environ.get("GEOLRM_CHECKPOINT")
-    if env:
-        path = pathlib.Path(env)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: checkpoint named by $GEOLRM_CHECKPOINT not found")
-        return path, "$GEOLRM_CHECKPOINT"
+            named = "" if how == "--checkpoint" else " named by $GEOLRM_CHECKPOINT"
+            raise FileNotFoundError(f"{path}: checkpoint{named} not found")
+        problem = convert.checkpoint_problem(path)
+        if problem:
+            raise convert.CheckpointError(f"{path}: {problem} ({how})")
+        return path, how
     candidates = []
     for folder in (cache_dir(), BUNDLED_CHECKPOINTS):
         if folder.is_dir():
-            candidates += [p for p in folder.iterdir() if _is_checkpoint(p) and not p.name.startswith(".")]
+            for p in folder.iterdir():
+                if not _is_checkpoint(p) or p.name.startswith("."):
+                    continue
+                problem = convert.checkpoint_problem(p)
+                if problem:
+                    warn(f"{p}: skipped, not a readable checkpoint ({problem})")
+                else:
+                    candidates.append(p)
     if candidates:
         newest = max(candidates, key=lambda p: p.stat().st_mtime)
         return newest, f"newest in {newest.parent}"
@@ -80,13 +109,65 @@ def find_checkpoint(explicit: str | None = None) -> tuple[pathlib.Path | None, s
 
 
 def load_variables(checkpoint: pathlib.Path, config):
-    """{"params", "batch_stats"} from an Orbax folder or a torch/safetensors state dict."""
+    """{"params", "batch_stats"} from an Orbax folder or a torch/safetensors state dict, checked against the
+    shapes of ``GeoLRM(config)``; errors (``convert.CheckpointError`` / ``ConversionError``) name the file."""
     from geolrm_jax.model import convert
 
     if checkpoint.is_dir():
-        return convert.restore_variables(checkpoint)
-    variables, _ = convert.convert_state_dict(convert.load_state_dict(checkpoint), config)
+        variables = convert.restore_variables(checkpoint)
+        convert.check_variables(variables, config, checkpoint)
+        return variables
+    try:
+        variables, _ = convert.convert_state_dict(convert.load_state_dict(checkpoint), config)
+    except convert.ConversionError as err:
+        raise convert.ConversionError(f"{checkpoint}: {err}") from err
     return variables
+
+
+class ModelChoice(NamedTuple):
+    """Weights and architecture of a run: ``checkpoint`` (None = random weights), ``how`` it was found,
+    ``config``, ``config_name`` (as shown to the user) and ``preset`` ('official', 'tiny' or None)."""
+
+    checkpoint: pathlib.Path | None
+    how: str
+    config: object
+    config_name: str
+    preset: str | None
+
+
+def resolve_model(checkpoint_arg: str | None, model_config_arg: str | None, dtype: str | None = None,
+                  warn=_warn) -> ModelChoice:
+    """Find the checkpoint and the architecture (``--model-config``, else the config saved with an Orbax
+    checkpoint, else official with a checkpoint and tiny without); nothing is loaded yet."""
+    from geolrm_jax.model import convert
+
+    checkpoint, how = find_checkpoint(checkpoint_arg, warn)
+    saved = None if checkpoint is None else checkpoint / convert.CONFIG_FILE
+    if model_config_arg:
+        config, name = convert.config_from_arg(model_config_arg), model_config_arg
+    elif saved is not None and saved.is_file():
+        config, name = convert.restore_config(checkpoint), str(saved)
+    else:
+        name = "official" if checkpoint is not None else "tiny"
+        config = convert.config_from_arg(name)
+    if dtype:
+        config.dtype = dtype
+    preset = name if name in DEFAULT_IMAGE_SIZE else convert.preset_name(config)
+    return ModelChoice(checkpoint, how, config, name, preset)
+
+
+def output_problem(path: pathlib.Path) -> str | None:
+    """None when ``path`` holds only what this command writes (``--overwrite`` may replace it), else what else
+    it holds."""
+    if not path.is_dir():
+        return "it is a file"
+    foreign = [p.name for p in path.iterdir() if p.name not in OUTPUT_NAMES]
+    views = path / "views"
+    if views.is_dir():
+        foreign += [f"views/{p.name}" for p in views.iterdir() if not re.fullmatch(r"\d{3,}\.png", p.name)]
+    elif views.exists():
+        foreign.append("views")
+    return f"it holds {', '.join(sorted(foreign)[:3])}" if foreign else None
 
 
 def random_variables(config, seed: int = 0, inference: bool = False):
@@ -246,38 +327,67 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _resolve_model(args):
-    from geolrm_jax.model import convert
-
-    checkpoint, how = find_checkpoint(args.checkpoint)
-    config_name = args.model_config or ("official" if checkpoint is not None else "tiny")
-    config = convert.config_from_arg(config_name)
-    if args.dtype:
-        config.dtype = args.dtype
-    return checkpoint, how, config_name, config
-
-
-def _default_image_size(args, config_name: str, kind: str) -> int:
-    if args.image_size:
+def _default_image_size(args, preset: str | None, kind: str) -> int:
+    if args.image_size is not None:
         return args.image_size
-    if config_name in DEFAULT_IMAGE_SIZE:
-        base = DEFAULT_IMAGE_SIZE[config_name]
-        return SV3D_IMAGE_SIZE if (kind == "sv3d" and config_name == "official") else base
+    if preset in DEFAULT_IMAGE_SIZE:
+        base = DEFAULT_IMAGE_SIZE[preset]
+        return SV3D_IMAGE_SIZE if (kind == "sv3d" and preset == "official") else base
     return 448
 
 
+def check_arguments(args) -> None:
+    """Every numeric argument in range; ``ValueError`` naming the flag (before any file is read)."""
+
+    def need(ok: bool, flag: str, value, what: str):
+        if not ok:
+            raise ValueError(f"{flag} {value}: {what}")
+
+    for flag, value in (("--num-views", args.num_views), ("--max-views", args.max_views),
+                        ("--image-size", args.image_size), ("--render-size", args.render_size)):
+        if value is not None:
+            need(value >= 1, flag, value, "must be at least 1")
+    for flag, value in (("--radius", args.radius), ("--distance", args.distance)):
+        need(math.isfinite(value) and value > 0, flag, value, "must be a positive distance")
+    need(math.isfinite(args.min_opacity) and 0 <= args.min_opacity < 1, "--min-opacity", args.min_opacity,
+         "must be in [0, 1)")
+    if args.video_format != "none":
+        need(args.video_frames >= 1, "--video-frames", args.video_frames, "must be at least 1")
+        need(args.video_size >= 2, "--video-size", args.video_size, "must be at least 2")
+        need(1 <= args.fps <= 1000, "--fps", args.fps, "must be in 1..1000")
+        need(math.isfinite(args.elevation) and -90 < args.elevation < 90, "--elevation", args.elevation,
+             "must be in (-90, 90) degrees")
+        if args.video_format == "mp4" and args.video_size % 2:
+            raise ValueError(f"--video-size {args.video_size}: MP4 (yuv420p) needs an even size")
+    if args.render_views:
+        need((args.render_size or args.video_size) >= 1, "--render-size", args.render_size or args.video_size,
+             "must be at least 1")
+
+
 def run(args) -> dict:
-    """The whole command; returns the summary dict (also written to summary.json)."""
-    import jax
-    import jax.numpy as jnp
+    """The whole command; returns the summary dict (also written to summary.json).
+
+    Order: arguments, input kind, checkpoint and architecture, output folder (checked, then staged), inputs;
+    only then the weights are loaded and the model runs."""
     from tqdm import tqdm
 
+    check_arguments(args)
     source = pathlib.Path(args.input)
-    out_dir = pathlib.Path(args.output or pathlib.Path("outputs") / (source.stem or "reconstruction"))
-    if out_dir.exists() and not args.overwrite:
-        raise FileExistsError(f"{out_dir}: output folder exists; pass --overwrite to replace it")
-    if args.video_format == "mp4" and args.video_size % 2:
-        raise ValueError(f"--video-size {args.video_size}: MP4 (yuv420p) needs an even size")
+    if not source.exists():
+        raise inputs.InputError(f"{source}: no such file or folder")
+    kind = inputs.detect_kind(source) if args.input_kind == "auto" else args.input_kind
+    choice = resolve_model(args.checkpoint, args.model_config, args.dtype)
+    config = choice.config
+    image_size = _default_image_size(args, choice.preset, kind)
+    patch = config.encoder.dino_patch
+    if image_size % int(np.lcm(4, patch)):
+        raise ValueError(f"--image-size {image_size} must be a multiple of {int(np.lcm(4, patch))} "
+                         f"(4 for the low-level features and the DINO patch {patch})")
+    out_dir = pathlib.Path(args.output or pathlib.Path("outputs") / (io_atomic.resolved(source).stem
+                                                                       or "reconstruction"))
+    config_file = args.model_config if args.model_config not in (None, "official", "tiny") else None
+    dest = io_atomic.check_destination(out_dir, inputs=[source, choice.checkpoint, config_file],
+                                       overwrite=args.overwrite, owned=output_problem)
     stages = ["read inputs", "load weights", "proposal (stage 1)", "reconstruction (stage 2)", "export"]
     if args.video_format != "none":
         stages.append("turntable")
@@ -287,6 +397,7 @@ def run(args) -> dict:
     timings: dict[str, float] = {}
 
     def stage(name):
+        io_atomic.raise_if_interrupted()  # a signal whose exception was swallowed stops here
         bar.set_description(name)
         return time.perf_counter()
 
@@ -294,19 +405,27 @@ def run(args) -> dict:
         timings[name] = time.perf_counter() - t0
         bar.update(1)
 
-    t0 = stage(stages[0])
-    checkpoint, how, config_name, config = _resolve_model(args)
-    kind = inputs.detect_kind(source) if args.input_kind == "auto" else args.input_kind
-    image_size = _default_image_size(args, config_name, kind)
-    patch = config.encoder.dino_patch
-    if image_size % int(np.lcm(4, patch)):
-        raise ValueError(f"--image-size {image_size} must be a multiple of {int(np.lcm(4, patch))} "
-                         f"(4 for the low-level features and the DINO patch {patch})")
-    views = inputs.load_views(source, image_size, kind, args.num_views, args.max_views, args.radius)
-    num_views = len(views.images)
-    done(stages[0], t0)
+    try:
+        t0 = stage(stages[0])
+        views = inputs.load_views(source, image_size, kind, args.num_views, args.max_views, args.radius)
+        done(stages[0], t0)
+        with io_atomic.staged_output(dest) as tmp:
+            summary = _reconstruct_into(tmp, args, choice, views, kind, image_size, stage, done, timings)
+    finally:
+        bar.close()
+    summary["output"] = str(out_dir)
+    return summary
 
-    t0 = stage(stages[1])
+
+def _reconstruct_into(tmp: pathlib.Path, args, choice: ModelChoice, views, kind: str, image_size: int, stage,
+                      done, timings) -> dict:
+    """Load the weights, run both stages and write every output into the staging folder ``tmp``."""
+    import jax
+    import jax.numpy as jnp
+
+    checkpoint, how, config, config_name = choice.checkpoint, choice.how, choice.config, choice.config_name
+    num_views = len(views.images)
+    t0 = stage("load weights")
     if checkpoint is None:
         variables = random_variables(config, args.seed)
         weights = f"{RANDOM_WEIGHTS_NOTE}; architecture {config_name}, seed {args.seed}"
@@ -315,68 +434,53 @@ def run(args) -> dict:
         weights = f"{checkpoint} ({how}); architecture {config_name}"
     model = Reconstructor(config, variables)
     del variables  # the Reconstructor holds its own copy, with kernels in the compute dtype
-    done(stages[1], t0)
+    done("load weights", t0)
 
     batch = (jnp.asarray(views.images)[None], jnp.asarray(views.c2w)[None], jnp.asarray(views.K)[None],
              jnp.ones((1, num_views), bool))
-    t0 = stage(stages[2])
+    t0 = stage("proposal (stage 1)")
     anchors, anchor_mask = jax.block_until_ready(model.propose(model.variables, *batch))
-    done(stages[2], t0)
-    t0 = stage(stages[3])
+    num_anchors = int(np.asarray(anchor_mask).sum())
+    if num_anchors == 0:
+        raise EmptyResultError("no anchors: the proposal network found no occupied voxel, so there is nothing "
+                               "to reconstruct (are the cameras far from the object or not looking at it?); "
+                               "nothing written")
+    done("proposal (stage 1)", t0)
+    t0 = stage("reconstruction (stage 2)")
     gaussians = jax.block_until_ready(model.reconstruct(model.variables, *batch, anchors, anchor_mask))
-    done(stages[3], t0)
+    done("reconstruction (stage 2)", t0)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should look like any other folder
-    try:
-        t0 = stage("export")
-        host = export.to_numpy_gaussians(gaussians, args.min_opacity)
-        export.write_ply(tmp / "gaussians.ply", host, args.ply_format, min_opacity=args.min_opacity,
-                         sh_rest=args.ply_sh_rest)
-        export.write_splat(tmp / "gaussians.splat", host, min_opacity=args.min_opacity)
-        done("export", t0)
-        if args.video_format != "none":
-            t0 = stage("turntable")
-            c2w, K = turntable_cameras(args.video_frames, args.distance, args.elevation)
-            frames = render_views(gaussians, c2w, K, args.video_size)
-            export.write_video(tmp / f"turntable.{args.video_format}", frames, fps=args.fps)
-            done("turntable", t0)
-        if args.render_views:
-            t0 = stage("input-view renders")
-            renders = render_views(gaussians, views.c2w, views.K, args.render_size or args.video_size)
-            (tmp / "views").mkdir()
-            for i, image in enumerate(renders):
-                export.write_image(tmp / "views" / f"{i:03d}.png", image)
-            done("input-view renders", t0)
-        bar.close()
-        summary = {
-            "input": str(source), "input_kind": kind, "num_views": num_views, "image_size": image_size,
-            "weights": weights, "random_weights": checkpoint is None, "dtype": config.dtype,
-            "anchors": int(np.asarray(anchor_mask).sum()), "gaussians_written": int(host.means.shape[0]),
-            "ply_format": args.ply_format, "timings_s": timings,
-            "peak_device_memory_bytes": peak_device_memory(), "device": str(jax.local_devices()[0]),
-        }
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
-        _move_into_place(tmp, out_dir)
-    except BaseException:
-        bar.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    summary["output"] = str(out_dir)
+    t0 = stage("export")
+    host = export.to_numpy_gaussians(gaussians, args.min_opacity)
+    if host.means.shape[0] == 0:
+        raise EmptyResultError(f"no Gaussian has opacity >= --min-opacity {args.min_opacity} "
+                               f"({int(np.asarray(gaussians.opacities).size)} predicted); nothing written")
+    export.write_ply(tmp / "gaussians.ply", host, args.ply_format, min_opacity=args.min_opacity,
+                     sh_rest=args.ply_sh_rest)
+    export.write_splat(tmp / "gaussians.splat", host, min_opacity=args.min_opacity)
+    done("export", t0)
+    if args.video_format != "none":
+        t0 = stage("turntable")
+        c2w, K = turntable_cameras(args.video_frames, args.distance, args.elevation)
+        frames = render_views(gaussians, c2w, K, args.video_size)
+        export.write_video(tmp / f"turntable.{args.video_format}", frames, fps=args.fps)
+        done("turntable", t0)
+    if args.render_views:
+        t0 = stage("input-view renders")
+        renders = render_views(gaussians, views.c2w, views.K, args.render_size or args.video_size)
+        (tmp / "views").mkdir()
+        for i, image in enumerate(renders):
+            export.write_image(tmp / "views" / f"{i:03d}.png", image)
+        done("input-view renders", t0)
+    summary = {
+        "input": str(args.input), "input_kind": kind, "num_views": num_views, "image_size": image_size,
+        "weights": weights, "random_weights": checkpoint is None, "dtype": config.dtype,
+        "anchors": num_anchors, "gaussians_written": int(host.means.shape[0]),
+        "ply_format": args.ply_format, "timings_s": timings,
+        "peak_device_memory_bytes": peak_device_memory(), "device": str(jax.local_devices()[0]),
+    }
+    (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
-
-
-def _move_into_place(tmp: pathlib.Path, out_dir: pathlib.Path) -> None:
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def print_summary(summary: dict) -> None:
@@ -396,10 +500,8 @@ def print_summary(summary: dict) -> None:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        summary = run(args)
-    except (inputs.InputError, FileExistsError, FileNotFoundError, ValueError) as err:
-        print(f"geolrm-jax reconstruct: error: {err}", file=sys.stderr)
-        return 2
-    print_summary(summary)
-    return 0
+
+    def command():
+        print_summary(run(args))
+
+    return io_atomic.run_command("geolrm-jax reconstruct", command)

@@ -84,6 +84,8 @@ def test_failure_while_writing_leaves_nothing(tmp_path, capsys, monkeypatch, no_
 
 
 def test_checkpoint_search_order(tmp_path, monkeypatch):
+    from safetensors.numpy import save_file
+
     cache = tmp_path / "cache"
     cache.mkdir()
     monkeypatch.setenv("GEOLRM_CACHE", str(cache))
@@ -91,8 +93,9 @@ def test_checkpoint_search_order(tmp_path, monkeypatch):
     monkeypatch.setattr(reconstruct, "BUNDLED_CHECKPOINTS", tmp_path / "bundled")
     assert reconstruct.find_checkpoint() == (None, "none found")
     old, new = cache / "old.safetensors", cache / "converted"
-    old.write_bytes(b"x")
+    save_file({"w": np.zeros(1, np.float32)}, str(old))  # readable entries (unreadable ones are skipped)
     new.mkdir()
+    (new / "_CHECKPOINT_METADATA").write_text("{}")
     (cache / "notes.txt").write_text("not a checkpoint")
     os.utime(old, (1, 1))
     assert reconstruct.find_checkpoint()[0] == new

@@ -60,10 +60,10 @@ def read_object_list(path: str | os.PathLike) -> dict[str, list[str]]:
     ``gobjaverse_280k.json``) or a dict {split: [names]}.
     """
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             content = json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
-        raise BadInputError(path, f"cannot read object list: {err}") from err
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: bad JSON or bad UTF-8
+        raise BadInputError(path, f"cannot read object list: {type(err).__name__}: {err}") from err
     if isinstance(content, list):
         content = {"train": content}
     if not isinstance(content, dict) or not all(
@@ -246,8 +246,8 @@ def read_view(object_dir: str, view: int, expected_hw: tuple[int, int] | None = 
         raise BadInputError(paths["json"], "file is missing")
     try:
         c2w, K = geometry.read_gobjaverse_camera(paths["json"])
-    except ValueError as err:
-        raise BadInputError(paths["json"], f"bad camera: {err}") from err
+    except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as err:  # malformed JSON content
+        raise BadInputError(paths["json"], f"bad camera: {type(err).__name__}: {err}") from err
     if not os.path.exists(paths["png"]):
         raise BadInputError(paths["png"], "file is missing")
     png = read_png_bytes(paths["png"])

@@ -264,6 +264,14 @@ def shard_indices(num_records: int, process_index: int, process_count: int) -> r
     return range(process_index, num_records, process_count)
 
 
+def _ignore_sigint(worker_index: int, worker_count: int) -> None:
+    """Grain worker start: a terminal's Ctrl-C reaches the whole process group; the trainer handles it (saving a
+    checkpoint), so the workers ignore it rather than die with KeyboardInterrupt tracebacks."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_dataset(source, data_config, *, seed: int, batch_size: int, training: bool = True,
                  process_index: int | None = None, process_count: int | None = None) -> grain.IterDataset:
     """The pipeline as a ``grain.IterDataset`` over any random-access ``source`` of records."""
@@ -291,7 +299,8 @@ def make_dataset(source, data_config, *, seed: int, batch_size: int, training: b
         if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags; keep their defaults
             flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=c.num_workers,
-                                                         per_worker_buffer_size=c.worker_buffer_size))
+                                                         per_worker_buffer_size=c.worker_buffer_size),
+                            worker_init_fn=_ignore_sigint)
     return it
 
 

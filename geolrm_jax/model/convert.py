@@ -1,12 +1,15 @@
 """Import of PyTorch GeoLRM / Hugging Face DINOv2 weights into the Flax variable tree, and `geolrm-jax convert`.
 
-    geolrm-jax convert IN OUT [--config official|tiny|CONFIG.json]
+    geolrm-jax convert IN OUT [--config official|tiny|CONFIG.json] [--overwrite]
 
 IN is a flat state dict (`serializer.*` = proposal network, `lrm_generator.*` = reconstruction network):
 `.safetensors` (read with safetensors), or `.ckpt` / `.pt` (read with `torch.load(weights_only=True)`; torch
 is only needed for these). Unknown keys (e.g. `lpips.*`) are listed and skipped; a missing or misshaped key
 is an error naming it. OUT is written as an Orbax checkpoint of {"params", "batch_stats"}, with the model
 config beside it (geolrm_model_config.json); `restore_variables(OUT)` / `restore_config(OUT)` read them back.
+OUT is written beside its final place and renamed in at the end; an existing OUT needs `--overwrite` and is
+replaced only when it is a checkpoint this command wrote. Unreadable files give one-line errors
+(`CheckpointError`, `ConfigError`) naming them.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ import argparse
 import functools
 import json
 import os
+import pathlib
 import re
 import sys
+import zipfile
 from collections.abc import Mapping
 
 import jax
@@ -24,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from geolrm_jax import io_atomic
 from geolrm_jax.model import config as model_config
 
 # Keys that are present in the original checkpoint but unused at inference.
@@ -39,31 +45,101 @@ class ConversionError(ValueError):
     """A missing or misshaped checkpoint key (the message names it)."""
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file or folder that cannot be read (the message names it)."""
+
+
+class ConfigError(ValueError):
+    """A model config that cannot be read or does not describe a model (the message names the file)."""
+
+
+TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+STATE_DICT_SUFFIXES = (".safetensors", *TORCH_SUFFIXES)
+CONFIG_FILE = "geolrm_model_config.json"
+# What an Orbax StandardCheckpointer save writes (names vary a little between orbax versions).
+_ORBAX_MARKERS = ("_CHECKPOINT_METADATA", "_METADATA", "manifest.ocdbt")
+_ORBAX_ENTRIES = re.compile(r"^(_CHECKPOINT_METADATA|_METADATA|_sharding|commit_success\.txt|manifest\.ocdbt|d|"
+                            r"array_metadatas|descriptor|ocdbt\.process_\d+)$")
+
+
+def checkpoint_problem(path) -> str | None:
+    """A cheap look at a checkpoint (header only) -> None when it looks readable, else what is wrong with it.
+
+    .safetensors: the 8-byte header length and the JSON header; .pt/.ckpt: a complete zip (torch >= 1.6) or a
+    pickle; a folder: Orbax metadata."""
+    path = pathlib.Path(path)
+    try:
+        if path.is_dir():
+            if not any((path / name).exists() for name in _ORBAX_MARKERS):
+                return "folder holds no Orbax checkpoint (no _CHECKPOINT_METADATA)"
+            return None
+        if not path.is_file():
+            return "no such file"
+        size = path.stat().st_size
+        if size == 0:
+            return "empty file"
+        suffix = path.suffix.lower()
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if suffix == ".safetensors":
+                if len(head) < 8:
+                    return "truncated safetensors header"
+                n = int.from_bytes(head, "little")
+                if not 2 <= n <= min(size - 8, 1 << 28):
+                    return f"not a safetensors file (header length {n} for a {size}-byte file)"
+                header = json.loads(f.read(n).decode("utf-8"))
+                if not isinstance(header, dict):
+                    return "not a safetensors file (header is not a JSON object)"
+                return None
+        if suffix in TORCH_SUFFIXES:
+            if head.startswith(b"PK"):
+                return None if zipfile.is_zipfile(path) else "truncated or corrupt zip (torch) checkpoint"
+            if head[:1] == b"\x80":
+                return None  # a legacy pickle; torch.load checks the rest
+            return "not a torch checkpoint (neither a zip nor a pickle)"
+        return f"unknown checkpoint format (expected a folder or {', '.join(STATE_DICT_SUFFIXES)})"
+    except (OSError, ValueError, RecursionError, zipfile.BadZipFile) as err:  # a damaged header
+        return f"unreadable ({type(err).__name__}: {err})"
+
+
 def load_state_dict(path) -> dict[str, np.ndarray]:
-    """Flat {key: numpy array} from .safetensors, or .pt/.ckpt (torch.load(weights_only=True))."""
+    """Flat {key: numpy array} from .safetensors, or .pt/.ckpt (torch.load(weights_only=True)).
+
+    Raises ``CheckpointError`` naming the file when it is empty, truncated or not a state dict."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not path.endswith(STATE_DICT_SUFFIXES):
+        raise CheckpointError(f"{path}: unknown checkpoint format (expected .safetensors, .pt, .pth, .ckpt or .bin)")
+    problem = checkpoint_problem(path)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}")
     if path.endswith(".safetensors"):
         from safetensors.numpy import load_file
 
-        return dict(load_file(path))
-    if path.endswith((".pt", ".pth", ".ckpt", ".bin")):
         try:
-            import torch
-        except ImportError as e:
-            raise ImportError(f"reading {path} needs torch (pip install torch), or convert it to .safetensors") from e
+            return dict(load_file(path))
+        except Exception as err:  # safetensors raises SafetensorError and others for corrupt files
+            raise CheckpointError(f"{path}: cannot read safetensors: {type(err).__name__}: {err}") from err
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(f"reading {path} needs torch (pip install torch), or convert it to .safetensors") from e
+    try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-            obj = obj["state_dict"]  # a Lightning checkpoint
-        if not isinstance(obj, Mapping):
-            raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
-        out = {}
-        for k, v in obj.items():
-            if isinstance(v, torch.Tensor):
-                out[k] = (v.float() if v.dtype == torch.bfloat16 else v).numpy()
-        return out
-    raise ValueError(f"{path}: unknown checkpoint format (expected .safetensors, .pt, .pth, .ckpt or .bin)")
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for corrupt files
+        raise CheckpointError(f"{path}: cannot read torch checkpoint: {type(err).__name__}: {err}") from err
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]  # a Lightning checkpoint
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a state dict, got {type(obj).__name__}")
+    out = {}
+    for k, v in obj.items():
+        if isinstance(v, torch.Tensor):
+            out[str(k)] = (v.float() if v.dtype == torch.bfloat16 else v).numpy()
+    if not out:
+        raise CheckpointError(f"{path}: holds no tensors")
+    return out
 
 
 class _Reader:
@@ -262,37 +338,136 @@ def dinov2_from_hf(sd: Mapping[str, np.ndarray], layers: int, prefix: str = ""):
 
 
 def save_variables(path, variables) -> None:
+    """Write ``variables`` as an Orbax checkpoint at ``path`` (replaced if present; see ``main`` for the
+    command's safe way of writing)."""
     import orbax.checkpoint as ocp
 
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(os.path.abspath(os.fspath(path)), variables, force=True)
 
 
-CONFIG_FILE = "geolrm_model_config.json"
-
-
 def restore_config(path):
     """The model ConfigDict that `geolrm-jax convert` stored beside the variables in checkpoint `path`."""
-    with open(os.path.join(os.fspath(path), CONFIG_FILE)) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    source = os.path.join(os.fspath(path), CONFIG_FILE)
+    return _config_from_file(source)
 
 
 def restore_variables(path):
-    """Read back the {"params", "batch_stats"} written by `geolrm-jax convert` (numpy/jax arrays)."""
+    """Read back the {"params", "batch_stats"} written by `geolrm-jax convert` (numpy/jax arrays).
+
+    Raises ``CheckpointError`` naming the folder when it is not a readable Orbax checkpoint."""
     import orbax.checkpoint as ocp
 
-    with ocp.StandardCheckpointer() as ckptr:
-        return ckptr.restore(os.path.abspath(os.fspath(path)))
+    problem = checkpoint_problem(path)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}")
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            variables = ckptr.restore(os.path.abspath(os.fspath(path)))
+    except Exception as err:  # orbax/tensorstore raise many types for damaged checkpoints
+        raise CheckpointError(f"{path}: cannot restore the Orbax checkpoint: {type(err).__name__}: {err}") from err
+    if not isinstance(variables, Mapping) or not isinstance(variables.get("params"), Mapping):
+        raise CheckpointError(f"{path}: the Orbax checkpoint holds no 'params' tree")
+    return variables
+
+
+def check_variables(variables, config, source) -> None:
+    """Raise ``CheckpointError`` naming ``source`` and the first parameter whose shape differs from
+    ``GeoLRM(config)`` (e.g. a checkpoint of another architecture)."""
+    expected = expected_variables(config)
+    for collection in ("params", "batch_stats"):
+        want = jax.tree_util.tree_flatten_with_path(expected.get(collection, {}))[0]
+        have = dict(jax.tree_util.tree_flatten_with_path(variables.get(collection, {}))[0])
+        for key, leaf in want:
+            name = "/".join(str(getattr(k, "key", k)) for k in key)
+            if key not in have:
+                raise CheckpointError(f"{source}: {collection}/{name} is missing; the checkpoint does not fit "
+                                      "this architecture (--model-config)")
+            if tuple(np.shape(have[key])) != tuple(leaf.shape):
+                raise CheckpointError(f"{source}: {collection}/{name} has shape {tuple(np.shape(have[key]))}, the "
+                                      f"architecture expects {tuple(leaf.shape)} (--model-config)")
+
+
+def _check_fields(config, source: str) -> None:
+    """Every field of the official config present, with a value of its type (numbers positive)."""
+    reference = model_config.official_model_config()
+    for section in ("encoder", "proposal", "reconstruction"):
+        if not isinstance(config.get(section), Mapping | ml_collections.ConfigDict):
+            raise ConfigError(f"{source}: missing section '{section}'")
+        for key, want in reference[section].items():
+            value = config[section].get(key)
+            where = f"{source}: field {section}.{key}"
+            if isinstance(want, int):
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ConfigError(f"{where} must be a positive integer, got {value!r:.40}")
+            elif isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e6:
+                raise ConfigError(f"{where} must be a positive number, got {value!r:.40}")
+    if config.get("dtype") not in ("float32", "bfloat16"):
+        raise ConfigError(f"{source}: field dtype must be 'float32' or 'bfloat16', got {config.get('dtype')!r:.40}")
+
+
+def _config_from_file(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            content = json.load(f)
+    except FileNotFoundError as err:
+        raise ConfigError(f"{path}: model config not found (give 'official', 'tiny' or a config.json)") from err
+    except (OSError, ValueError, RecursionError) as err:
+        raise ConfigError(f"{path}: cannot read model config JSON: {type(err).__name__}: {err}") from err
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path}: a model config is a JSON object, got {type(content).__name__}")
+    if "encoder" in content and "proposal" in content:  # this project's format (geolrm_model_config.json)
+        base = model_config.official_model_config().to_dict()
+        try:
+            config = ml_collections.ConfigDict({**base, **content})
+        except Exception as err:
+            raise ConfigError(f"{path}: not a model config: {type(err).__name__}: {err}") from err
+    else:  # the original's format (geolrm_small/config.json)
+        try:
+            config = model_config.config_from_fixture(content, source=path)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+        except (TypeError, KeyError, AttributeError, ZeroDivisionError) as err:
+            raise ConfigError(f"{path}: not a model config: {type(err).__name__}: {err}") from err
+    _check_fields(config, path)
+    try:
+        expected_variables(config)
+    except Exception as err:  # inconsistent sizes surface while tracing the model
+        raise ConfigError(f"{path}: does not describe a buildable model: {type(err).__name__}: "
+                          f"{' '.join(str(err).split())[:300]}") from err
+    return config
 
 
 def config_from_arg(arg: str):
-    """'official', 'tiny', or a geolrm_small-style config.json path -> model ConfigDict."""
+    """'official', 'tiny', or a config.json path (the original's geolrm_small format, or the
+    geolrm_model_config.json that `geolrm-jax convert` writes) -> model ConfigDict; ``ConfigError`` if bad."""
     if arg == "official":
         return model_config.official_model_config()
     if arg == "tiny":
         return model_config.tiny_model_config()
-    with open(arg) as f:
-        return model_config.config_from_fixture(json.load(f), source=arg)
+    return _config_from_file(os.fspath(arg))
+
+
+def preset_name(config) -> str | None:
+    """'official' or 'tiny' when ``config`` has that preset's architecture (any dtype), else None."""
+    sections = ("encoder", "proposal", "reconstruction")
+    presets = (("official", model_config.official_model_config()), ("tiny", model_config.tiny_model_config()))
+    for name, preset in presets:
+        if all(config[s].to_dict() == preset[s].to_dict() for s in sections):
+            return name
+    return None
+
+
+def convert_output_problem(path: pathlib.Path) -> str | None:
+    """None when ``path`` is a checkpoint folder `geolrm-jax convert` wrote (an ``--overwrite`` may replace it),
+    else what it holds instead."""
+    if not path.is_dir():
+        return "it is a file"
+    names = [p.name for p in path.iterdir()]
+    if CONFIG_FILE not in names:
+        return f"no {CONFIG_FILE}"
+    foreign = sorted(n for n in names if n != CONFIG_FILE and not _ORBAX_ENTRIES.match(n))
+    return f"it holds {', '.join(foreign[:3])}" if foreign else None
 
 
 def main(argv=None) -> int:
@@ -301,18 +476,32 @@ def main(argv=None) -> int:
     parser.add_argument("output", help="output Orbax checkpoint directory")
     parser.add_argument("--config", default="official",
                         help="architecture: 'official', 'tiny' or a config.json in the geolrm_small format")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUT when it is a checkpoint written by this command")
     args = parser.parse_args(argv)
+    return io_atomic.run_command("geolrm-jax convert", lambda: _convert(args))
+
+
+def _convert(args) -> int:
+    source = pathlib.Path(args.input)
+    if not source.is_file():
+        raise CheckpointError(f"{source}: no such file" if not source.exists() else f"{source}: is not a file")
+    problem = checkpoint_problem(source)
+    if problem:
+        raise CheckpointError(f"{source}: {problem}")
     config = config_from_arg(args.config)
+    config_file = None if args.config in ("official", "tiny") else args.config
+    dest = io_atomic.check_destination(args.output, inputs=[source, config_file], overwrite=args.overwrite,
+                                       owned=convert_output_problem)
     try:
-        variables, unknown = convert_state_dict(load_state_dict(args.input), config)
+        variables, unknown = convert_state_dict(load_state_dict(source), config)
     except ConversionError as e:
-        print(f"error: {args.input}: {e}", file=sys.stderr)
-        return 2
+        raise ConversionError(f"{source}: {e}") from e
     if unknown:
         print(f"skipped {len(unknown)} unknown keys:", *unknown, sep="\n  ")
-    save_variables(args.output, variables)
-    with open(os.path.join(args.output, CONFIG_FILE), "w") as f:
-        f.write(config.to_json(indent=1))
+    with io_atomic.staged_output(dest, inner="checkpoint") as tmp:
+        save_variables(tmp, variables)
+        (tmp / CONFIG_FILE).write_text(config.to_json(indent=1))
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
     print(f"wrote {args.output}: {n:,} parameters")
     return 0

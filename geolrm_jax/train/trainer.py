@@ -3,8 +3,12 @@
 The loop is stage-agnostic: a *task* (stages.py) supplies `init_variables`, `loss_fn` and `summary_images`;
 the trainer owns the mesh, the sharded jit-compiled step, the optimizer, checkpoints, metrics and logging.
 """
+import contextlib
 import logging
+import math
 import os
+import signal
+import threading
 import time
 
 import jax
@@ -29,6 +33,104 @@ def maybe_initialize_distributed(config) -> None:
     kwargs = {k: dist.get(k) for k in ("coordinator_address", "num_processes", "process_id")
               if dist.get(k) not in (None, "", -1)}
     jax.distributed.initialize(**kwargs)
+
+
+@contextlib.contextmanager
+def stop_requests(watcher, trainer):
+    """Within: SIGINT (Ctrl-C) and SIGTERM ask ``watcher`` for a checkpoint at the next step boundary and a stop;
+    ``trainer.stop_signal`` records which came. A second SIGINT stops at once (KeyboardInterrupt, no save).
+    Single-process runs in the main thread only (multi-host preemption goes through JAX's sync point)."""
+    if jax.process_count() > 1 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum, frame):
+        if signum == signal.SIGINT and trainer.stop_signal == signal.SIGINT:
+            raise KeyboardInterrupt
+        trainer.stop_signal = trainer.stop_signal or signum
+        log.warning("%s received: saving a checkpoint after this step and stopping%s", signal.Signals(signum).name,
+                    " (Ctrl-C again stops without saving)" if signum == signal.SIGINT else "")
+        watcher.request()
+
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def check_config(config, workdir) -> None:
+    """Check a training config and its paths before anything is created or loaded; ``ValueError`` /
+    ``FileNotFoundError`` naming the field. Reads the first record of the dataset (data.data_dir), so a missing,
+    damaged or mismatched dataset is reported here rather than after model initialization."""
+    from geolrm_jax import io_atomic
+
+    def need(ok, field, what):
+        if not ok:
+            raise ValueError(f"config.{field} = {config_value(field)!r}: {what}")
+
+    def config_value(field):
+        node = config
+        for part in field.split("."):
+            node = node.get(part) if hasattr(node, "get") else None
+        return node
+
+    def number(field):
+        value = config_value(field)
+        return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    need(config_value("stage") in (1, 2), "stage", "must be 1 or 2")
+    for field in ("batch_size", "grad_accum_steps", "num_train_steps", "log_every_steps", "checkpoint.every_steps",
+                  "max_consecutive_nonfinite"):
+        need(isinstance(number(field), int) and number(field) >= 1, field, "must be a positive integer")
+    for field in ("image_every_steps", "eval_every_steps", "profile_every_steps", "optim.warmup_steps"):
+        value = config_value(field)
+        need(value is None or (isinstance(number(field), int) and value >= 0), field,
+             "must be a non-negative integer")
+    lr = number("optim.lr")
+    need(lr is not None and math.isfinite(lr) and lr > 0, "optim.lr", "must be a positive number")
+    if config.get("eval_every_steps", 0):
+        need(isinstance(number("num_eval_batches"), int) and number("num_eval_batches") >= 1, "num_eval_batches",
+             "must be a positive integer when eval_every_steps > 0")
+    data_dir = config_value("data.data_dir")
+    need(isinstance(data_dir, str) and data_dir, "data.data_dir",
+         "is empty: build a dataset first (tools/make_synthetic.py) and pass --config.data.data_dir=DIR")
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"config.data.data_dir = {data_dir!r}: no such folder")
+    splits = ["train"] + ([config.eval_split] if config.get("eval_every_steps", 0) else [])
+    for split in splits:
+        _check_dataset(data_dir, split, config.data.get("grid_size"))
+    for field in ("init_from", "loss.lpips_weights"):
+        value = config_value(field)
+        if value and not os.path.exists(value):
+            raise FileNotFoundError(f"config.{field} = {value!r}: not found")
+    if config.stage == 2 and config_value("loss.lpips") and config_value("loss.lpips") > 0:
+        from geolrm_jax.train.lpips import load_lpips_params
+
+        need(bool(config_value("loss.lpips_weights")), "loss.lpips_weights",
+             "is needed when loss.lpips > 0 (see tools/convert_lpips.py)")
+        io_atomic.read_or_fail(load_lpips_params, config.loss.lpips_weights, "LPIPS weights")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"--workdir {workdir}: exists and is not a folder")
+    io_atomic.check_apart(workdir, [data_dir, config.get("init_from") or None,
+                                    config_value("loss.lpips_weights") or None])
+
+
+def _check_dataset(data_dir: str, split: str, grid_size) -> None:
+    from geolrm_jax.data.gobjaverse import data_source
+
+    try:
+        source = data_source(data_dir, split, grid_size=grid_size)
+        if len(source) == 0:
+            raise ValueError(f"split {split!r} is empty")
+        record = source[0]
+        if not isinstance(record, dict) or "png" not in record:
+            raise ValueError(f"split {split!r}: records lack the 'png' field")
+    except Exception as err:  # tfds / array_record raise many types for missing or damaged files
+        message = " ".join(str(err).split())[:400]
+        raise ValueError(f"config.data.data_dir = {data_dir!r}: not a readable dataset ({type(err).__name__}: "
+                         f"{message})") from err
 
 
 def flatten_config(tree, prefix=""):
@@ -253,7 +355,8 @@ class Trainer:
         self.history = []  # [(step, logged metrics)] of this call
         previous_streak = None
         stopped_early = False
-        with checkpointing.PreemptionWatcher() as watcher:
+        self.stop_signal = None
+        with checkpointing.PreemptionWatcher() as watcher, stop_requests(watcher, self):
             self.preemption = watcher
             for step in range(start + 1, config.num_train_steps + 1):
                 with jax.profiler.StepTraceAnnotation("train", step_num=step):
@@ -293,7 +396,7 @@ class Trainer:
         self.checkpointer.wait()
         writer.flush()
         self.final_state = state
-        return dict(last_logged, step=int(state.step), preempted=stopped_early,
+        return dict(last_logged, step=int(state.step), preempted=stopped_early, stop_signal=self.stop_signal,
                     nonfinite_total=int(state.nonfinite_total), history=self.history)
 
     def _check_nonfinite(self, streak: int, step: int):
@@ -312,8 +415,12 @@ class Trainer:
 
 
 def train_and_evaluate(config, workdir: str):
-    """Train the stage given by config.stage in `workdir` (resumes from its latest checkpoint)."""
+    """Train the stage given by config.stage in `workdir` (resumes from its latest checkpoint).
+
+    The config and its paths are checked (``check_config``) before the workdir is created."""
     maybe_initialize_distributed(config)
+    workdir = os.path.abspath(workdir)  # Orbax refuses relative checkpoint paths
+    check_config(config, workdir)
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
     trainer = Trainer(config, workdir)

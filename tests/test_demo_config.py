@@ -36,3 +36,19 @@ def test_stage_one_freezes_the_reconstruction_and_stage_two_the_proposal():
     one, two = _config("1"), _config("2")
     assert one.stage == 1 and one.optim.frozen == ("reconstruction",)
     assert two.stage == 2 and two.optim.frozen == ("proposal",) and two.init_subtrees == ("proposal",)
+
+
+def test_training_config_check_accepts_procedural_data_and_names_bad_fields(tmp_path):
+    import pytest
+
+    from geolrm_jax.train.trainer import check_config
+
+    config = _config("1")
+    check_config(config, str(tmp_path / "run"))  # no dataset folder needed
+    config.data.rig_weights = (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="data.rig_weights"):
+        check_config(config, str(tmp_path / "run"))
+    config = _config("1")
+    config.data.input_size = 0
+    with pytest.raises(ValueError, match="data.input_size"):
+        check_config(config, str(tmp_path / "run"))

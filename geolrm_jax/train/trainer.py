@@ -93,14 +93,25 @@ def check_config(config, workdir) -> None:
     if config.get("eval_every_steps", 0):
         need(isinstance(number("num_eval_batches"), int) and number("num_eval_batches") >= 1, "num_eval_batches",
              "must be a positive integer when eval_every_steps > 0")
-    data_dir = config_value("data.data_dir")
-    need(isinstance(data_dir, str) and data_dir, "data.data_dir",
-         "is empty: build a dataset first (tools/make_synthetic.py) and pass --config.data.data_dir=DIR")
-    if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"config.data.data_dir = {data_dir!r}: no such folder")
-    splits = ["train"] + ([config.eval_split] if config.get("eval_every_steps", 0) else [])
-    for split in splits:
-        _check_dataset(data_dir, split, config.data.get("grid_size"))
+    data_dir = None
+    if config.data.get("source", "tfds") == "procedural":
+        for field in ("input_size", "render_size", "grid_size", "input_views", "target_views", "steps",
+                      "supersample", "input_supersample"):
+            need(isinstance(number(f"data.{field}"), int) and number(f"data.{field}") >= 1, f"data.{field}",
+                 "must be a positive integer")
+        for field in ("family_weights", "rig_weights"):
+            weights = config_value(f"data.{field}")
+            need(all(isinstance(w, int | float) and w >= 0 for w in weights) and sum(weights) > 0,
+                 f"data.{field}", "must be non-negative with a positive sum")
+    else:
+        data_dir = config_value("data.data_dir")
+        need(isinstance(data_dir, str) and data_dir, "data.data_dir",
+             "is empty: build a dataset first (tools/make_synthetic.py) and pass --config.data.data_dir=DIR")
+        if not os.path.isdir(data_dir):
+            raise FileNotFoundError(f"config.data.data_dir = {data_dir!r}: no such folder")
+        splits = ["train"] + ([config.eval_split] if config.get("eval_every_steps", 0) else [])
+        for split in splits:
+            _check_dataset(data_dir, split, config.data.get("grid_size"))
     for field in ("init_from", "loss.lpips_weights"):
         value = config_value(field)
         if value and not os.path.exists(value):

@@ -7,7 +7,8 @@ of ``geolrm_jax.inputs`` (a folder with ``cameras.json`` / ``transforms.json``, 
 folder, a Zero123++ grid image). Outputs, all inside OUT (default ``outputs/<name>``):
 ``gaussians.ply`` (standard 3DGS layout, or the original's with ``--ply-format original``),
 ``gaussians.splat``, ``turntable.mp4`` (or ``.gif``), optionally ``views/NNN.png`` (renders at the input
-cameras) and ``summary.json`` (timings, peak device memory, weights used, counts). Everything is written to a
+cameras), ``mesh.glb`` and ``mesh.obj`` with ``--mesh`` (``geolrm_jax.mesh``) and ``summary.json`` (timings,
+peak device memory, weights used, counts). Everything is written to a
 temporary folder next to OUT and renamed into place at the end, so a failure leaves no partial output.
 
 Weights, first found wins:
@@ -242,6 +243,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--elevation", type=float, default=20.0, help="turntable elevation in degrees")
     p.add_argument("--render-views", action="store_true", help="also render the input views to views/NNN.png")
     p.add_argument("--render-size", type=int, help="size of the per-view renders (default --video-size)")
+    p.add_argument("--mesh", action="store_true", help="also write a coloured mesh, mesh.glb and mesh.obj "
+                   "(TSDF fusion of splatted depth; needs the 'mesh' extra)")
+    p.add_argument("--mesh-resolution", type=int, default=128, help="TSDF voxels along the longest side")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -283,6 +287,8 @@ def run(args) -> dict:
         stages.append("turntable")
     if args.render_views:
         stages.append("input-view renders")
+    if getattr(args, "mesh", False):
+        stages.append("mesh")
     bar = tqdm(total=len(stages), disable=args.no_progress, unit="stage", file=sys.stderr)
     timings: dict[str, float] = {}
 
@@ -351,6 +357,12 @@ def run(args) -> dict:
             for i, image in enumerate(renders):
                 export.write_image(tmp / "views" / f"{i:03d}.png", image)
             done("input-view renders", t0)
+        if getattr(args, "mesh", False):
+            from geolrm_jax import mesh
+
+            t0 = stage("mesh")
+            mesh.write_mesh_files(tmp, host, mesh.MeshSettings(resolution=args.mesh_resolution))
+            done("mesh", t0)
         bar.close()
         summary = {
             "input": str(source), "input_kind": kind, "num_views": num_views, "image_size": image_size,
@@ -398,7 +410,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         summary = run(args)
-    except (inputs.InputError, FileExistsError, FileNotFoundError, ValueError) as err:
+    except (inputs.InputError, FileExistsError, FileNotFoundError, ValueError, ImportError) as err:
         print(f"geolrm-jax reconstruct: error: {err}", file=sys.stderr)
         return 2
     print_summary(summary)

@@ -76,3 +76,31 @@ def test_surface_gaussians_face_their_normals():
     np.testing.assert_allclose(axis, normals, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(g.quats, axis=-1), 1.0, atol=1e-6)
     assert np.all(g.scales[:, 2] < g.scales[:, 0])
+
+
+@pytest.mark.slow
+def test_reconstruct_writes_the_mesh_beside_the_ply(tmp_path, monkeypatch, capsys):
+    import functools
+    import json
+    import pathlib
+
+    from geolrm_jax import reconstruct
+
+    monkeypatch.delenv("GEOLRM_CHECKPOINT", raising=False)
+    monkeypatch.setenv("GEOLRM_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(reconstruct, "BUNDLED_CHECKPOINTS", tmp_path / "no-bundled")
+    monkeypatch.setattr(mesh, "MeshSettings", functools.partial(mesh.MeshSettings, num_views=8, image_size=48))
+    out = tmp_path / "result"
+    rc = reconstruct.main(["-o", str(out), "--video-format", "none", "--no-progress", "--mesh",
+                           "--mesh-resolution", "32"])
+    assert rc == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == sorted(["gaussians.ply", "gaussians.splat", "summary.json",
+                                                            *mesh.MESH_FILES])
+    glb = trimesh.load(out / "mesh.glb", force="mesh")
+    assert len(glb.faces) > 0 and glb.visual.vertex_colors.shape == (len(glb.vertices), 4)
+    # the mesh lies where the Gaussians are
+    g = export.read_ply(out / "gaussians.ply")
+    low, high = g.means.min(0) - 3 * g.scales.max(), g.means.max(0) + 3 * g.scales.max()
+    assert np.all(glb.vertices >= low - 0.05) and np.all(glb.vertices <= high + 0.05)
+    assert "mesh" in json.loads((out / "summary.json").read_text())["timings_s"]
+    assert not [p for p in pathlib.Path(tmp_path).iterdir() if p.name.startswith(".")]

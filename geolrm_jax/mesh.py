@@ -12,9 +12,11 @@ Steps (``MeshSettings`` holds every knob):
    where A >= ``alpha_threshold`` (depth D / A, colour C / A) and *empty* where A < ``empty_alpha``.
 3. **TSDF fusion** on a cubic grid of ``resolution``^3 voxels over the bounding box (padded): each voxel
    centre is projected into every view; with the pixel's depth d and the voxel's view depth z,
-   s = clip((d - z) / trunc, -1, 1) is averaged over the views where s > -1 (surface pixels), empty pixels
-   count as s = 1 (space carving), voxels never seen keep -1 (inside). trunc = ``truncation_voxels`` voxels.
-   Colour is averaged over the surface pixels where |d - z| < trunc.
+   s = clip((d - z) / trunc, -1, 1) is averaged over the views where s > -1 (surface pixels), each weighted by
+   |cos| of the angle between the pixel's ray and the normal of the depth map there (grazing views count
+   little); empty pixels count as s = 1 with weight 1 (space carving); voxels never seen keep -1 (inside).
+   trunc = ``truncation_voxels`` voxels. Colour is averaged, with the same weights, over the surface pixels
+   where |d - z| < trunc.
 4. **Marching cubes** (scikit-image) at level 0, components under ``min_component_fraction`` of the faces
    dropped, then quadric decimation (fast-simplification) to at most ``max_faces`` faces; vertex colours are
    sampled (trilinearly, weighted by the colour weights) from the fused colour grid at the final vertices.
@@ -26,9 +28,12 @@ become 8-bit RGBA vertex colours. Needs the optional extra ``mesh`` (``pip insta
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import pathlib
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 MESH_FILES = ("mesh.glb", "mesh.obj")
@@ -97,8 +102,6 @@ def _bounds(g, min_opacity: float) -> tuple[np.ndarray, np.ndarray]:
 def render_depth_colour(g, c2w, K, size: int, chunk: int = 8):
     """Splat one scene's Gaussians (``export.GaussianArrays``) into cameras -> (alpha, depth, rgb), each
     (V, size, size[, 3]) float32; depth and rgb are normalized by alpha (0 where alpha is 0)."""
-    import jax.numpy as jnp
-
     from geolrm_jax.render.gaussians import Gaussians
     from geolrm_jax.render.splat import render_with_retry
 
@@ -144,41 +147,49 @@ def view_facing(depth, surface, K) -> np.ndarray:
 
 def tsdf_fuse(alpha, depth, rgb, c2w, K, origin, voxel: float, shape, settings: MeshSettings):
     """Fuse views (alpha, depth, rgb as from ``render_depth_colour``) into a grid of ``shape`` voxels of size
-    ``voxel`` whose first centre is ``origin`` -> (tsdf, colour sum, colour weight)."""
-    trunc = settings.truncation_voxels * voxel
-    axes = [origin[i] + voxel * np.arange(shape[i], dtype=np.float32) for i in range(3)]
-    points = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-    tsdf_sum = np.zeros(len(points), np.float32)
-    weight = np.zeros(len(points), np.float32)
-    colour = np.zeros((len(points), 3), np.float32)
-    colour_weight = np.zeros(len(points), np.float32)
-    size = alpha.shape[-1]
-    for v in range(len(c2w)):
-        facing = view_facing(depth[v], alpha[v] >= settings.alpha_threshold, K[v])
-        rot, centre = c2w[v, :3, :3], c2w[v, :3, 3]
-        cam = (points - centre) @ rot  # camera frame: x right, y up, looking down -z
+    ``voxel`` whose first centre is ``origin`` -> numpy (tsdf, colour sum, colour weight).
+
+    Each voxel gathers from the pixel its centre projects into (no scatter), one view after another
+    (``lax.scan``), on the default device."""
+    facing = np.stack([view_facing(d, a >= settings.alpha_threshold, k) for d, a, k in zip(depth, alpha, K,
+                                                                                            strict=True)])
+    views = tuple(jnp.asarray(x, jnp.float32) for x in (alpha, depth, rgb, facing, c2w, K))
+    tsdf, colour, colour_weight = _fuse_jit(views, jnp.asarray(origin, jnp.float32), float(voxel), tuple(shape),
+                                            settings.truncation_voxels * voxel, settings.alpha_threshold,
+                                            settings.empty_alpha)
+    return np.array(tsdf), np.array(colour), np.array(colour_weight)  # writable: skimage needs it
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _fuse_jit(views, origin, voxel, shape, trunc, alpha_threshold, empty_alpha):
+    size = views[0].shape[-1]
+    axes = [origin[i] + voxel * jnp.arange(shape[i], dtype=jnp.float32) for i in range(3)]
+    points = jnp.stack(jnp.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+
+    def one_view(carry, view):
+        tsdf_sum, weight, colour, colour_weight = carry
+        a_img, d_img, rgb_img, facing, c2w, K = view
+        cam = (points - c2w[:3, 3]) @ c2w[:3, :3]  # camera frame: x right, y up, looking down -z
         z = -cam[:, 2]
-        in_front = z > 1e-6
-        fx, fy = K[v, 0, 0] * size, K[v, 1, 1] * size
-        with np.errstate(divide="ignore", invalid="ignore"):
-            u = K[v, 0, 2] * size + fx * cam[:, 0] / z
-            w = K[v, 1, 2] * size - fy * cam[:, 1] / z
-        col, row = np.floor(u), np.floor(w)
-        visible = in_front & (col >= 0) & (col < size) & (row >= 0) & (row < size)
-        idx = np.flatnonzero(visible)
-        r, c = row[idx].astype(np.int64), col[idx].astype(np.int64)
-        a, d = alpha[v, r, c], depth[v, r, c]
-        surface = a >= settings.alpha_threshold
-        sdf = np.clip((d - z[idx]) / trunc, -1.0, 1.0)
-        update = (surface & (sdf > -1.0)) | (a < settings.empty_alpha)
-        value = np.where(surface, sdf, 1.0)
-        w_pix = np.where(surface, facing[r, c], 1.0)
-        tsdf_sum[idx[update]] += (w_pix * value)[update]
-        weight[idx[update]] += w_pix[update]
-        near = surface & (np.abs(d - z[idx]) < trunc)
-        colour[idx[near]] += rgb[v, r[near], c[near]] * facing[r[near], c[near], None]
-        colour_weight[idx[near]] += facing[r[near], c[near]]
-    tsdf = np.where(weight > 0, tsdf_sum / np.maximum(weight, 1.0), -1.0)
+        safe_z = jnp.where(z > 1e-6, z, 1.0)
+        col = jnp.floor(K[0, 2] * size + K[0, 0] * size * cam[:, 0] / safe_z)
+        row = jnp.floor(K[1, 2] * size - K[1, 1] * size * cam[:, 1] / safe_z)
+        visible = (z > 1e-6) & (col >= 0) & (col < size) & (row >= 0) & (row < size)
+        pixel = jnp.clip(row, 0, size - 1).astype(jnp.int32) * size + jnp.clip(col, 0, size - 1).astype(jnp.int32)
+        a, d, f = a_img.reshape(-1)[pixel], d_img.reshape(-1)[pixel], facing.reshape(-1)[pixel]
+        surface = visible & (a >= alpha_threshold)
+        empty = visible & (a < empty_alpha)
+        sdf = jnp.clip((d - z) / trunc, -1.0, 1.0)
+        w = jnp.where(surface & (sdf > -1.0), f, jnp.where(empty, 1.0, 0.0))
+        value = jnp.where(surface, sdf, 1.0)
+        wc = jnp.where(surface & (jnp.abs(d - z) < trunc), f, 0.0)
+        return (tsdf_sum + w * value, weight + w, colour + wc[:, None] * rgb_img.reshape(-1, 3)[pixel],
+                colour_weight + wc), None
+
+    n = points.shape[0]
+    init = (jnp.zeros(n), jnp.zeros(n), jnp.zeros((n, 3)), jnp.zeros(n))
+    (tsdf_sum, weight, colour, colour_weight), _ = jax.lax.scan(one_view, init, views)
+    tsdf = jnp.where(weight > 1e-3, tsdf_sum / jnp.maximum(weight, 1e-3), -1.0)  # never seen: inside
     return tsdf.reshape(shape), colour.reshape(*shape, 3), colour_weight.reshape(shape)
 
 

@@ -42,6 +42,36 @@ def test_view_matches_the_analytic_sphere():
     assert np.all(rgba[upper][:, 0] > 2 * rgba[upper][:, 2]) and np.all(rgba[lower][:, 2] > 2 * rgba[lower][:, 0])
 
 
+def _pixel(view_c2w, K, size, point):
+    cam = np.linalg.inv(view_c2w) @ np.append(point, 1.0)
+    x = K[0, 2] * size + K[0, 0] * size * cam[0] / -cam[2]
+    y = K[1, 2] * size - K[1, 1] * size * cam[1] / -cam[2]
+    return int(y), int(x)
+
+
+def test_textured_gltf_keeps_its_orientation(tmp_path):
+    from PIL import Image
+
+    texture = np.zeros((32, 32, 3), np.uint8)
+    texture[:16], texture[16:], texture[:, :4] = [220, 30, 30], [30, 30, 220], [30, 200, 30]  # top red, left green
+    quad = trimesh.Trimesh([[-1, -1, 0], [1, -1, 0], [1, 1, 0], [-1, 1, 0]], [[0, 1, 2], [0, 2, 3]],
+                           visual=trimesh.visual.TextureVisuals(uv=[[0, 0], [1, 0], [1, 1], [0, 1]],
+                                                                image=Image.fromarray(texture)), process=False)
+    quad.export(tmp_path / "quad.glb")
+    mesh = render_meshes.load_mesh(tmp_path / "quad.glb")  # glTF y-up: the quad now stands in the x-z plane
+    np.testing.assert_allclose(mesh.bounds, [[-0.5, 0, -0.5], [0.5, 0, 0.5]], atol=1e-6)
+    mi = render_meshes._mitsuba("scalar_rgb")
+    shape = render_meshes.mitsuba_shape(mi, mesh)
+    for azimuth in (-80.0, 100.0):  # the front and the back (two-sided)
+        c2w = np.asarray(geometry.spherical_c2w(azimuth, 15.0, 1.6))
+        K = np.asarray(geometry.fov_to_intrinsics(synthetic.FOV_DEG))
+        rgba, depth, _ = render_meshes.render_view(mi, shape, c2w, K, 48, 8)
+        top, bottom, left = (rgba[_pixel(c2w, K, 48, p)][:3].astype(int)
+                             for p in ([0.1, 0, 0.25], [0.1, 0, -0.25], [-0.44, 0, 0.1]))
+        assert top[0] > 3 * top[2] and bottom[2] > 3 * bottom[0] and left[1] > 2 * left[0], (azimuth, top, bottom, left)
+        assert top[0] > 80  # lit: neither black (a back face) nor darkened twice by the base-colour factor
+
+
 def _meshes(folder):
     folder.mkdir()
     box = trimesh.creation.box(extents=(0.6, 0.4, 0.3))

@@ -2,7 +2,7 @@
 procedural objects (``geolrm_jax.data.synthetic``: exact depth by analytic ray casting).
 
     python tools/mesh_metrics.py --source surface --objects 8 --out mesh_metrics.json     # the mesh path alone
-    python tools/mesh_metrics.py --source model --checkpoint CKPT --model-config CONFIG.json --objects 8
+    python tools/mesh_metrics.py --source model --checkpoint CKPT --image-size 256 --objects 8
 
 Per object (seed ``--seed``, which the training sets do not use by default: they draw from seeds 0..):
 
@@ -71,9 +71,13 @@ def model_gaussians(prims, checkpoint: str, model_config: str, image_size: int):
     from geolrm_jax.data import synthetic
     from geolrm_jax.model import convert
 
-    config = convert.config_from_arg(model_config)
-    model = reconstruct.Reconstructor(config, reconstruct.load_variables(reconstruct.find_checkpoint(checkpoint)[0],
-                                                                         config))
+    path = reconstruct.find_checkpoint(checkpoint)[0]
+    if model_config is None:  # a checkpoint written by convert / tools/export_demo_model.py carries its config
+        saved = path / convert.CONFIG_FILE
+        config = convert.restore_config(path) if saved.exists() else convert.config_from_arg("official")
+    else:
+        config = convert.config_from_arg(model_config)
+    model = reconstruct.Reconstructor(config, reconstruct.load_variables(path, config))
     cams = geometry.zero123pp_cameras()
     c2w, K = np.asarray(cams.c2w), np.asarray(cams.K)
     images = np.stack([inputs.composite_on_white(synthetic.render_view(prims, c, k, image_size, 2)[0] / 255.0)
@@ -87,7 +91,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", choices=["surface", "model"], default="surface")
     parser.add_argument("--checkpoint", help="weights for --source model")
-    parser.add_argument("--model-config", default="official", help="official | tiny | config.json")
+    parser.add_argument("--model-config", help="official | tiny | config.json (default: the checkpoint's own "
+                        "geolrm_model_config.json, else official)")
     parser.add_argument("--image-size", type=int, default=448, help="model input size for --source model")
     parser.add_argument("--objects", type=int, default=8)
     parser.add_argument("--seed", type=int, default=900_000, help="first object's seed (held out: not 0..N)")

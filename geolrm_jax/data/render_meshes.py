@@ -127,7 +127,8 @@ def _mitsuba(variant: str):
 
 def _mitsuba_mesh(mi, vertices, faces, bsdf: dict, texcoords=None):
     props = mi.Properties()
-    props["bsdf"] = mi.load_dict(bsdf)
+    # Two-sided: open or inconsistently wound meshes are common, and a one-sided BSDF renders back faces black.
+    props["bsdf"] = mi.load_dict({"type": "twosided", "bsdf": bsdf})
     shape = mi.Mesh("mesh", vertex_count=len(vertices), face_count=len(faces), props=props,
                     has_vertex_normals=False, has_vertex_texcoords=texcoords is not None)
     params = mi.traverse(shape)
@@ -139,9 +140,10 @@ def _mitsuba_mesh(mi, vertices, faces, bsdf: dict, texcoords=None):
     return shape
 
 
-def mitsuba_shape(mi, mesh, default_colour=(0.8, 0.8, 0.8)):
-    """A Mitsuba mesh with a diffuse BSDF coloured by the base-colour texture, the vertex or face colours, or
-    the material's base colour (``default_colour`` without any), all sRGB in the file, linear for Mitsuba."""
+def mitsuba_shape(mi, mesh, default_colour=(0.6, 0.6, 0.6)):
+    """A Mitsuba mesh with a two-sided diffuse BSDF coloured by the base-colour texture (sRGB) times the base
+    colour factor (linear, as glTF), the vertex or face colours (read as sRGB), or the material's base colour
+    factor (``default_colour``, linear, without any)."""
     visual = mesh.visual
     if visual.kind == "face":  # give each face its own vertices so face colours become vertex colours
         colours = np.asarray(visual.face_colors)
@@ -168,12 +170,12 @@ def mitsuba_shape(mi, mesh, default_colour=(0.8, 0.8, 0.8)):
     if image is not None and uv is not None and len(uv) == len(mesh.vertices):
         texcoords = np.asarray(uv, np.float32).copy()
         texcoords[:, 1] = 1.0 - texcoords[:, 1]  # trimesh: v up (OBJ convention); Mitsuba: v down the image
-        rgb = _srgb_to_linear(np.asarray(image.convert("RGB"), np.float64) / 255.0 * factor[:3])
+        rgb = _srgb_to_linear(np.asarray(image.convert("RGB"), np.float64) / 255.0) * factor[:3]  # glTF
         texture = mi.Bitmap(np.ascontiguousarray(rgb, np.float32), pixel_format=mi.Bitmap.PixelFormat.RGB)
         reflectance = {"type": "bitmap", "bitmap": texture, "raw": True, "filter_type": "bilinear"}
         return _mitsuba_mesh(mi, mesh.vertices, mesh.faces, {"type": "diffuse", "reflectance": reflectance},
                              texcoords)
-    colour = {"type": "rgb", "value": _srgb_to_linear(factor[:3]).tolist()}
+    colour = {"type": "rgb", "value": factor[:3].tolist()}  # base colour factors are linear (glTF, OBJ Kd)
     return _mitsuba_mesh(mi, mesh.vertices, mesh.faces, {"type": "diffuse", "reflectance": colour})
 
 

@@ -108,7 +108,8 @@ def load_mesh(path, up: str = "auto", extent: float = 1.0, max_faces: int = DEFA
         up = "y" if path.suffix.lower() in Y_UP_SUFFIXES else "z"
     if up == "y":  # (x, y, z) y-up -> (x, -z, y) z-up, as Blender's glTF/OBJ importers do
         mesh.apply_transform(np.array([[1, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1.0]]))
-    low, high = mesh.bounds
+    used = np.asarray(mesh.vertices)[np.unique(mesh.faces)]  # stray unreferenced vertices do not count
+    low, high = used.min(0), used.max(0)
     mesh.apply_translation(-(low + high) / 2)
     mesh.apply_scale(extent / float((high - low).max()))
     return mesh

@@ -98,6 +98,7 @@ def _fetch(url: str) -> bytes:
         return response.read()
 
 
+@pytest.mark.slow
 def test_sample_reconstruction_in_the_browser(demo_url, browser, tmp_path):
     from selenium.webdriver.common.by import By
 

@@ -106,6 +106,27 @@ def _bench(argv: list[str]) -> int:
     return benchmark.main(argv)
 
 
+def _data(argv: list[str]) -> int:
+    """``data render`` (meshes -> GObjaverse layout) and ``data build`` (layout -> TFDS dataset)."""
+    if argv and argv[0] == "render":
+        from geolrm_jax.data import render_meshes
+
+        return render_meshes.main(argv[1:])
+    if argv and argv[0] == "build":
+        from geolrm_jax.data import gobjaverse
+
+        return gobjaverse.main(argv[1:])
+    print("usage: geolrm-jax data {render,build} ...\n  render  meshes (.glb/.obj/.ply, folders) -> GObjaverse "
+          "layout (Mitsuba 3)\n  build   GObjaverse layout -> TFDS dataset for training", file=sys.stderr)
+    return 0 if argv and argv[0] in ("-h", "--help") else 2
+
+
+def _demo(argv: list[str]) -> int:
+    from geolrm_jax import demo_app
+
+    return demo_app.main(argv)
+
+
 COMMANDS = {
     "cameras": (_cameras, "camera presets and the ray embedding the model sees"),
     "convert": (_convert, "convert a released PyTorch checkpoint (.ckpt/.pt/.safetensors) to Orbax"),
@@ -113,6 +134,8 @@ COMMANDS = {
     "reconstruct": (_reconstruct, "posed images -> Gaussians (.ply, .splat) and a turntable video"),
     "eval": (_evaluate, "PSNR/SSIM/LPIPS and Chamfer/F-score over a dataset split"),
     "bench": (_bench, "inference time and peak memory per stage"),
+    "data": (_data, "render meshes into the GObjaverse layout (data render); build the TFDS dataset (data build)"),
+    "demo": (_demo, "web demo (Gradio) on 127.0.0.1: upload views, get Gaussians, a video and a mesh"),
 }
 
 

@@ -7,7 +7,8 @@ of ``geolrm_jax.inputs`` (a folder with ``cameras.json`` / ``transforms.json``, 
 folder, a Zero123++ grid image). Outputs, all inside OUT (default ``outputs/<name>``):
 ``gaussians.ply`` (standard 3DGS layout, or the original's with ``--ply-format original``),
 ``gaussians.splat``, ``turntable.mp4`` (or ``.gif``), optionally ``views/NNN.png`` (renders at the input
-cameras) and ``summary.json`` (timings, peak device memory, weights used, counts). Everything is written to a
+cameras), ``mesh.glb`` and ``mesh.obj`` with ``--mesh`` (``geolrm_jax.mesh``) and ``summary.json`` (timings,
+peak device memory, weights used, counts). Everything is written to a
 temporary folder next to OUT and renamed into place at the end (``io_atomic.staged_output``), so a failure,
 Ctrl-C or SIGTERM leaves no partial output. An existing OUT needs ``--overwrite`` and is replaced only when it
 holds nothing but these files; OUT may not be, contain or lie inside the input, the checkpoint or the current
@@ -323,6 +324,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--elevation", type=float, default=20.0, help="turntable elevation in degrees")
     p.add_argument("--render-views", action="store_true", help="also render the input views to views/NNN.png")
     p.add_argument("--render-size", type=int, help="size of the per-view renders (default --video-size)")
+    p.add_argument("--mesh", action="store_true", help="also write a coloured mesh, mesh.glb and mesh.obj "
+                   "(TSDF fusion of splatted depth; needs the 'mesh' extra)")
+    p.add_argument("--mesh-resolution", type=int, default=128, help="TSDF voxels along the longest side")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -362,6 +366,12 @@ def check_arguments(args) -> None:
     if args.render_views:
         need((args.render_size or args.video_size) >= 1, "--render-size", args.render_size or args.video_size,
              "must be at least 1")
+    if args.mesh:
+        need(args.mesh_resolution >= 16, "--mesh-resolution", args.mesh_resolution, "must be at least 16")
+        try:
+            import geolrm_jax.mesh  # noqa: F401
+        except ImportError as err:
+            raise ValueError(f"--mesh needs the 'mesh' extra (pip install -e '.[mesh]'): {err}") from err
 
 
 def run(args) -> dict:
@@ -393,6 +403,8 @@ def run(args) -> dict:
         stages.append("turntable")
     if args.render_views:
         stages.append("input-view renders")
+    if args.mesh:
+        stages.append("mesh")
     bar = tqdm(total=len(stages), disable=args.no_progress, unit="stage", file=sys.stderr)
     timings: dict[str, float] = {}
 
@@ -472,6 +484,12 @@ def _reconstruct_into(tmp: pathlib.Path, args, choice: ModelChoice, views, kind:
         for i, image in enumerate(renders):
             export.write_image(tmp / "views" / f"{i:03d}.png", image)
         done("input-view renders", t0)
+    if args.mesh:
+        from geolrm_jax import mesh
+
+        t0 = stage("mesh")
+        mesh.write_mesh_files(tmp, host, mesh.MeshSettings(resolution=args.mesh_resolution))
+        done("mesh", t0)
     summary = {
         "input": str(args.input), "input_kind": kind, "num_views": num_views, "image_size": image_size,
         "weights": weights, "random_weights": checkpoint is None, "dtype": config.dtype,

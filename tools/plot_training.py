@@ -28,7 +28,7 @@ def main(argv=None):
     with open(args.scalars) as f:
         runs = json.load(f)
     names = sorted(runs)
-    stage_runs = {1: [n for n in names if n.rstrip("/").endswith("1")], 2: [n for n in names if n.rstrip("/").endswith("2")]}
+    stage_runs = {stage: [n for n in names if n.rstrip("/").endswith(str(stage))] for stage in (1, 2)}
     fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4))
     for ax, (title, tags) in zip(axes, PANELS, strict=True):
         stage = 1 if title.startswith("stage 1") else 2

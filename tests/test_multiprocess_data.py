@@ -135,3 +135,28 @@ def test_batch_local_loss_matches_the_global_loss_without_gathering_the_batch():
     np.testing.assert_allclose(np.asarray(g1["w"]), np.asarray(g0["w"]), rtol=1e-5, atol=1e-7)
     assert "all-gather" in plain.lower(params, {}, batch, key).compile().as_text()
     assert "all-gather" not in local.lower(params, {}, batch, key).compile().as_text()
+
+
+def test_trainer_step_with_batch_local_loss_equals_the_plain_step(tmp_path):
+    """mesh.batch_local_loss on the stand-in model (noise-free loss): same loss, gradient norm and params."""
+    from test_train_infra import StandInTask, make_trainer, tiny_config
+
+    class NoiseFree(StandInTask):
+        def loss_fn(self, params, batch_stats, batch, rng):
+            pred = self.model.apply({"params": params, "batch_stats": batch_stats}, batch["x"])
+            loss = jnp.mean((pred - batch["y"]) ** 2)
+            return loss, ({"mse": loss}, batch_stats, None)
+
+    results = []
+    for flag in (False, True):
+        trainer = make_trainer(tiny_config(**{"mesh.fsdp": 4, "mesh.batch_local_loss": flag}), tmp_path / str(flag),
+                               task=NoiseFree())
+        state = trainer.init_state()
+        for _ in range(2):  # the first update has lr 0
+            state, metrics = trainer.step(state)
+        results.append((metrics, jax.device_get(state.params)))
+        trainer.close()
+    (m0, p0), (m1, p1) = results
+    np.testing.assert_allclose(float(m1["loss"]), float(m0["loss"]), rtol=1e-5)
+    np.testing.assert_allclose(float(m1["grad_norm"]), float(m0["grad_norm"]), rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7), p0, p1)

@@ -26,6 +26,11 @@ default, like the original, whose model sees white-background inputs at inferenc
 Bad records (undecodable PNG, wrong size, non-finite depth) are logged with the object id and view, skipped
 and counted (``DataIterator.metrics()``); more than ``max_bad_fraction`` of the examples seen so far (once
 ``bad_check_min_examples`` were seen) raises ``BadDataError``.
+
+Checkpoints: ``DataIterator.get_state()`` is this host's position (Grain state plus ``records`` consumed); the
+trainer saves one per process and restores each process's own. Onto another number of processes,
+``reshard_states`` starts every new host's stream at ``records consumed by all hosts // new host count``
+(docs/pods.md).
 """
 
 from __future__ import annotations

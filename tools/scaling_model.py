@@ -336,6 +336,12 @@ def markdown(rows, args) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_json(path: str, data) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
 def run_child(args, mesh_text: str) -> dict:
     num = parse_mesh(mesh_text)[0]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -408,6 +414,8 @@ def main(argv=None) -> int:
                 print(f"compiled {done_mesh} in {row['compile_s']:.0f} s: "
                       f"{row['device_bytes'] / 2**30:.2f} GiB/device, {len(row['collectives'])} collectives",
                       flush=True)
+                if args.json:  # so far, so that an interrupted run keeps what it compiled (--rows reads it)
+                    write_json(args.json, {"assumptions": None, "rows": rows})
     base = next((r for r in rows if r["devices"] == 1), None)
     for r in rows:
         r["prediction"] = predict(r, base, args)
@@ -417,9 +425,7 @@ def main(argv=None) -> int:
                                                  "fast_latency_us", "slow_latency_us", "input_views",
                                                  "input_size", "target_views", "render_size", "anchors")}
     if args.json:
-        with open(args.json + ".tmp", "w") as f:
-            json.dump({"assumptions": assumptions, "rows": rows}, f, indent=1)
-        os.replace(args.json + ".tmp", args.json)
+        write_json(args.json, {"assumptions": assumptions, "rows": rows})
     if args.markdown:
         with open(args.markdown + ".tmp", "w") as f:
             f.write(table)

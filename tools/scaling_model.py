@@ -202,8 +202,19 @@ def parse_mesh(text: str):
 
 
 def load_stage2_config():
+    """configs/stage2.py. Where the input pipeline's dependencies (grain, PIL) are not installed, as on a bare GPU
+    machine, its data section is left empty: the train step does not read it."""
     import importlib.util
+    import types
 
+    try:
+        import geolrm_jax.data.pipeline  # noqa: F401
+    except ImportError:
+        import ml_collections
+
+        stub = types.ModuleType("geolrm_jax.data.pipeline")
+        stub.default_data_config = ml_collections.ConfigDict
+        sys.modules["geolrm_jax.data.pipeline"] = stub
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "stage2.py")
     spec = importlib.util.spec_from_file_location("stage2_config", path)
     module = importlib.util.module_from_spec(spec)
@@ -247,6 +258,8 @@ def compile_mesh(args, mesh_text: str) -> dict:
     tx, schedule = make_optimizer(config.optim)
     grid = config.model.proposal.grid_size
     # Data axis across granules first: device index = (dcn, data, fsdp) row-major, as the hybrid mesh.
+    if len(jax.devices()) < num:
+        raise SystemExit(f"scaling_model: mesh {mesh_text} needs {num} devices, {len(jax.devices())} present")
     devices = np.asarray(jax.devices()[:num], dtype=object).reshape(dcn * data, fsdp)
     mesh = Mesh(devices, sharding.MESH_AXES)
     one = jax.tree.map(lambda s: jnp.zeros(s.shape[1:], s.dtype)[None], abstract_batch(args, grid, 1))
@@ -287,7 +300,9 @@ def compile_mesh(args, mesh_text: str) -> dict:
     params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params))
     trainable = sum(math.prod(x.shape) for k, v in abstract.params.items() if k not in config.optim.frozen
                     for x in jax.tree.leaves(v))
+    measured = run_steps(args, compiled, create, state_shardings, batch, mesh) if args.run_steps else {}
     return {
+        **measured, "device_kind": jax.devices()[0].device_kind,
         "mesh": mesh_text, "devices": num, "dcn": dcn, "data": data, "fsdp": fsdp, "compile_s": compile_s,
         "argument_bytes": int(mem.argument_size_in_bytes), "temp_bytes": int(mem.temp_size_in_bytes),
         "output_bytes": int(mem.output_size_in_bytes), "alias_bytes": int(mem.alias_size_in_bytes),
@@ -296,6 +311,55 @@ def compile_mesh(args, mesh_text: str) -> dict:
         "params": params, "trainable_params": trainable, "collectives": ops,
         "jax": jax.__version__, "layers": config.model.reconstruction.layers, "batch_local": args.batch_local,
     }
+
+
+def run_steps(args, compiled, create, state_shardings, abstract_batch_tree, mesh) -> dict:
+    """Run the compiled step on real devices (--platform gpu --run-steps N): random images, a sphere-shell
+    occupancy with `--anchors` voxels per object; returns the measured step time and peak memory."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from geolrm_jax import geometry
+    from geolrm_jax.train import sharding
+    from geolrm_jax.train.lpips import LPIPS
+
+    rng = np.random.default_rng(0)
+    host = {}
+    for name, s in abstract_batch_tree.items():
+        if name == "occupancy":
+            grid = s.shape[-1]
+            c = (np.arange(grid) + 0.5) / grid * 2 - 1
+            r = np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2)
+            occ = np.zeros(grid ** 3, np.uint8)
+            occ[np.argsort(np.abs(r - 0.6), axis=None)[:args.anchors]] = 1
+            host[name] = np.broadcast_to(occ.reshape(grid, grid, grid), s.shape).copy()
+        elif s.dtype == jnp.bool_:
+            host[name] = np.ones(s.shape, bool)
+        elif name.endswith("_c2w"):  # orbits around the object, as tools/bench_train.py
+            views = s.shape[-3]
+            azimuth = np.arange(views) * 360.0 / views + (0.0 if name.startswith("input") else 17.0)
+            elevation = np.full(views, 20.0 if name.startswith("input") else 15.0)
+            c2w = np.asarray(geometry.spherical_c2w(azimuth, elevation, np.full(views, 1.6)), np.float32)
+            host[name] = np.broadcast_to(c2w, s.shape).copy()
+        elif name.endswith("_K"):
+            host[name] = np.broadcast_to(np.asarray(geometry.fov_to_intrinsics(49.1), np.float32), s.shape).copy()
+        else:
+            host[name] = rng.uniform(size=s.shape).astype(np.float32)
+    batch = jax.device_put(host, sharding.batch_sharding(mesh, 2))
+    size = max(16, args.render_size)
+    lpips = jax.device_put(LPIPS().init(jax.random.PRNGKey(1), jnp.zeros((1, size, size, 3)),
+                                        jnp.zeros((1, size, size, 3))), sharding.replicated(mesh))
+    state = jax.jit(create, out_shardings=state_shardings)(jax.random.PRNGKey(0))
+    state, metrics = compiled(state, batch, lpips)  # warm-up
+    jax.block_until_ready(metrics)
+    t0 = time.perf_counter()
+    for _ in range(args.run_steps):
+        state, metrics = compiled(state, batch, lpips)
+    jax.block_until_ready(metrics)
+    elapsed = (time.perf_counter() - t0) / args.run_steps
+    peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use", 0) for d in mesh.devices.flat]
+    return {"measured_step_s": elapsed, "measured_peak_gib": max(peaks) / 2**30, "loss": float(metrics["loss"])}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -312,7 +376,10 @@ def predict(row, base, args):
     serial = args.step_s + comm_s
     overlapped = max(args.step_s, comm_s)
     gib = 2**30
-    memory = args.base_gib + (row["device_bytes"] - base["device_bytes"]) / gib if base else None
+    if row.get("device_kind", "cpu").lower().startswith("cpu"):
+        memory = args.base_gib + (row["device_bytes"] - base["device_bytes"]) / gib if base else None
+    else:  # compiled for the GPU itself
+        memory = row["device_bytes"] / gib
     return dict(summary, comm_s=comm_s, fast_s=fast_s, slow_s=slow_s, step_serial_s=serial,
                 step_overlap_s=overlapped, efficiency_serial=args.step_s / serial,
                 efficiency_overlap=args.step_s / overlapped, cpu_device_gib=row["device_bytes"] / gib,
@@ -320,19 +387,24 @@ def predict(row, base, args):
 
 
 def markdown(rows, args) -> str:
+    measured = any("measured_step_s" in r for r in rows)
+    extra = " measured s | measured peak GiB |" if measured else ""
     lines = [
-        "| devices | mesh dcn×data×fsdp | GPU GiB (est.) | CPU-compiled GiB | collectives/step | fast GB | slow GB "
-        "| comm s | step s (serial) | eff. serial | step s (overlap) | eff. overlap |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| devices | mesh dcn×data×fsdp | GPU GiB (est.) | compiled GiB | collectives/step | fast GB | slow GB "
+        "| comm s | step s (serial) | eff. serial | step s (overlap) | eff. overlap |" + extra,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if measured else ""),
     ]
     for r in rows:
         p = r["prediction"]
         gpu = "n/a" if p["gpu_gib"] is None else f"{p['gpu_gib']:.2f}"
-        lines.append(
-            f"| {r['devices']} | {r['dcn']}×{r['data']}×{r['fsdp']} | {gpu} | {p['cpu_device_gib']:.2f} "
-            f"| {p['fast_ops'] + p['slow_ops']} | {p['fast_bytes'] / 1e9:.2f} | {p['slow_bytes'] / 1e9:.2f} "
-            f"| {p['comm_s']:.3f} | {p['step_serial_s']:.3f} | {p['efficiency_serial']:.0%} "
-            f"| {p['step_overlap_s']:.3f} | {p['efficiency_overlap']:.0%} |")
+        line = (f"| {r['devices']} | {r['dcn']}×{r['data']}×{r['fsdp']} | {gpu} | {p['cpu_device_gib']:.2f} "
+                f"| {p['fast_ops'] + p['slow_ops']} | {p['fast_bytes'] / 1e9:.2f} | {p['slow_bytes'] / 1e9:.2f} "
+                f"| {p['comm_s']:.3f} | {p['step_serial_s']:.3f} | {p['efficiency_serial']:.0%} "
+                f"| {p['step_overlap_s']:.3f} | {p['efficiency_overlap']:.0%} |")
+        if measured:
+            m = r.get("measured_step_s")
+            line += (f" {m:.3f} | {r['measured_peak_gib']:.2f} |" if m is not None else " n/a | n/a |")
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
@@ -344,8 +416,10 @@ def write_json(path: str, data) -> None:
 
 def run_child(args, mesh_text: str) -> dict:
     num = parse_mesh(mesh_text)[0]
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={num}").strip()
+    env = dict(os.environ)
+    if args.platform == "cpu":
+        env["JAX_PLATFORMS"] = "cpu"
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={num}").strip()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     given = [a for a in (sys.argv[1:] if args.argv is None else args.argv)]
@@ -388,6 +462,10 @@ def main(argv=None) -> int:
     parser.add_argument("--markdown", help="write the table here")
     parser.add_argument("--batch-local", action="store_true",
                         help="compile with mesh.batch_local_loss=True (the loss under shard_map per device)")
+    parser.add_argument("--platform", choices=("cpu", "gpu"), default="cpu",
+                        help="cpu: virtual CPU devices (any count); gpu: this host's GPUs (meshes up to their count)")
+    parser.add_argument("--run-steps", type=int, default=0,
+                        help="with --platform gpu: also run and time the compiled step (validates the model)")
     parser.add_argument("--dump-hlo", help="write each mesh's optimized HLO text into this directory")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -1,18 +1,16 @@
-"""A sweep over stage 2: learning rate × number of deformable sampling points per level.
+"""A sweep over stage 2: learning rate × number of deformable sampling points per level (9 runs).
 
-`get_config()` is the base (configs/stage2.py); `get_sweep()` lists the axes, expanded as a Cartesian
-product by tools/launch_sweep.py into `geolrm-jax train` runs with `--config.<field>=<value>` overrides:
+`get_config()` is the base (configs/stage2.py); `get_hyper(hyper)` returns the points (scenic style), which
+`geolrm-jax sweep` turns into `geolrm-jax train` runs with `--config.<field>=<value>` overrides:
 
-    python tools/launch_sweep.py configs/sweep_lr_points.py --workdir=runs/sweep            # print commands
-    python tools/launch_sweep.py configs/sweep_lr_points.py --workdir=runs/sweep --launch   # run them in turn
+    geolrm-jax sweep configs/sweep_lr_points.py --workdir=runs/sweep                     # print the commands
+    geolrm-jax sweep configs/sweep_lr_points.py --workdir=runs/sweep --launch --devices=0,1,2,3,4,5,6,7
 """
 import importlib.util
 import os
 
-import ml_collections
 
-
-def get_config() -> ml_collections.ConfigDict:
+def get_config():
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stage2.py")
     spec = importlib.util.spec_from_file_location("stage2_config", path)
     module = importlib.util.module_from_spec(spec)
@@ -20,11 +18,8 @@ def get_config() -> ml_collections.ConfigDict:
     return module.get_config()
 
 
-def get_sweep() -> ml_collections.ConfigDict:
-    """Axes of the sweep: (field path, values) pairs, expanded as a Cartesian product."""
-    sweep = ml_collections.ConfigDict()
-    sweep.axes = (
-        ("optim.lr", (5e-5, 1e-4, 2e-4)),
-        ("model.reconstruction.num_points", (4, 8, 16)),
-    )
-    return sweep
+def get_hyper(hyper):
+    return hyper.product([
+        hyper.sweep("optim.lr", [5e-5, 1e-4, 2e-4]),
+        hyper.sweep("model.reconstruction.num_points", [4, 8, 16]),
+    ])

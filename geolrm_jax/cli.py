@@ -88,6 +88,12 @@ def _train(argv: list[str]) -> int:
     return train_main.main(argv)
 
 
+def _sweep(argv: list[str]) -> int:
+    from geolrm_jax.train import sweep
+
+    return sweep.main(argv)
+
+
 def _reconstruct(argv: list[str]) -> int:
     from geolrm_jax import reconstruct
 
@@ -131,6 +137,7 @@ COMMANDS = {
     "cameras": (_cameras, "camera presets and the ray embedding the model sees"),
     "convert": (_convert, "convert a released PyTorch checkpoint (.ckpt/.pt/.safetensors) to Orbax"),
     "train": (_train, "train stage 1 (occupancy) or stage 2 (rendering): --config, --workdir"),
+    "sweep": (_sweep, "expand a sweep config (get_hyper) into train runs; --launch runs them"),
     "reconstruct": (_reconstruct, "posed images -> Gaussians (.ply, .splat) and a turntable video"),
     "eval": (_evaluate, "PSNR/SSIM/LPIPS and Chamfer/F-score over a dataset split"),
     "bench": (_bench, "inference time and peak memory per stage"),

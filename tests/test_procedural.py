@@ -168,3 +168,10 @@ def test_rigs_give_the_camera_setups_users_feed():
         to_origin = -c2w[:, :3, 3] / np.linalg.norm(c2w[:, :3, 3], axis=-1, keepdims=True)
         np.testing.assert_allclose(np.sum(forward * to_origin, -1), 1.0, atol=1e-5)
     assert jax.tree.structure(pp.random_views(rng, 3)) is not None
+
+
+def test_iterator_state_reshards_onto_another_process_count(small_config):
+    it = pp.ProceduralIterator(small_config, "train", seed=0, batch_size=2)
+    states = [{"index": 10}, {"index": 14}]  # two processes
+    assert it.reshard_state(states, 0, 4) == {"index": 6}
+    assert it.reshard_state(states, 0, 1) == {"index": 24}

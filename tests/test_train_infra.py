@@ -302,7 +302,7 @@ def test_killed_save_leaves_last_checkpoint_restorable(tmp_path):
                                           sharding=sharding.replicated(sharding.make_mesh(-1, 1)))}
     state, data_state = ck.restore(abstract)
     np.testing.assert_array_equal(np.asarray(state["w"]), np.arange(4096.0))
-    assert data_state == {"index": 1}
+    assert data_state == {"process_count": 1, "states": [{"index": 1}]}
     ck.close()
 
 

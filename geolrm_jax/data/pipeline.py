@@ -26,6 +26,11 @@ default, like the original, whose model sees white-background inputs at inferenc
 Bad records (undecodable PNG, wrong size, non-finite depth) are logged with the object id and view, skipped
 and counted (``DataIterator.metrics()``); more than ``max_bad_fraction`` of the examples seen so far (once
 ``bad_check_min_examples`` were seen) raises ``BadDataError``.
+
+Checkpoints: ``DataIterator.get_state()`` is this host's position (Grain state plus ``records`` consumed); the
+trainer saves one per process and restores each process's own. Onto another number of processes,
+``reshard_states`` starts every new host's stream at ``records consumed by all hosts // new host count``
+(docs/pods.md).
 """
 
 from __future__ import annotations
@@ -205,16 +210,25 @@ class _DropBadIterator(grain.DatasetIterator):
 
 class DataIterator:
     """Iterator over batches with checkpointable state (``get_state``/``set_state``, JSON-serializable) and
-    bad-example metrics."""
+    bad-example metrics.
 
-    def __init__(self, dataset: grain.IterDataset, batch_size: int, max_bad_fraction: float,
-                 bad_check_min_examples: int):
-        self._iterator = iter(dataset)
+    ``dataset``: the pipeline, or a function ``start_record -> pipeline`` that starts this process's record
+    stream at a given position (needed to restore a state written by another number of processes, see
+    ``reshard_state``). ``records`` in the state counts the records this process has consumed (examples
+    yielded + bad examples skipped).
+    """
+
+    def __init__(self, dataset, batch_size: int, max_bad_fraction: float, bad_check_min_examples: int,
+                 process_index: int = 0, process_count: int = 1):
+        self._make = dataset if callable(dataset) else None
+        self._iterator = iter(dataset(0) if self._make is not None else dataset)
         self.batch_size = batch_size
         self.max_bad_fraction = max_bad_fraction
         self.bad_check_min_examples = bad_check_min_examples
+        self.process_index, self.process_count = process_index, process_count
         self.num_examples = 0
         self.num_bad = 0
+        self.start_record = 0
 
     def __iter__(self):
         return self
@@ -244,17 +258,57 @@ class DataIterator:
 
     def get_state(self) -> dict[str, Any]:
         return {"grain": self._iterator.get_state(), "num_examples": self.num_examples,
-                "num_bad": self.num_bad}
+                "num_bad": self.num_bad, "start_record": self.start_record,
+                "records": self.start_record + self.num_examples + self.num_bad,
+                "process_index": self.process_index, "process_count": self.process_count}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self._iterator.set_state(state["grain"])
+        """Restore a state of ``get_state`` (this process's own, exact) or of ``reshard_state`` (a new start)."""
+        start = int(state.get("start_record", 0))
+        if state.get("grain") is None:
+            if self._make is None:
+                raise ValueError("this DataIterator was built from a dataset, not a function of the start record: "
+                                 "it cannot restore a re-sharded state")
+            self.close()
+            self._iterator = iter(self._make(start))
+        else:
+            if start != self.start_record:
+                if self._make is None:
+                    raise ValueError(f"state starts at record {start}, this iterator at {self.start_record}")
+                self.close()
+                self._iterator = iter(self._make(start))
+            self._iterator.set_state(state["grain"])
+        self.start_record = start
         self.num_examples = int(state["num_examples"])
         self.num_bad = int(state["num_bad"])
+
+    def reshard_state(self, states: list[dict[str, Any]], process_index: int, process_count: int) -> dict:
+        """The state of process ``process_index`` of ``process_count`` from the states of every process of a
+        run with another process count (see ``reshard_states``)."""
+        return reshard_states(states, process_index, process_count)
 
     def close(self) -> None:
         close = getattr(self._iterator, "close", None)
         if close is not None:
             close()
+
+
+def reshard_states(states: list[dict[str, Any]], process_index: int, process_count: int) -> dict[str, Any]:
+    """Re-sharding rule for a data position saved by N processes and restored on M != N processes.
+
+    With E = the records consumed by all N processes together, every new process starts its own (new) shard's
+    record stream at record ``E // M``: the global position in epochs is kept to within M records
+    (each shard holds 1/M of the records, so E // M records of it are the same fraction of an epoch), while
+    which records of the current epoch were already seen is not. The bad-example counters are split evenly.
+    Deterministic: the same saved states give the same new state.
+    """
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    records = sum(int(s.get("records", int(s["num_examples"]) + int(s["num_bad"]))) for s in states)
+    return {"grain": None, "start_record": records // process_count,
+            "num_examples": sum(int(s["num_examples"]) for s in states) // process_count,
+            "num_bad": sum(int(s["num_bad"]) for s in states) // process_count,
+            "process_index": process_index, "process_count": process_count}
 
 
 def shard_indices(num_records: int, process_index: int, process_count: int) -> range:
@@ -273,8 +327,12 @@ def _ignore_sigint(worker_index: int, worker_count: int) -> None:
 
 
 def make_dataset(source, data_config, *, seed: int, batch_size: int, training: bool = True,
-                 process_index: int | None = None, process_count: int | None = None) -> grain.IterDataset:
-    """The pipeline as a ``grain.IterDataset`` over any random-access ``source`` of records."""
+                 process_index: int | None = None, process_count: int | None = None,
+                 start_record: int = 0) -> grain.IterDataset:
+    """The pipeline as a ``grain.IterDataset`` over any random-access ``source`` of records.
+
+    ``start_record``: position in this host's (shuffled, repeated) record stream to begin at; the records'
+    random transforms depend on their position, not on where the stream began."""
     if process_index is None or process_count is None:
         import jax
 
@@ -290,6 +348,8 @@ def make_dataset(source, data_config, *, seed: int, batch_size: int, training: b
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(None if c.num_epochs < 0 else c.num_epochs)
     ds = ds.random_map(ExampleTransform(c, training), seed=seed + 1)
+    if start_record:
+        ds = ds[start_record:]
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=c.read_threads, prefetch_buffer_size=4))
     it = _DropBadIterDataset(it)
     it = it.batch(batch_size, drop_remainder=True)
@@ -320,6 +380,14 @@ def make_iterator(data_config, split: str, *, seed: int, batch_size: int, traini
         if not data_config.data_dir:
             raise ValueError("data_config.data_dir is empty: build a dataset first (tools/make_synthetic.py)")
         source = data_source(data_config.data_dir, split, grid_size=data_config.grid_size)
-    dataset = make_dataset(source, data_config, seed=seed, batch_size=batch_size, training=training,
-                           process_index=process_index, process_count=process_count)
-    return DataIterator(dataset, batch_size, data_config.max_bad_fraction, data_config.bad_check_min_examples)
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index, process_count = jax.process_index(), jax.process_count()
+
+    def dataset(start_record: int) -> grain.IterDataset:
+        return make_dataset(source, data_config, seed=seed, batch_size=batch_size, training=training,
+                            process_index=process_index, process_count=process_count, start_record=start_record)
+
+    return DataIterator(dataset, batch_size, data_config.max_bad_fraction, data_config.bad_check_min_examples,
+                        process_index=process_index, process_count=process_count)

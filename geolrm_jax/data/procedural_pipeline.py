@@ -182,6 +182,13 @@ class ProceduralIterator:
     def set_state(self, state: dict) -> None:
         self.index = int(state["index"])
 
+    def reshard_state(self, states: list[dict], process_index: int, process_count: int) -> dict:
+        """The state for process ``process_index`` of ``process_count`` from the states of a run with another
+        process count: each new process continues its own object stream after the average number of examples
+        the old processes had consumed."""
+        del process_index
+        return {"index": sum(int(s["index"]) for s in states) // process_count}
+
     def metrics(self) -> dict:
         return {"data/examples": float(self.examples), "data/bad_examples": 0.0}
 

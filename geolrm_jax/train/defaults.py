@@ -20,8 +20,11 @@ def base_train_config() -> ml_collections.ConfigDict:
     c.init_from = ""                 # previous run's workdir or `geolrm-jax convert` output
     c.init_subtrees = ()             # () = all top-level subtrees
 
-    # num_devices: -1 = all devices (of all processes); else the first num_devices (single-process tests).
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, min_fsdp_size=2**14, num_devices=-1))
+    # dcn_data granules (TPU slices, else hosts/processes; -1 = all) along 'data', each a data × fsdp mesh
+    # (docs/pods.md). num_devices: -1 = all devices; else num_devices / process_count of each process's own.
+    # batch_local_loss: the loss runs per device under shard_map (sharding.batch_local_loss; docs/pods.md).
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, dcn_data=1, min_fsdp_size=2**14, num_devices=-1,
+                                            batch_local_loss=False))
 
     c.optim = ml_collections.ConfigDict(dict(
         lr=2e-4, warmup_steps=500, eta_min_ratio=0.001, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05,

@@ -187,11 +187,7 @@ class Trainer:
     def __init__(self, config, workdir, *, task=None, make_data_iterator=None, mesh=None):
         self.config = config
         self.workdir = os.path.abspath(os.fspath(workdir))  # Orbax needs absolute paths
-        if mesh is None:
-            count = config.mesh.get("num_devices", -1)
-            devices = jax.devices() if count in (None, -1) else jax.devices()[:count]
-            mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
-        self.mesh = mesh
+        self.mesh = sharding.mesh_from_config(config.mesh) if mesh is None else mesh
         if task is None:
             from geolrm_jax.train.stages import build_task
 
@@ -216,7 +212,10 @@ class Trainer:
         self.abstract_state = checkpointing.abstract_with_shardings(abstract, self.state_shardings)
         replicated = sharding.replicated(self.mesh)
         batch_shardings = sharding.batch_sharding(self.mesh, leading_dims=2)
-        train_step = steps.make_train_step(task.loss_fn, self.tx, self.schedule)
+        loss_fn = task.loss_fn
+        if config.mesh.get("batch_local_loss", False):  # per-device loss under shard_map (sharding.py)
+            loss_fn = sharding.batch_local_loss(loss_fn, self.mesh)
+        train_step = steps.make_train_step(loss_fn, self.tx, self.schedule)
         self.train_step = sharding.call_with_activation_sharding(
             steps.jit_train_step(train_step, self.state_shardings, batch_shardings, replicated), self.mesh)
         self._summary_fn = jax.jit(task.summary_images, out_shardings=replicated)
@@ -288,8 +287,9 @@ class Trainer:
     def restore_or_init(self):
         """Latest checkpoint of this workdir (state + data-iterator position), else fresh initialization."""
         if self.checkpointer.latest_step() is not None:
-            state, data_state = self.checkpointer.restore(self.abstract_state)
-            self.data.set_state(data_state)
+            state, saved = self.checkpointer.restore(self.abstract_state)
+            self.data.set_state(checkpointing.data_state_for_process(
+                saved, self.data, jax.process_index(), jax.process_count()))
             log.info("restored step %d from %s", int(state.step), self.workdir)
             return state
         return self.init_state()

@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from geolrm_jax.data.synthetic import random_rotation
+
 PART_KINDS = ("sphere", "box", "cylinder", "capsule", "torus")
 TEXTURES = ("solid", "stripes", "checker", "gradient")
 FAMILIES = ("convex", "concave", "thin")
@@ -94,14 +96,6 @@ def _rot_y(angle):
 def _rot_x(angle):
     c, s = np.cos(angle), np.sin(angle)
     return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
-
-
-def random_rotation(rng: np.random.Generator) -> np.ndarray:
-    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
-    q = q * np.sign(np.diag(r))
-    if np.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q
 
 
 def _part(kind, center, size, rotation=None, **kw) -> _Part:

@@ -16,14 +16,17 @@ Contract (fixed in the project's cross-helper contracts)::
   ``out[b, v, q, h] = sum_{l, p} attention_weights[b, q, h, l, p] * sample(value[b, v, level l, :, h], loc)``.
 - ``view_mask`` (B, V) / ``query_mask`` (B, Q) bool: masked (b, v, q) entries give 0 output and 0 gradients
   (their locations are never read, so NaN/inf reference points there are harmless).
-- Output dtype = ``value.dtype``; gradients (custom_vjp) for value, reference_points, offsets and
-  attention_weights, in their input dtypes.
+- Output dtype = ``value.dtype``; derivatives for value, reference_points, offsets and attention_weights (in
+  their input dtypes) by every JAX transform: ``grad`` runs the implementation's backward kernels, forward mode
+  and higher orders the XLA reference in forward mode (``DEFORMABLE_SAMPLE``, see ``derivatives``).
 
 Implementations (``implementation=``):
 
 - ``"xla"``: :func:`deformable_sample_reference`, pure jnp. It never materializes a Q x H x NL x P x C tensor:
-  a ``lax.scan`` over the P points of each level accumulates the (B, V, Q, H, C) output in fp32, and the
-  hand-written backward scans the points again, recomputing the samples and scatter-adding into d_value.
+  a ``lax.scan`` over the P points of each level accumulates the (B, V, Q, H, C) output in fp32 (fp64 for
+  fp64 inputs), and the hand-written backward scans the points again, recomputing the samples and
+  scatter-adding into d_value. Both are differentiable in forward mode, which serves all derivatives but the
+  first reverse-mode one.
 - ``"pallas"``: Pallas kernels on the Triton backend (``deformable_sample_triton.py``): gathers by indexed
   loads; the backward loops over the views in registers for d_offsets / d_attention_weights /
   d_reference_points and accumulates d_value with relaxed fp32 atomic adds.

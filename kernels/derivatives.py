@@ -44,7 +44,7 @@ from jax.extend import core as extend_core
 from jax.interpreters import ad, batching, mlir
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class DerivativeFamily:
     """An op given by kernels and references; see the module docstring. Hashable by identity (a primitive
     parameter). All callables take the op's static ``spec`` first; xs / aux / outputs are tuples of arrays
@@ -69,6 +69,9 @@ class DerivativeFamily:
     differentiable_outputs: tuple[int, ...]
     saved_outputs: tuple[int, ...] = ()
     forward_tangent: Callable | None = None
+
+    def __repr__(self):  # shown in jaxprs, where it is a primitive parameter
+        return self.name
 
     def __post_init__(self):
         object.__setattr__(self, "f_p", _make_primitive(f"{self.name}_f", _f_impl, _f_abstract, _f_jvp,

@@ -1,4 +1,4 @@
-"""Rasterization stage: alpha compositing of depth-sorted per-tile lists, forward and custom_vjp backward.
+"""Rasterization stage: alpha compositing of depth-sorted per-tile lists, forward, backward and derivative rules.
 
 Per pixel (x, y) (integer centre) of a tile, the tile's Gaussians are visited front to back (CUDA forward.cu):
   power = -1/2 (A dx^2 + C dy^2) - B dx dy with d = mean2d - (x, y); skip if power > 0;
@@ -11,9 +11,11 @@ Outputs per pixel: C (3), W (= alpha output), D (= unnormalized depth), T_final,
 Work is done in chunks of `CHUNK` list entries: within a chunk the sequential rule is evaluated in closed form
 with a cumulative product (entries after the first stop are dropped), which is exactly the per-Gaussian loop.
 
-The backward is a custom_vjp that walks each tile back to front, rebuilding T by division from the saved
-T_final (never from 1 - W, which loses precision at saturated pixels) and the suffix sums from the cotangents;
-nothing per pixel-and-Gaussian is stored.
+The backward walks each tile back to front, rebuilding T by division from the saved T_final (never from 1 - W,
+which loses precision at saturated pixels) and the suffix sums from the cotangents; nothing per
+pixel-and-Gaussian is stored. `rasterize_tiles` binds the derivative primitives of `RASTERIZE`
+(`geolrm_kernels.derivatives`): `grad` runs the implementation's forward and backward, forward mode and higher
+orders `forward_xla` / `backward_xla` in forward mode, so every JAX transform applies.
 
 Per-Gaussian features are packed as (N, 10) = [mx, my, A, B, C, opacity, r, g, b, z] (see `pack_features`).
 `implementation` picks the pure-JAX path ("xla") or the Pallas Triton kernels ("pallas", "pallas_interpret")
@@ -315,7 +317,7 @@ def rasterize(feats, ids, tile_start, tile_end, height: int, width: int, *, cuda
 def rasterize_dense_reference(feats, radii, height: int, width: int, *, cuda_gradient: bool = False):
     """Dense jnp reference: every Gaussian against every pixel, tile-masked, sorted by depth; autodiff-able.
 
-    Independent of the tile lists and of the custom_vjp; for tests on small images (memory H*W*N).
+    Independent of the tile lists and of the derivative rules; for tests on small images (memory H*W*N).
     Returns (color (H, W, 3), weight (H, W), depth (H, W), transmittance (H, W), count (H, W), stopped (H, W)).
     """
     grid_x, grid_y = tiles_grid(height, width)

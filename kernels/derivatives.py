@@ -39,9 +39,13 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jax import core as jax_core
 from jax.extend import core as extend_core
 from jax.interpreters import ad, batching, mlir
+
+try:
+    from jax.core import ShapedArray
+except ImportError:  # a JAX that moved it
+    from jax._src.core import ShapedArray
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -160,7 +164,7 @@ def _f_abstract(*avals, family, spec, k, n_x, n_aux):
     shapes = family.output_shapes(spec, xs, aux)
     if k:
         shapes = [shapes[i] for i in family.differentiable_outputs]
-    return [jax_core.ShapedArray(s.shape, s.dtype) for s in shapes]
+    return [ShapedArray(s.shape, s.dtype) for s in shapes]
 
 
 def _is_zero(tangents):
@@ -241,7 +245,7 @@ def _g_impl(*operands, family, spec, m, n_x, n_aux):
 
 
 def _g_abstract(*avals, family, spec, m, n_x, n_aux):
-    return [jax_core.ShapedArray(a.shape, a.dtype) for a in avals[:n_x]]
+    return [ShapedArray(a.shape, a.dtype) for a in avals[:n_x]]
 
 
 def _g_jvp(primals, tangents, *, family, spec, m, n_x, n_aux):

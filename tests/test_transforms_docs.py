@@ -1,7 +1,7 @@
 """docs/transforms.md's examples are tests: its ```python blocks run in order in one namespace (blocks whose fence
 says ``python no-run`` are skipped). The examples assert their own results (a decreasing pose-refinement loss,
-per-example gradients equal to single-example ones, H·v against the Hessian, a Gauss-Newton step that fits the
-pose, a nonzero sensitivity map).
+finite saliency, finite per-example gradients that differ between the objects, H·v against the Hessian,
+Gauss-Newton steps that fit the pose, a nonzero sensitivity map).
 
 Slow: the examples compile the tiny model and the renderer under several transforms.
 """

@@ -22,9 +22,9 @@ They close under differentiation and transposition (all derivative tensors of ``
 
 Reverse mode of the op is the transpose of its tangent map ``F_1``, i.e. ``G_0``: the kernels serve the primal
 (``F_0``) and the gradient (``G_0``) exactly as a ``custom_vjp`` would, and training is unchanged. The other
-members (``F_1`` unless the family has a tangent kernel, ``F_{k >= 2}``, ``G_{m >= 1}``) are evaluated as
-nested ``jax.jvp`` of a pure-jnp reference forward and reference VJP: forward mode only, so references with
-``while_loop``s of data-dependent length are fine, and no kernel is ever differentiated.
+members (``F_{k >= 1}``, ``G_{m >= 1}``) are evaluated as nested ``jax.jvp`` of a pure-jnp reference forward
+and reference VJP: forward mode only, so references with ``while_loop``s of data-dependent length are fine,
+and no kernel is ever differentiated.
 
 Operand layout of the primitives (flat lists): ``F_k``: x (n_x), aux (n_aux), saved (for k >= 1), u_1 .. u_k
 (n_x each); ``G_m``: x, aux, saved, g (one per differentiable output), v_1 .. v_m. ``aux`` are operands
@@ -61,7 +61,6 @@ class DerivativeFamily:
     reference_backward(spec, xs, aux, cotangents) -> gradients; pure jnp, forward-mode differentiable, the
     exact VJP of ``reference_forward``.
     output_shapes(spec, xs, aux) -> jax.ShapeDtypeStruct of every output of ``forward`` (from avals).
-    forward_tangent(spec, xs, aux, saved, us) -> tangents of the differentiable outputs (optional kernel for F_1).
     """
 
     name: str
@@ -72,7 +71,6 @@ class DerivativeFamily:
     output_shapes: Callable
     differentiable_outputs: tuple[int, ...]
     saved_outputs: tuple[int, ...] = ()
-    forward_tangent: Callable | None = None
 
     def __repr__(self):  # shown in jaxprs, where it is a primitive parameter
         return self.name
@@ -87,12 +85,6 @@ class DerivativeFamily:
         """All outputs of the op (a tuple) at inputs ``xs`` with ``aux``; differentiable to any order."""
         xs, aux = tuple(xs), tuple(aux)
         return tuple(self.f_p.bind(*xs, *aux, family=self, spec=spec, k=0, n_x=len(xs), n_aux=len(aux)))
-
-    def vjp(self, spec, xs, aux, cotangents):
-        """``G_0``: gradients of ``<cotangents, differentiable outputs>`` w.r.t. xs (for benchmarks and tests)."""
-        xs, aux = tuple(xs), tuple(aux)
-        saved = self.saved_from(self(spec, xs, aux))
-        return _g(self, spec, xs, aux, saved, tuple(cotangents), ())
 
     def saved_from(self, outs):
         return tuple(jax.lax.stop_gradient(outs[i]) for i in self.saved_outputs)
@@ -154,8 +146,6 @@ def _f_impl(*operands, family, spec, k, n_x, n_aux):
     xs, aux, saved, *us = _split(operands, _f_layout(family, k, n_x, n_aux))
     if k == 0:
         return tuple(family.forward(spec, xs, aux))
-    if k == 1 and family.forward_tangent is not None:
-        return tuple(family.forward_tangent(spec, xs, aux, saved, us[0]))
     return _directional(lambda x: family.reference_forward(spec, x, aux), xs, us)
 
 

@@ -16,14 +16,17 @@ Contract (fixed in the project's cross-helper contracts)::
   ``out[b, v, q, h] = sum_{l, p} attention_weights[b, q, h, l, p] * sample(value[b, v, level l, :, h], loc)``.
 - ``view_mask`` (B, V) / ``query_mask`` (B, Q) bool: masked (b, v, q) entries give 0 output and 0 gradients
   (their locations are never read, so NaN/inf reference points there are harmless).
-- Output dtype = ``value.dtype``; gradients (custom_vjp) for value, reference_points, offsets and
-  attention_weights, in their input dtypes.
+- Output dtype = ``value.dtype``; derivatives for value, reference_points, offsets and attention_weights (in
+  their input dtypes) by every JAX transform: ``grad`` runs the implementation's backward kernels, forward mode
+  and higher orders the XLA reference in forward mode (``DEFORMABLE_SAMPLE``, see ``derivatives``).
 
 Implementations (``implementation=``):
 
 - ``"xla"``: :func:`deformable_sample_reference`, pure jnp. It never materializes a Q x H x NL x P x C tensor:
-  a ``lax.scan`` over the P points of each level accumulates the (B, V, Q, H, C) output in fp32, and the
-  hand-written backward scans the points again, recomputing the samples and scatter-adding into d_value.
+  a ``lax.scan`` over the P points of each level accumulates the (B, V, Q, H, C) output in fp32 (fp64 for
+  fp64 inputs), and the hand-written backward scans the points again, recomputing the samples and
+  scatter-adding into d_value. Both are differentiable in forward mode, which serves all derivatives but the
+  first reverse-mode one.
 - ``"pallas"``: Pallas kernels on the Triton backend (``deformable_sample_triton.py``): gathers by indexed
   loads; the backward loops over the views in registers for d_offsets / d_attention_weights /
   d_reference_points and accumulates d_value with relaxed fp32 atomic adds.
@@ -36,11 +39,12 @@ Implementations (``implementation=``):
 """
 from __future__ import annotations
 
-import functools
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from geolrm_kernels.derivatives import DerivativeFamily
 from jax import lax
 
 IMPLEMENTATIONS = ("xla", "pallas", "pallas_xla_backward", "pallas_interpret")
@@ -160,8 +164,14 @@ def _per_level_points(offsets, attention_weights, level):
             jnp.moveaxis(attention_weights[:, :, :, level], 3, 0))
 
 
+def _accumulation_dtype(*arrays):
+    """float32, or float64 where an input is (jax_enable_x64: the references then compute in float64)."""
+    return jnp.result_type(jnp.float32, *(x.dtype for x in arrays))
+
+
 def _locations(reference_points, offset_p, mask):
-    loc = reference_points[:, :, :, None, :].astype(jnp.float32) + offset_p[:, None].astype(jnp.float32)
+    dtype = _accumulation_dtype(reference_points, offset_p)
+    loc = reference_points[:, :, :, None, :].astype(dtype) + offset_p[:, None].astype(dtype)
     if mask is not None:
         loc = jnp.where(mask[..., None, None], loc, _MASKED_LOCATION)
     return loc  # (B, V, Q, H, 2)
@@ -171,17 +181,18 @@ def _reference_forward(value, reference_points, offsets, attention_weights, mask
     b, v, _, heads, c = value.shape
     q = reference_points.shape[2]
     flat_value = value.reshape(-1, c)
-    out = jnp.zeros((b, v, q, heads, c), jnp.float32)
+    acc_dtype = _accumulation_dtype(value, reference_points, offsets, attention_weights)
+    out = jnp.zeros((b, v, q, heads, c), acc_dtype)
     for level, ((h, w), start) in enumerate(zip(spatial_shapes, _level_starts(spatial_shapes), strict=True)):
         base, stride = _row_base(value.shape, start)
 
         def point_step(acc, xs, base=base, stride=stride, h=h, w=w):
             offset_p, weight_p = xs
             loc = _locations(reference_points, offset_p, mask)
-            weight = weight_p[:, None].astype(jnp.float32)  # (B, 1, Q, H)
+            weight = weight_p[:, None].astype(acc_dtype)  # (B, 1, Q, H)
             for pixel, inside, bilinear, _, _ in bilinear_corners(loc[..., 0], loc[..., 1], h, w):
                 coef = jnp.where(inside, weight * bilinear, 0.0)
-                sample = jnp.take(flat_value, base + pixel * stride, axis=0).astype(jnp.float32)
+                sample = jnp.take(flat_value, base + pixel * stride, axis=0).astype(acc_dtype)
                 acc = acc + coef[..., None] * sample
             return acc, None
 
@@ -194,11 +205,12 @@ def _reference_forward(value, reference_points, offsets, attention_weights, mask
 def _reference_backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g):
     b, v, _, heads, c = value.shape
     flat_value = value.reshape(-1, c)
-    g = g.astype(jnp.float32)
+    acc_dtype = _accumulation_dtype(value, reference_points, offsets, attention_weights, g)
+    g = g.astype(acc_dtype)
     if mask is not None:
         g = jnp.where(mask[:, :, :, None, None], g, 0.0)
-    d_value = jnp.zeros(flat_value.shape, jnp.float32)
-    d_ref = jnp.zeros(reference_points.shape, jnp.float32)
+    d_value = jnp.zeros(flat_value.shape, acc_dtype)
+    d_ref = jnp.zeros(reference_points.shape, acc_dtype)
     d_offsets, d_weights = [], []
     for level, ((h, w), start) in enumerate(zip(spatial_shapes, _level_starts(spatial_shapes), strict=True)):
         base, stride = _row_base(value.shape, start)
@@ -207,11 +219,11 @@ def _reference_backward(value, reference_points, offsets, attention_weights, mas
             d_value, d_ref = carry
             offset_p, weight_p = xs
             loc = _locations(reference_points, offset_p, mask)
-            weight = weight_p[:, None].astype(jnp.float32)  # (B, 1, Q, H)
+            weight = weight_p[:, None].astype(acc_dtype)  # (B, 1, Q, H)
             g_sample = g_du = g_dv = 0.0
             for pixel, inside, bilinear, dbdu, dbdv in bilinear_corners(loc[..., 0], loc[..., 1], h, w):
                 rows = base + pixel * stride
-                sample = jnp.take(flat_value, rows, axis=0).astype(jnp.float32)
+                sample = jnp.take(flat_value, rows, axis=0).astype(acc_dtype)
                 g_dot = jnp.where(inside, jnp.sum(g * sample, axis=-1), 0.0)  # (B, V, Q, H)
                 g_sample = g_sample + bilinear * g_dot
                 g_du = g_du + dbdu * g_dot
@@ -233,53 +245,56 @@ def _reference_backward(value, reference_points, offsets, attention_weights, mas
 
 
 # ----------------------------------------------------------------------------------------------------------
-# custom_vjp op shared by every implementation
+# The op: derivative primitives shared by every implementation
 # ----------------------------------------------------------------------------------------------------------
-def _forward_impl(implementation, value, reference_points, offsets, attention_weights, mask, spatial_shapes,
-                  order):
-    if implementation == "xla":
-        return _reference_forward(value, reference_points, offsets, attention_weights, mask, spatial_shapes)
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    implementation: str
+    spatial_shapes: tuple
+
+
+def _unpack(spec, xs, aux):
+    value, reference_points, offsets, attention_weights = xs
+    mask, order = (aux[0], aux[1] if len(aux) > 1 else None)
+    return value, reference_points, offsets, attention_weights, mask, spec.spatial_shapes, order
+
+
+def _kernel_forward(spec, xs, aux):
+    value, reference_points, offsets, attention_weights, mask, shapes, order = _unpack(spec, xs, aux)
+    if spec.implementation == "xla":
+        return (_reference_forward(value, reference_points, offsets, attention_weights, mask, shapes),)
     from geolrm_kernels import deformable_sample_triton as tri
 
-    return tri.forward(value, reference_points, offsets, attention_weights, mask, spatial_shapes,
-                       interpret=implementation == "pallas_interpret", order=order)
+    return (tri.forward(value, reference_points, offsets, attention_weights, mask, shapes,
+                        interpret=spec.implementation == "pallas_interpret", order=order),)
 
 
-def _backward_impl(implementation, value, reference_points, offsets, attention_weights, mask, spatial_shapes, g,
-                   order):
-    if implementation in ("xla", "pallas_xla_backward"):
-        return _reference_backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g)
+def _kernel_backward(spec, xs, aux, saved, cotangents):
+    value, reference_points, offsets, attention_weights, mask, shapes, order = _unpack(spec, xs, aux)
+    if spec.implementation in ("xla", "pallas_xla_backward"):
+        return _reference_backward(value, reference_points, offsets, attention_weights, mask, shapes, cotangents[0])
     from geolrm_kernels import deformable_sample_triton as tri
 
-    return tri.backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g,
-                        interpret=implementation == "pallas_interpret", order=order)
+    return tri.backward(value, reference_points, offsets, attention_weights, mask, shapes, cotangents[0],
+                        interpret=spec.implementation == "pallas_interpret", order=order)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _deformable_sample_op(implementation, spatial_shapes, value, reference_points, offsets, attention_weights,
-                          mask, order):
-    return _forward_impl(implementation, value, reference_points, offsets, attention_weights, mask,
-                         spatial_shapes, order)
+def _output_shapes(spec, xs, aux):
+    value, reference_points = xs[0], xs[1]
+    return (jax.ShapeDtypeStruct((*value.shape[:2], reference_points.shape[2], *value.shape[3:]), value.dtype),)
 
 
-def _op_fwd(implementation, spatial_shapes, value, reference_points, offsets, attention_weights, mask, order):
-    if order is None and implementation != "xla":  # one order for the forward and the backward kernel
-        from geolrm_kernels import deformable_sample_triton as tri
-
-        order = tri.resolve_query_order(None, reference_points, mask, None)
-    out = _forward_impl(implementation, value, reference_points, offsets, attention_weights, mask,
-                        spatial_shapes, order)
-    return out, (value, reference_points, offsets, attention_weights, mask, order)
-
-
-def _op_bwd(implementation, spatial_shapes, residuals, g):
-    value, reference_points, offsets, attention_weights, mask, order = residuals
-    grads = _backward_impl(implementation, value, reference_points, offsets, attention_weights, mask,
-                           spatial_shapes, g, order)
-    return (*grads, None, None)
-
-
-_deformable_sample_op.defvjp(_op_fwd, _op_bwd)
+# Primal and gradient from the implementation's kernels; forward mode and higher orders from the XLA reference
+# (see geolrm_kernels.derivatives). All operands have the scene axis B first, so vmap folds into it.
+DEFORMABLE_SAMPLE = DerivativeFamily(
+    name="deformable_sample",
+    forward=_kernel_forward,
+    backward=_kernel_backward,
+    reference_forward=lambda spec, xs, aux: (_reference_forward(*_unpack(spec, xs, aux)[:6]),),
+    reference_backward=lambda spec, xs, aux, cots: _reference_backward(*_unpack(spec, xs, aux)[:6], cots[0]),
+    output_shapes=_output_shapes,
+    differentiable_outputs=(0,),
+)
 
 
 def default_implementation() -> str:
@@ -324,8 +339,13 @@ def deformable_sample(value, reference_points, offsets, attention_weights, spati
         mask = jnp.ones(reference_points.shape[:3], bool)
     if query_order is not None and query_order.shape != mask.shape[:1] + mask.shape[2:]:
         raise ValueError(f"query_order must be (B, Q) = {mask.shape[:1] + mask.shape[2:]}, got {query_order.shape}")
-    return _deformable_sample_op(implementation, shapes, value, reference_points, offsets, attention_weights,
-                                 mask, query_order)
+    aux = (mask,)
+    if implementation != "xla":  # one order for the forward and the backward kernel
+        from geolrm_kernels import deformable_sample_triton as tri
+
+        aux += (tri.resolve_query_order(query_order, lax.stop_gradient(reference_points), mask, None),)
+    return DEFORMABLE_SAMPLE(_Spec(implementation, shapes), (value, reference_points, offsets, attention_weights),
+                             aux)[0]
 
 
 def deformable_sample_reference(value, reference_points, offsets, attention_weights, spatial_shapes,

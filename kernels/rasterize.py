@@ -20,8 +20,10 @@ entry (10, capacity) and summed deterministically with a segment sum in XLA.
 `tile_keys` is the intersection stage's key writer (see `geolrm_jax.render.tiles`).
 
 Contracts are those of `geolrm_jax.render.rasterize` (`forward_xla` / `backward_xla`); `rasterize` below is the
-custom_vjp entry point with implementation "pallas" (GPU) or "pallas_interpret" (any backend, for tests), and
-`rasterize_reference` is the pure-jnp path with the same contract.
+differentiable entry point (`geolrm_jax.render.rasterize.rasterize_tiles`: these kernels serve its primal and
+gradient, forward mode and higher orders run the XLA path in forward mode) with implementation "pallas" (GPU)
+or "pallas_interpret" (any backend, for tests), and `rasterize_reference` is the pure-jnp path with the same
+contract.
 """
 from __future__ import annotations
 
@@ -173,7 +175,7 @@ def _forward_kernel(start_ref, end_ref, ids_ref, feats_ref, c0_ref, c1_ref, c2_r
                      for acc, v in zip(sums, (f[6], f[7], f[8], None, f[9]), strict=True))
         return (k + 1, ahead, trans * jnp.exp(jnp.sum(jnp.where(keep, log_1m, 0.0), axis=gaxis)), sums,
                 jnp.maximum(last, jnp.max(jnp.where(keep, gau(pos) + 1, 0), axis=gaxis)),
-                count + jnp.sum(keep.astype(jnp.int32), axis=gaxis), jnp.maximum(stopped, stop),
+                count + jnp.sum(keep, axis=gaxis, dtype=jnp.int32), jnp.maximum(stopped, stop),
                 jnp.maximum(done, stop))
 
     _, _, trans, sums, last, count, stopped, _ = jax.lax.while_loop(cond, body, init)
@@ -314,7 +316,7 @@ def backward_pallas(feats, ids, tile_start, tile_end, out: TileImage, cot: TileI
 
 def rasterize(feats, ids, tile_start, tile_end, height: int, width: int, *, cuda_gradient: bool = False,
               interpret: bool = False) -> TileImage:
-    """custom_vjp rasterization of one camera with the Pallas kernels (see module doc)."""
+    """Differentiable rasterization of one camera with the Pallas kernels (see module doc)."""
     return rasterize_tiles(feats, ids, tile_start, tile_end, height, width, cuda_gradient,
                            "pallas_interpret" if interpret else "pallas")
 

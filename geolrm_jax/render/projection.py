@@ -16,6 +16,7 @@ Everything is differentiable with jax autodiff; culled Gaussians are computed fr
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -93,9 +94,14 @@ def inverse_4x4(m) -> jnp.ndarray:
 
 
 def small_matmul(a, b) -> jnp.ndarray:
-    """a (..., m, k) @ b (..., k, n) for tiny k as broadcast products and a sum: exact float32 (no TF32) and one
-    elementwise fusion on GPU, where a batched dot of 3x3 matrices would be a slow library call."""
-    return jnp.sum(a[..., :, :, None] * b[..., None, :, :], axis=-2)
+    """a (..., m, k) @ b (..., k, n) for tiny k as k broadcast products added up: exact float32 (no TF32) and one
+    elementwise fusion on GPU, where a batched dot of 3x3 matrices would be a slow library call.
+
+    The k terms are added one by one rather than by a reduce over a broadcast axis: under
+    ``jit(vmap(grad(...)))`` of a render with several objects and cameras, XLA:CPU hands such reduces to its
+    YNNPACK fusions, whose transposed variant crashes (segmentation fault; see docs/transforms.md)."""
+    terms = [a[..., :, k, None] * b[..., None, k, :] for k in range(a.shape[-1])]
+    return functools.reduce(jnp.add, terms)
 
 
 def quat_to_rotmat(quats) -> jnp.ndarray:

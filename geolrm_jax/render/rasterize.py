@@ -1,4 +1,4 @@
-"""Rasterization stage: alpha compositing of depth-sorted per-tile lists, forward and custom_vjp backward.
+"""Rasterization stage: alpha compositing of depth-sorted per-tile lists, forward, backward and derivative rules.
 
 Per pixel (x, y) (integer centre) of a tile, the tile's Gaussians are visited front to back (CUDA forward.cu):
   power = -1/2 (A dx^2 + C dy^2) - B dx dy with d = mean2d - (x, y); skip if power > 0;
@@ -11,9 +11,11 @@ Outputs per pixel: C (3), W (= alpha output), D (= unnormalized depth), T_final,
 Work is done in chunks of `CHUNK` list entries: within a chunk the sequential rule is evaluated in closed form
 with a cumulative product (entries after the first stop are dropped), which is exactly the per-Gaussian loop.
 
-The backward is a custom_vjp that walks each tile back to front, rebuilding T by division from the saved
-T_final (never from 1 - W, which loses precision at saturated pixels) and the suffix sums from the cotangents;
-nothing per pixel-and-Gaussian is stored.
+The backward walks each tile back to front, rebuilding T by division from the saved T_final (never from 1 - W,
+which loses precision at saturated pixels) and the suffix sums from the cotangents; nothing per
+pixel-and-Gaussian is stored. `rasterize_tiles` binds the derivative primitives of `RASTERIZE`
+(`geolrm_kernels.derivatives`): `grad` runs the implementation's forward and backward, forward mode and higher
+orders `forward_xla` / `backward_xla` in forward mode, so every JAX transform applies.
 
 Per-Gaussian features are packed as (N, 10) = [mx, my, A, B, C, opacity, r, g, b, z] (see `pack_features`).
 `implementation` picks the pure-JAX path ("xla") or the Pallas Triton kernels ("pallas", "pallas_interpret")
@@ -21,11 +23,13 @@ from `geolrm_kernels.rasterize`; None = Pallas on GPU, XLA elsewhere.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from geolrm_kernels.derivatives import DerivativeFamily
 
 from geolrm_jax.render.projection import HIGHEST, TILE_SIZE, tile_rect, tiles_grid
 
@@ -83,14 +87,19 @@ def image_to_tiles(x, height: int, width: int):
     return jnp.moveaxis(x, 2, 1).reshape(grid_y * grid_x, PIXELS, *rest)
 
 
-def _chunk_alpha(f, px, py):
-    """f (T, B, 10) features, px/py (T, 256) -> dx, dy, power, raw = o exp(power), alpha; each (T, 256, B)."""
+def _chunk_alpha(f, px, py, cuda_gradient: bool = False):
+    """f (T, B, 10) features, px/py (T, 256) -> dx, dy, power, raw = o exp(power), alpha; each (T, 256, B).
+
+    cuda_gradient: alpha's derivative is raw's also where the 0.99 clamp is active (straight through)."""
     dx = f[:, None, :, 0] - px[:, :, None]
     dy = f[:, None, :, 1] - py[:, :, None]
     a, b, c, o = (f[:, None, :, k] for k in (2, 3, 4, 5))
     power = -0.5 * (a * dx * dx + c * dy * dy) - b * dx * dy
     raw = o * jnp.exp(power)
-    return dx, dy, power, raw, jnp.minimum(ALPHA_MAX, raw)
+    alpha = jnp.minimum(ALPHA_MAX, raw)
+    if cuda_gradient:
+        alpha = raw + jax.lax.stop_gradient(alpha - raw)
+    return dx, dy, power, raw, alpha
 
 
 def _gather_chunk(feats, ids, tile_start, tile_end, k):
@@ -100,8 +109,11 @@ def _gather_chunk(feats, ids, tile_start, tile_end, k):
     return pos, in_list, gid, feats[gid]
 
 
-def forward_xla(feats, ids, tile_start, tile_end, height: int, width: int) -> TileImage:
-    """Pure-JAX forward over all tiles of one camera; shapes as `TileImage`."""
+def forward_xla(feats, ids, tile_start, tile_end, height: int, width: int, cuda_gradient: bool = False) -> TileImage:
+    """Pure-JAX forward over all tiles of one camera; shapes as `TileImage`.
+
+    Differentiable in forward mode (its loops have data-dependent trip counts); ``cuda_gradient`` changes only
+    its derivatives (the straight-through 0.99 clamp of `backward_xla(cuda_gradient=True)`)."""
     px, py, inside = tile_pixel_coords(height, width, feats.dtype)
     num_tiles = px.shape[0]
     num_chunks = (jnp.max(tile_end - tile_start) + CHUNK - 1) // CHUNK
@@ -117,7 +129,7 @@ def forward_xla(feats, ids, tile_start, tile_end, height: int, width: int) -> Ti
     def body(state):
         k, acc, done = state
         pos, in_list, _, f = _gather_chunk(feats, ids, tile_start, tile_end, k)
-        _, _, power, _, alpha = _chunk_alpha(f, px, py)
+        _, _, power, _, alpha = _chunk_alpha(f, px, py, cuda_gradient)
         m = in_list[:, None, :] & (power <= 0) & (alpha >= ALPHA_MIN) & ~done[:, :, None]
         t_incl = acc.transmittance[:, :, None] * jnp.cumprod(jnp.where(m, 1 - alpha, 1), axis=-1)
         fail = m & (t_incl < T_MIN)
@@ -204,40 +216,92 @@ def _resolve(implementation):
     return implementation
 
 
-def _forward_impl(feats, ids, tile_start, tile_end, height, width, implementation):
-    if implementation == "xla":
-        return forward_xla(feats, ids, tile_start, tile_end, height, width)
-    from geolrm_kernels import rasterize as kernels
-
-    return kernels.forward_pallas(feats, ids, tile_start, tile_end, height, width,
-                                  interpret=implementation == "pallas_interpret")
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def rasterize_tiles(feats, ids, tile_start, tile_end, height: int, width: int, cuda_gradient: bool,
-                    implementation: str) -> TileImage:
-    """Differentiable (w.r.t. feats only) rasterization of one camera's tile lists; see module doc."""
-    return _forward_impl(feats, ids, tile_start, tile_end, height, width, implementation)
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    height: int
+    width: int
+    cuda_gradient: bool
+    implementation: str
 
 
-def _rasterize_fwd(feats, ids, tile_start, tile_end, height, width, cuda_gradient, implementation):
-    out = _forward_impl(feats, ids, tile_start, tile_end, height, width, implementation)
-    return out, (feats, ids, tile_start, tile_end, out)
+def _per_camera(fn, *args):
+    """fn of one camera's arrays, mapped over the leading camera axis of every argument."""
+    return jax.vmap(fn)(*args)
 
 
-def _rasterize_bwd(height, width, cuda_gradient, implementation, res, cot):
-    feats, ids, tile_start, tile_end, out = res
-    if implementation == "xla":
-        grads = backward_xla(feats, ids, tile_start, tile_end, out, cot, height, width, cuda_gradient)
+def _kernel_forward(spec, xs, aux):
+    (feats,), (ids, tile_start, tile_end) = xs, aux
+    if spec.implementation == "xla":
+        forward = functools.partial(forward_xla, height=spec.height, width=spec.width)
     else:
         from geolrm_kernels import rasterize as kernels
 
-        grads = kernels.backward_pallas(feats, ids, tile_start, tile_end, out, cot, height, width,
-                                        cuda_gradient, interpret=implementation == "pallas_interpret")
-    return grads, None, None, None
+        forward = functools.partial(kernels.forward_pallas, height=spec.height, width=spec.width,
+                                    interpret=spec.implementation == "pallas_interpret")
+    out = _per_camera(forward, feats, ids, tile_start, tile_end)
+    return tuple(x.astype(feats.dtype) if i < 4 else x for i, x in enumerate(out))
 
 
-rasterize_tiles.defvjp(_rasterize_fwd, _rasterize_bwd)
+def _kernel_backward(spec, xs, aux, saved, cotangents):
+    (feats,), (ids, tile_start, tile_end), (transmittance, last) = xs, aux, saved
+
+    def backward(feats, ids, tile_start, tile_end, transmittance, last, *cot):
+        out = TileImage(None, None, None, transmittance, last, None, None)
+        cot = TileImage(*cot, None, None, None)
+        if spec.implementation == "xla":
+            return backward_xla(feats, ids, tile_start, tile_end, out, cot, spec.height, spec.width,
+                                spec.cuda_gradient)
+        from geolrm_kernels import rasterize as kernels
+
+        return kernels.backward_pallas(feats, ids, tile_start, tile_end, out, cot, spec.height, spec.width,
+                                       spec.cuda_gradient, interpret=spec.implementation == "pallas_interpret")
+
+    return (_per_camera(backward, feats, ids, tile_start, tile_end, transmittance, last, *cotangents),)
+
+
+def _reference_forward(spec, xs, aux):
+    forward = functools.partial(forward_xla, height=spec.height, width=spec.width, cuda_gradient=spec.cuda_gradient)
+    return tuple(_per_camera(forward, *xs, *aux)[:4])
+
+
+def _reference_backward(spec, xs, aux, cotangents):
+    def backward(feats, ids, tile_start, tile_end, *cot):
+        out = forward_xla(feats, ids, tile_start, tile_end, spec.height, spec.width, spec.cuda_gradient)
+        return backward_xla(feats, ids, tile_start, tile_end, out, TileImage(*cot, None, None, None), spec.height,
+                            spec.width, spec.cuda_gradient)
+
+    return (_per_camera(backward, *xs, *aux, *cotangents),)
+
+
+def _output_shapes(spec, xs, aux):
+    feats = xs[0]
+    grid_x, grid_y = tiles_grid(spec.height, spec.width)
+    lead = (feats.shape[0], grid_x * grid_y, PIXELS)
+    f, i = (lambda *extra: jax.ShapeDtypeStruct(lead + extra, feats.dtype)), jax.ShapeDtypeStruct(lead, jnp.int32)
+    return f(3), f(), f(), f(), i, i, jax.ShapeDtypeStruct(lead, jnp.bool_)
+
+
+# Primal and gradient from the implementation's forward and backward; forward mode and higher orders from the
+# XLA forward and backward (see geolrm_kernels.derivatives). Every operand has a leading camera axis.
+RASTERIZE = DerivativeFamily(
+    name="splat_rasterize",
+    forward=_kernel_forward,
+    backward=_kernel_backward,
+    reference_forward=_reference_forward,
+    reference_backward=_reference_backward,
+    output_shapes=_output_shapes,
+    differentiable_outputs=(0, 1, 2, 3),  # color, weight, depth, transmittance
+    saved_outputs=(3, 4),  # transmittance, last: what the backward reads
+)
+
+
+def rasterize_tiles(feats, ids, tile_start, tile_end, height: int, width: int, cuda_gradient: bool,
+                    implementation: str) -> TileImage:
+    """Rasterization of one camera's tile lists, differentiable w.r.t. feats by every JAX transform (any order,
+    forward and reverse, vmap); see module doc."""
+    spec = _Spec(int(height), int(width), bool(cuda_gradient), implementation)
+    out = RASTERIZE(spec, (feats[None],), (ids[None], tile_start[None], tile_end[None]))
+    return TileImage(*(x[0] for x in out))
 
 
 def rasterize(feats, ids, tile_start, tile_end, height: int, width: int, *, cuda_gradient: bool = False,
@@ -253,7 +317,7 @@ def rasterize(feats, ids, tile_start, tile_end, height: int, width: int, *, cuda
 def rasterize_dense_reference(feats, radii, height: int, width: int, *, cuda_gradient: bool = False):
     """Dense jnp reference: every Gaussian against every pixel, tile-masked, sorted by depth; autodiff-able.
 
-    Independent of the tile lists and of the custom_vjp; for tests on small images (memory H*W*N).
+    Independent of the tile lists and of the derivative rules; for tests on small images (memory H*W*N).
     Returns (color (H, W, 3), weight (H, W), depth (H, W), transmittance (H, W), count (H, W), stopped (H, W)).
     """
     grid_x, grid_y = tiles_grid(height, width)

@@ -2,7 +2,7 @@
 
 Pipeline per camera (each stage its own module):
   projection.project_gaussians -> tiles.intersect_tiles (one sort, static capacity, overflow count)
-  -> rasterize.rasterize (custom_vjp; Pallas Triton kernels on GPU, pure JAX on CPU/TPU)
+  -> rasterize.rasterize (Pallas Triton kernels on GPU, pure JAX on CPU/TPU; every JAX transform applies)
   -> rgb = clamp(C + T bg, 0, 1) with a clamp whose derivative is 1 inside, as torch.clamp.
 Batched with vmap over scenes (B); per scene, projection and rasterization are vmapped over the cameras (C) and
 the tile intersection is lax.map-ped over them (its sorts then stay 1-D per scene, which XLA can run as CUB radix

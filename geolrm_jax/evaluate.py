@@ -224,6 +224,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--method", nargs="+", choices=METHODS, default=["model"],
                    help="predictor(s): the model and/or the visual-hull baseline, on the same inputs")
     p.add_argument("--hull-grid", type=int, default=64, help="visual hull voxel grid side")
+    p.add_argument("--hull-scale", type=float, default=0.5, help="visual hull Gaussian standard deviation (voxels)")
     p.add_argument("--input-size", type=int, help="input size, for every method (default 448, tiny config 56)")
     p.add_argument("--render-size", type=int, default=448)
     p.add_argument("--checkpoint")
@@ -250,8 +251,9 @@ def main(argv=None) -> int:
         names = splits[args.split][: args.max_objects]
         for n in args.num_views:
             input_view_ids(n)
-        if args.hull_grid < 2:
-            raise ValueError(f"--hull-grid must be >= 2, got {args.hull_grid}")
+        if args.hull_grid < 2 or not args.hull_scale > 0:
+            raise ValueError(f"--hull-grid must be >= 2 and --hull-scale > 0, got {args.hull_grid}, "
+                             f"{args.hull_scale}")
         predictors, weights = {}, None
         if "model" in args.method:
             predictors["model"], weights, random_weights = model_predictor(args)
@@ -260,7 +262,7 @@ def main(argv=None) -> int:
         if "visual_hull" in args.method:
             from geolrm_jax import visual_hull
 
-            predictors["visual_hull"] = visual_hull.predictor(args.hull_grid)
+            predictors["visual_hull"] = visual_hull.predictor(args.hull_grid, scale=args.hull_scale)
     except (ValueError, FileNotFoundError) as err:
         print(f"geolrm-jax eval: error: {err}", file=sys.stderr)
         return 2
@@ -276,7 +278,8 @@ def main(argv=None) -> int:
             print(f"WARNING: {reconstruct.RANDOM_WEIGHTS_NOTE}.")
         print(f"weights: {weights}")
     if "visual_hull" in predictors:
-        print(f"visual hull: {args.hull_grid}^3 voxels over [-0.5, 0.5]^3, carved from the input alpha masks")
+        print(f"visual hull: {args.hull_grid}^3 voxels over [-0.5, 0.5]^3, carved from the input alpha masks, "
+              f"Gaussians of {args.hull_scale} voxel")
     from geolrm_jax.data.eval_set import read_family
 
     rows, bad = [], []

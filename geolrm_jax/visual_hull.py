@@ -16,9 +16,9 @@ Space carving on a G^3 voxel grid over the object volume [-0.5, 0.5]^3 (voxel ce
    ``n`` the hull normal (minus the gradient of the 3^3 box-blurred occupancy), ``v`` the unit direction to
    the camera, eps = 1e-3. A voxel no view sees gets the same weights without ``visible``.
 4. **Gaussians.** One isotropic Gaussian per surface voxel at its centre, standard deviation ``scale`` voxels
-   (0.6: neighbours overlap so the surface renders without holes), opacity ``opacity`` (0.98), compacted into
-   ``capacity`` slots (padding has opacity 0); ``geolrm-jax eval`` then renders and scores them with exactly
-   the code that scores the model.
+   (0.5: neighbours one voxel apart overlap into an opaque surface; larger blurs the silhouette), opacity
+   ``opacity`` (0.98), compacted into ``capacity`` slots (padding has opacity 0); ``geolrm-jax eval`` then
+   renders and scores them with exactly the code that scores the model.
 
 Cameras follow ``geolrm_jax.geometry`` (OpenGL c2w, normalized K; ``geometry.project_points``).
 """
@@ -37,7 +37,7 @@ from geolrm_jax.render.gaussians import Gaussians
 
 DEFAULT_GRID_SIZE = 64
 DEFAULT_THRESHOLD = 0.5
-DEFAULT_SCALE = 0.6  # Gaussian standard deviation in voxels
+DEFAULT_SCALE = 0.5  # Gaussian standard deviation in voxels
 DEFAULT_OPACITY = 0.98
 _COS_FLOOR = 1e-3  # weight of a visible view facing away from the hull normal (thin parts have no normal)
 

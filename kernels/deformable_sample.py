@@ -34,7 +34,7 @@ Implementations (``implementation=``):
 - ``"pallas_interpret"``: the Pallas kernels run by the Pallas interpreter (CPU tests).
 - ``"pallas_tpu"``: Pallas Mosaic kernels for TPU (``geolrm_kernels.tpu``): Mosaic has no per-lane gather,
   so the bilinear samples are matmuls of tent-window weights with DMA'd value chunks (docs/tpu.md).
-- ``"pallas_tpu_interpret"``: those kernels in TPU interpret mode (CPU tests).
+- ``"pallas_tpu_interpret"``: those kernels run by the Pallas (HLO) interpreter, under any transform (CPU tests).
 - ``None``: GPU -> ``GPU_DEFAULT_IMPLEMENTATION`` (the fastest measured combination); TPU -> ``"pallas_tpu"``;
   CPU -> ``"xla"``.
 """
@@ -54,7 +54,7 @@ IMPLEMENTATIONS = ("xla", "pallas", "pallas_xla_backward", "pallas_interpret", "
 # S=16384, model-like SV3D points: "pallas" 37.1 ms, "pallas_xla_backward" 83.4 ms, "xla" 95.9 ms; random
 # points: 93.1 / 99.4 / 111.3 ms; see docs/deformable.md, "Performance").
 GPU_DEFAULT_IMPLEMENTATION = "pallas"
-# TPU kernels (geolrm_kernels.tpu, docs/tpu.md); "pallas_tpu_interpret" runs them in TPU interpret mode (CPU tests).
+# TPU kernels (geolrm_kernels.tpu, docs/tpu.md); "pallas_tpu_interpret" runs them in the Pallas interpreter (tests).
 TPU_IMPLEMENTATIONS = ("pallas_tpu", "pallas_tpu_interpret")
 # Locations of masked (b, v, q) entries are replaced by this, which is outside every image for all four
 # bilinear corners, so masked entries read nothing and get exactly zero gradients.
@@ -269,8 +269,9 @@ def _kernel_forward(spec, xs, aux):
     if spec.implementation in TPU_IMPLEMENTATIONS:  # TPU (Mosaic) kernels: geolrm_kernels.tpu
         from geolrm_kernels.tpu import deformable_forward
 
+        interpret = "hlo" if spec.implementation == "pallas_tpu_interpret" else False
         return (deformable_forward.forward(value, reference_points, offsets, attention_weights, mask, shapes, order,
-                                           interpret=spec.implementation == "pallas_tpu_interpret"),)
+                                           interpret=interpret),)
     from geolrm_kernels import deformable_sample_triton as tri
 
     return (tri.forward(value, reference_points, offsets, attention_weights, mask, shapes,
@@ -286,7 +287,7 @@ def _kernel_backward(spec, xs, aux, saved, cotangents):
 
         return deformable_backward.backward(value, reference_points, offsets, attention_weights, mask, shapes,
                                             cotangents[0], order,
-                                            interpret=spec.implementation == "pallas_tpu_interpret")
+                                            interpret="hlo" if spec.implementation == "pallas_tpu_interpret" else False)
     from geolrm_kernels import deformable_sample_triton as tri
 
     return tri.backward(value, reference_points, offsets, attention_weights, mask, shapes, cotangents[0],

@@ -8,7 +8,7 @@ import pytest
 from geolrm_kernels import deformable_sample as ds
 from geolrm_kernels.tpu import deformable_backward, deformable_forward
 from geolrm_kernels.tpu.config import DeformableTpuConfig
-from test_deformable_sample import _vjp_all, _with_borders, make_inputs, rel_err
+from test_deformable_sample import SHAPES, _vjp_all, _with_borders, make_inputs, rel_err
 
 NAMES = ("out", "d_value", "d_reference_points", "d_offsets", "d_attention_weights")
 
@@ -30,20 +30,47 @@ def assert_close(got, want, tols):
         assert rel_err(g32, w32) <= tol, (name, rel_err(g32, w32))
 
 
+def _kernels(value, ref, offsets, weights, mask, shapes, cot, order=None, config=DeformableTpuConfig()):
+    """Forward and backward kernels called directly, in TPU interpret mode with race detection."""
+    out = deformable_forward.forward(value, ref, offsets, weights, mask, shapes, order, interpret=True,
+                                     config=config)
+    grads = deformable_backward.backward(value, ref, offsets, weights, mask, shapes, cot, order, interpret=True,
+                                         config=config)
+    assert races_found() is False  # the detector ran and found none
+    return (out, *grads)
+
+
+def _reference(value, ref, offsets, weights, mask, shapes, cot):
+    return (ds._reference_forward(value, ref, offsets, weights, mask, shapes),
+            *ds._reference_backward(value, ref, offsets, weights, mask, shapes, cot))
+
+
 def test_matches_reference_fp32_masked_borders():
     """The shapes of tests/test_deformable_sample.py: B = 2 x V = 3, a view masked per scene, a masked query,
-    points on borders and outside; through the op (its derivative primitives) as the model calls it."""
+    points on borders and outside."""
     value, ref, offsets, weights = make_inputs(10, b=2, v=3, q=6, heads=2, c=24)
     ref = _with_borders(ref)
-    masks = dict(view_mask=jnp.array([[True, False, True], [False, True, True]]),
-                 query_mask=jnp.array([[True, True, False, True, True, True], [True] * 6]))
+    view_mask = jnp.array([[True, False, True], [False, True, True]])
+    query_mask = jnp.array([[True, True, False, True, True, True], [True] * 6])
+    mask = view_mask[:, :, None] & query_mask[:, None, :]
     cot = jax.random.normal(jax.random.key(1), (2, 3, 6, 2, 24))
-    got = _vjp_all("pallas_tpu_interpret", value, ref, offsets, weights, cot, **masks)
-    want = _vjp_all("xla", value, ref, offsets, weights, cot, **masks)
-    assert_close(got, want, (1e-5, 1e-4, 1e-4, 1e-4, 1e-4))
-    assert races_found() is False  # the detector ran and found none
+    got = _kernels(value, ref, offsets, weights, mask, SHAPES, cot)
+    assert_close(got, _reference(value, ref, offsets, weights, mask, SHAPES, cot), (1e-5, 1e-4, 1e-4, 1e-4, 1e-4))
     assert np.all(np.asarray(got[0])[0, 1] == 0) and np.all(np.asarray(got[1])[0, 1] == 0)
     assert np.all(np.asarray(got[3])[0, 2] == 0) and np.abs(np.asarray(got[3])[1, 2]).max() > 0
+
+
+def test_op_under_jit_bf16_values():
+    """Through the op (its derivative primitives, as the model calls it) under jit with the implementation
+    "pallas_tpu_interpret" (the HLO interpreter), bf16 values and cotangent, masked queries."""
+    value, ref, offsets, weights = make_inputs(11, v=2, q=6, heads=2, c=24, dtype=jnp.bfloat16)
+    cot = jax.random.normal(jax.random.key(2), (1, 2, 6, 2, 24)).astype(jnp.bfloat16)
+    masks = dict(query_mask=jnp.array([[True, False, True, True, True, True]]))
+    got = jax.jit(_vjp_all, static_argnums=0)("pallas_tpu_interpret", value, ref, offsets, weights, cot, **masks)
+    want = _vjp_all("xla", value.astype(jnp.float32), ref, offsets, weights, cot.astype(jnp.float32), **masks)
+    assert got[0].dtype == jnp.bfloat16 and got[1].dtype == jnp.bfloat16
+    for name, g, w in zip(NAMES, got, want, strict=True):
+        assert rel_err(np.asarray(g, np.float32), np.asarray(w)) <= 1e-2, name
 
 
 @pytest.mark.slow
@@ -56,25 +83,8 @@ def test_several_query_blocks_chunks_and_a_query_order():
     mask = jnp.ones((1, 2, 150), bool).at[0, 1, 40:60].set(False)
     cot = jax.random.normal(jax.random.key(4), (1, 2, 150, 2, 40))
     order = jax.random.permutation(jax.random.key(5), 150)[None].astype(jnp.int32)
-    config = DeformableTpuConfig(block_q=128, chunk=128)
-    out = deformable_forward.forward(value, ref, offsets, weights, mask, shapes, order, interpret=True,
-                                     config=config)
-    grads = deformable_backward.backward(value, ref, offsets, weights, mask, shapes, cot, order, interpret=True,
-                                         config=config)
-    want_out = ds._reference_forward(value, ref, offsets, weights, mask, shapes)
-    want = ds._reference_backward(value, ref, offsets, weights, mask, shapes, cot)
-    assert_close((out, *grads), (want_out, *want), (1e-5, 1e-4, 1e-4, 1e-4, 1e-4))
-    assert races_found() in (False, None)
-
-
-def test_bf16_values():
-    value, ref, offsets, weights = make_inputs(11, v=2, q=6, heads=2, c=24, dtype=jnp.bfloat16)
-    cot = jax.random.normal(jax.random.key(2), (1, 2, 6, 2, 24)).astype(jnp.bfloat16)
-    got = _vjp_all("pallas_tpu_interpret", value, ref, offsets, weights, cot)
-    want = _vjp_all("xla", value.astype(jnp.float32), ref, offsets, weights, cot.astype(jnp.float32))
-    assert got[0].dtype == jnp.bfloat16 and got[1].dtype == jnp.bfloat16
-    for name, g, w in zip(NAMES, got, want, strict=True):
-        assert rel_err(np.asarray(g, np.float32), np.asarray(w)) <= 1e-2, name
+    got = _kernels(value, ref, offsets, weights, mask, shapes, cot, order, DeformableTpuConfig(block_q=128, chunk=128))
+    assert_close(got, _reference(value, ref, offsets, weights, mask, shapes, cot), (1e-5, 1e-4, 1e-4, 1e-4, 1e-4))
 
 
 def test_default_on_tpu_and_config_checks(monkeypatch):

@@ -110,7 +110,7 @@ def backward(value, reference_points, offsets, attention_weights, mask, spatial_
     vt = fwd.value_to_kernel(value, config)
     g_rows = fwd.rows_to_kernel(g, lay.order, q_pad)  # (B*V*H, Qp, C)
     g_cols = jnp.swapaxes(g_rows, 1, 2)  # (B*V*H, C, Qp)
-    bvh_of = lambda bh, view: ((bh // heads) * v + view) * heads + bh % heads
+    bvh_of = functools.partial(fwd.value_row, heads=heads, views=v)
     nlp = nl * points
     head_block = pl.BlockSpec((None, config.block_q, nlp), lambda bh, qb, view, ranges: (bh, qb, 0))
     kernel = functools.partial(_backward_kernel, shapes=tuple(spatial_shapes), heads=heads, views=v, nqb=nqb,

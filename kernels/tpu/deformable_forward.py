@@ -155,10 +155,16 @@ def chunk_range(ranges_ref, index):
     return packed >> _COUNT_BITS, packed & ((1 << _COUNT_BITS) - 1)
 
 
+def value_row(bh, view, heads: int, views: int):
+    """(b*H + h, view) -> (b*V + v)*H + h, the row of value / output. lax.div / lax.rem (non-negative
+    operands): jnp's // and % lower through sign, which Mosaic lowers only for a known TPU generation."""
+    return (lax.div(bh, heads) * views + view) * heads + lax.rem(bh, heads)
+
+
 def grid_indices(heads: int, views: int):
-    """(b*H + h, query block, view) -> (b*V + v)*H + h, the row of value / output."""
+    """(b*H + h, query block, view, row of value / output) of this program."""
     bh, qb, view = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-    return bh, qb, view, ((bh // heads) * views + view) * heads + bh % heads
+    return bh, qb, view, value_row(bh, view, heads, views)
 
 
 def _forward_kernel(ranges_ref, ref_ref, mask_ref, offu_ref, offv_ref, w_ref, value_hbm, out_ref, vbuf, acc_ref,
@@ -194,7 +200,7 @@ def query_spec(block_q: int, width: int, rows_of):
 
 
 def query_specs(b, heads, views, nl, points, block_q):
-    per_view = lambda bh, view: (bh // heads) * views + view
+    per_view = lambda bh, view: lax.div(bh, heads) * views + view
     per_head = lambda bh, view: bh
     return [query_spec(block_q, 2, per_view), query_spec(block_q, 1, per_view)] + \
         [query_spec(block_q, nl * points, per_head)] * 3
@@ -232,7 +238,7 @@ def forward(value, reference_points, offsets, attention_weights, mask, spatial_s
             grid=(b * heads, nqb, v),
             in_specs=query_specs(b, heads, v, nl, points, config.block_q) + [pl.BlockSpec(memory_space=pl.ANY)],
             out_specs=pl.BlockSpec((None, config.block_q, c), lambda bh, qb, view, ranges: (
-                ((bh // heads) * v + view) * heads + bh % heads, qb, 0)),
+                value_row(bh, view, heads, v), qb, 0)),
             scratch_shapes=[pltpu.VMEM((c, config.chunk), value.dtype), pltpu.VMEM((config.block_q, c), jnp.float32),
                             pltpu.SemaphoreType.DMA]),
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "parallel")),

@@ -60,10 +60,12 @@ def list_features(feats, ids, chunk: int):
 
 
 def pixel_coords(tile, grid_x: int):
-    """(px, py), each (256, 1) fp32, of a tile's pixels (row-major in the tile)."""
+    """(px, py), each (256, 1) fp32, of a tile's pixels (row-major in the tile). Kernel integer division is
+    lax.div / lax.rem (non-negative operands): jnp's // and % lower through sign, which Mosaic lowers only
+    for a known TPU generation."""
     p = lax.broadcasted_iota(jnp.int32, (PIXELS, 1), 0)
-    px = (tile % grid_x) * TILE_SIZE + (p & (TILE_SIZE - 1))
-    py = (tile // grid_x) * TILE_SIZE + (p >> 4)
+    px = lax.rem(tile, grid_x) * TILE_SIZE + (p & (TILE_SIZE - 1))
+    py = lax.div(tile, grid_x) * TILE_SIZE + (p >> 4)
     return px.astype(jnp.float32), py.astype(jnp.float32)
 
 
@@ -80,13 +82,13 @@ def prefix_sum(x, ones):
 
 def chunk_entries(start, end, i, chunk: int):
     """(position of each lane's entry (1, chunk) int32, in-list mask, DMA offset) of chunk i of a tile."""
-    offset = pl.multiple_of((start // chunk + i) * chunk, chunk)
+    offset = pl.multiple_of((lax.div(start, chunk) + i) * chunk, chunk)
     pos = offset + lax.broadcasted_iota(jnp.int32, (1, chunk), 1)
     return pos, (pos >= start) & (pos < end), offset
 
 
 def num_chunks(start, end, chunk: int):
-    return jnp.where(end > start, (end - (start // chunk) * chunk + chunk - 1) // chunk, 0)
+    return jnp.where(end > start, lax.div(end - lax.div(start, chunk) * chunk + chunk - 1, chunk), 0)
 
 
 def alpha_terms(buf, px, py):

@@ -21,8 +21,9 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from geolrm_kernels.tpu import config as tpu_config
 from geolrm_kernels.tpu import deformable_forward as fwd
-from geolrm_kernels.tpu.config import DEFORMABLE, DeformableTpuConfig
+from geolrm_kernels.tpu.config import DeformableTpuConfig
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
@@ -98,9 +99,10 @@ def _backward_kernel(ranges_ref, ref_ref, mask_ref, offu_ref, offv_ref, w_ref, g
 
 
 def backward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, g, order=None, *,
-             interpret=False, config: DeformableTpuConfig = DEFORMABLE):
+             interpret=False, config: DeformableTpuConfig | None = None):
     """Gradients (d_value, d_reference_points, d_offsets, d_attention_weights) in the inputs' dtypes, for the
     output cotangent g (B, V, Q, H, C); same contract as the reference backward."""
+    config = config or tpu_config.DEFORMABLE  # read per call: a benchmark may set it
     b, v, length, heads, c = value.shape
     q = reference_points.shape[2]
     nl, points = offsets.shape[3:5]

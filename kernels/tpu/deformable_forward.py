@@ -24,7 +24,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from geolrm_kernels.tpu.config import DEFORMABLE, DeformableTpuConfig
+from geolrm_kernels.tpu import config as tpu_config
+from geolrm_kernels.tpu.config import DeformableTpuConfig
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
@@ -219,8 +220,9 @@ def interpret_arg(interpret):
 
 
 def forward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, order=None, *,
-            interpret=False, config: DeformableTpuConfig = DEFORMABLE):
+            interpret=False, config: DeformableTpuConfig | None = None):
     """(B, V, Q, H, C) in value.dtype; contract of ``deformable_sample`` with a (B, V, Q) bool ``mask``."""
+    config = config or tpu_config.DEFORMABLE  # read per call: a benchmark may set it
     b, v, length, heads, c = value.shape
     q = reference_points.shape[2]
     nl, points = offsets.shape[3:5]

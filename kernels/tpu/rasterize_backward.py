@@ -17,8 +17,9 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from geolrm_kernels.tpu import config as tpu_config
 from geolrm_kernels.tpu import rasterize_forward as fwd
-from geolrm_kernels.tpu.config import RASTERIZE, RasterizeTpuConfig
+from geolrm_kernels.tpu.config import RasterizeTpuConfig
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
@@ -87,10 +88,11 @@ def _backward_kernel(start_ref, end_ref, stop_ref, feats_hbm, pixel_ref, grads_i
 
 
 def backward(feats, ids, tile_start, tile_end, transmittance, last, cotangents, height: int, width: int,
-             cuda_gradient: bool, *, interpret=False, config: RasterizeTpuConfig = RASTERIZE):
+             cuda_gradient: bool, *, interpret=False, config: RasterizeTpuConfig | None = None):
     """d loss / d feats (C, N, 10) for cameras batched on the leading axis: feats (C, N, 10), ids (C, capacity),
     tile ranges (C, T), the forward's transmittance and last (C, T, 256), cotangents (color (C, T, 256, 3),
     weight, depth, transmittance (C, T, 256)); contract of ``backward_xla``."""
+    config = config or tpu_config.RASTERIZE  # read per call: a benchmark may set it
     cams, num = feats.shape[:2]
     capacity = ids.shape[1]
     grid_x, grid_y = fwd.tiles_grid(height, width)

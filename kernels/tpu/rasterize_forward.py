@@ -18,7 +18,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from geolrm_kernels.tpu.config import RASTERIZE, RasterizeTpuConfig
+from geolrm_kernels.tpu import config as tpu_config
+from geolrm_kernels.tpu.config import RasterizeTpuConfig
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
@@ -143,10 +144,11 @@ def _forward_kernel(start_ref, end_ref, feats_hbm, out_ref, buf, sem, *, grid_x:
 
 
 def forward(feats, ids, tile_start, tile_end, height: int, width: int, *, interpret=False,
-            config: RasterizeTpuConfig = RASTERIZE):
+            config: RasterizeTpuConfig | None = None):
     """Cameras batched on the leading axis: feats (C, N, 10), ids (C, capacity), tile_start / tile_end
     (C, num_tiles). Returns (color (C, T, 256, 3), weight, depth, transmittance (C, T, 256) in feats.dtype,
     last, count (C, T, 256) int32, stopped (C, T, 256) bool), the fields of ``TileImage``."""
+    config = config or tpu_config.RASTERIZE  # read per call: a benchmark may set it
     cams = feats.shape[0]
     grid_x, grid_y = tiles_grid(height, width)
     num_tiles = grid_x * grid_y

@@ -32,10 +32,11 @@ Implementations (``implementation=``):
   d_reference_points and accumulates d_value with relaxed fp32 atomic adds.
 - ``"pallas_xla_backward"``: the Pallas forward with the XLA reference's backward (GPU).
 - ``"pallas_interpret"``: the Pallas kernels run by the Pallas interpreter (CPU tests).
-- ``None``: GPU -> ``GPU_DEFAULT_IMPLEMENTATION`` (the fastest measured combination); TPU and CPU ->
-  ``"xla"``. TPU uses the XLA formulation because Mosaic (the Pallas TPU backend) has no general per-lane
-  gather from HBM/VMEM, which is what bilinear sampling at data-dependent locations needs; XLA's gather
-  lowering is the legal and reasonably efficient path there.
+- ``"pallas_tpu"``: Pallas Mosaic kernels for TPU (``geolrm_kernels.tpu``): Mosaic has no per-lane gather,
+  so the bilinear samples are matmuls of tent-window weights with DMA'd value chunks (docs/tpu.md).
+- ``"pallas_tpu_interpret"``: those kernels run by the Pallas (HLO) interpreter, under any transform (CPU tests).
+- ``None``: GPU -> ``GPU_DEFAULT_IMPLEMENTATION`` (the fastest measured combination); TPU -> ``"pallas_tpu"``;
+  CPU -> ``"xla"``.
 """
 from __future__ import annotations
 
@@ -47,12 +48,14 @@ import numpy as np
 from geolrm_kernels.derivatives import DerivativeFamily
 from jax import lax
 
-IMPLEMENTATIONS = ("xla", "pallas", "pallas_xla_backward", "pallas_interpret")
+IMPLEMENTATIONS = ("xla", "pallas", "pallas_xla_backward", "pallas_interpret", "pallas_tpu", "pallas_tpu_interpret")
 # What implementation=None runs on GPU: the fastest correct combination measured by
 # tools/bench_deformable.py at the model's shapes (H100, 2026-11-25 04:22 UTC, fwd+bwd at V=21, 140^2+80^2,
 # S=16384, model-like SV3D points: "pallas" 37.1 ms, "pallas_xla_backward" 83.4 ms, "xla" 95.9 ms; random
 # points: 93.1 / 99.4 / 111.3 ms; see docs/deformable.md, "Performance").
 GPU_DEFAULT_IMPLEMENTATION = "pallas"
+# TPU kernels (geolrm_kernels.tpu, docs/tpu.md); "pallas_tpu_interpret" runs them in the Pallas interpreter (tests).
+TPU_IMPLEMENTATIONS = ("pallas_tpu", "pallas_tpu_interpret")
 # Locations of masked (b, v, q) entries are replaced by this, which is outside every image for all four
 # bilinear corners, so masked entries read nothing and get exactly zero gradients.
 _MASKED_LOCATION = -4.0
@@ -263,6 +266,12 @@ def _kernel_forward(spec, xs, aux):
     value, reference_points, offsets, attention_weights, mask, shapes, order = _unpack(spec, xs, aux)
     if spec.implementation == "xla":
         return (_reference_forward(value, reference_points, offsets, attention_weights, mask, shapes),)
+    if spec.implementation in TPU_IMPLEMENTATIONS:  # TPU (Mosaic) kernels: geolrm_kernels.tpu
+        from geolrm_kernels.tpu import deformable_forward
+
+        interpret = "hlo" if spec.implementation == "pallas_tpu_interpret" else False
+        return (deformable_forward.forward(value, reference_points, offsets, attention_weights, mask, shapes, order,
+                                           interpret=interpret),)
     from geolrm_kernels import deformable_sample_triton as tri
 
     return (tri.forward(value, reference_points, offsets, attention_weights, mask, shapes,
@@ -273,6 +282,12 @@ def _kernel_backward(spec, xs, aux, saved, cotangents):
     value, reference_points, offsets, attention_weights, mask, shapes, order = _unpack(spec, xs, aux)
     if spec.implementation in ("xla", "pallas_xla_backward"):
         return _reference_backward(value, reference_points, offsets, attention_weights, mask, shapes, cotangents[0])
+    if spec.implementation in TPU_IMPLEMENTATIONS:
+        from geolrm_kernels.tpu import deformable_backward
+
+        return deformable_backward.backward(value, reference_points, offsets, attention_weights, mask, shapes,
+                                            cotangents[0], order,
+                                            interpret="hlo" if spec.implementation == "pallas_tpu_interpret" else False)
     from geolrm_kernels import deformable_sample_triton as tri
 
     return tri.backward(value, reference_points, offsets, attention_weights, mask, shapes, cotangents[0],
@@ -298,8 +313,11 @@ DEFORMABLE_SAMPLE = DerivativeFamily(
 
 
 def default_implementation() -> str:
-    """GPU -> GPU_DEFAULT_IMPLEMENTATION; TPU, CPU and anything else -> "xla" (see the module docstring)."""
-    return GPU_DEFAULT_IMPLEMENTATION if jax.default_backend() in ("gpu", "cuda", "rocm") else "xla"
+    """GPU -> GPU_DEFAULT_IMPLEMENTATION; TPU -> "pallas_tpu"; CPU and anything else -> "xla"."""
+    backend = jax.default_backend()
+    if backend == "tpu":
+        return "pallas_tpu"
+    return GPU_DEFAULT_IMPLEMENTATION if backend in ("gpu", "cuda", "rocm") else "xla"
 
 
 def kernel_query_order(reference_points, view_mask=None, query_mask=None, *, implementation=None):

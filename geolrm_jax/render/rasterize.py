@@ -18,8 +18,9 @@ pixel-and-Gaussian is stored. `rasterize_tiles` binds the derivative primitives 
 orders `forward_xla` / `backward_xla` in forward mode, so every JAX transform applies.
 
 Per-Gaussian features are packed as (N, 10) = [mx, my, A, B, C, opacity, r, g, b, z] (see `pack_features`).
-`implementation` picks the pure-JAX path ("xla") or the Pallas Triton kernels ("pallas", "pallas_interpret")
-from `geolrm_kernels.rasterize`; None = Pallas on GPU, XLA elsewhere.
+`implementation` picks the pure-JAX path ("xla"), the Pallas Triton kernels ("pallas", "pallas_interpret")
+from `geolrm_kernels.rasterize` or the Pallas Mosaic (TPU) kernels ("pallas_tpu", "pallas_tpu_interpret") from
+`geolrm_kernels.tpu`; None = "pallas" on GPU, "pallas_tpu" on TPU, XLA elsewhere.
 """
 from __future__ import annotations
 
@@ -207,12 +208,16 @@ def backward_xla(feats, ids, tile_start, tile_end, out: TileImage, cot: TileImag
     return jax.lax.while_loop(cond, body, init)[3]
 
 
+# TPU (Pallas Mosaic) kernels, geolrm_kernels.tpu (docs/tpu.md); "pallas_tpu_interpret": the Pallas interpreter.
+TPU_IMPLEMENTATIONS = ("pallas_tpu", "pallas_tpu_interpret")
+
+
 def _resolve(implementation):
     if implementation is None:
-        return "pallas" if jax.default_backend() == "gpu" else "xla"
-    if implementation not in ("xla", "pallas", "pallas_interpret"):
-        raise ValueError(f"implementation must be None, 'xla', 'pallas' or 'pallas_interpret', got "
-                         f"{implementation!r}")
+        return {"gpu": "pallas", "tpu": "pallas_tpu"}.get(jax.default_backend(), "xla")
+    if implementation not in ("xla", "pallas", "pallas_interpret", *TPU_IMPLEMENTATIONS):
+        raise ValueError(f"implementation must be None, 'xla', 'pallas', 'pallas_interpret', 'pallas_tpu' or "
+                         f"'pallas_tpu_interpret', got {implementation!r}")
     return implementation
 
 
@@ -231,6 +236,11 @@ def _per_camera(fn, *args):
 
 def _kernel_forward(spec, xs, aux):
     (feats,), (ids, tile_start, tile_end) = xs, aux
+    if spec.implementation in TPU_IMPLEMENTATIONS:  # cameras are the kernels' outer grid axis
+        from geolrm_kernels.tpu import rasterize_forward
+
+        return rasterize_forward.forward(feats, ids, tile_start, tile_end, spec.height, spec.width,
+                                         interpret="hlo" if spec.implementation == "pallas_tpu_interpret" else False)
     if spec.implementation == "xla":
         forward = functools.partial(forward_xla, height=spec.height, width=spec.width)
     else:
@@ -244,6 +254,12 @@ def _kernel_forward(spec, xs, aux):
 
 def _kernel_backward(spec, xs, aux, saved, cotangents):
     (feats,), (ids, tile_start, tile_end), (transmittance, last) = xs, aux, saved
+    if spec.implementation in TPU_IMPLEMENTATIONS:
+        from geolrm_kernels.tpu import rasterize_backward
+
+        interpret = "hlo" if spec.implementation == "pallas_tpu_interpret" else False
+        return (rasterize_backward.backward(feats, ids, tile_start, tile_end, transmittance, last, tuple(cotangents),
+                                            spec.height, spec.width, spec.cuda_gradient, interpret=interpret),)
 
     def backward(feats, ids, tile_start, tile_end, transmittance, last, *cot):
         out = TileImage(None, None, None, transmittance, last, None, None)

@@ -13,8 +13,8 @@ Inputs, dropped or picked in the page (what ``reconstruct`` reads, see ``geolrm_
 (``.splat``), the mesh in a second viewer, the turntable video, and downloads of ``gaussians.ply``,
 ``gaussians.splat``, ``mesh.glb``, ``mesh.obj`` and ``summary.json``. A bad upload is reported in the page
 (one line naming the file and the problem). The weights are found as ``reconstruct`` finds them
-(``--checkpoint``, ``$GEOLRM_CHECKPOINT``, the cache, the bundled checkpoints; random weights, said so in the
-page, when there is none). The server binds to 127.0.0.1 unless ``--host`` says otherwise, handles one
+(``--checkpoint``, ``$GEOLRM_CHECKPOINT``, the cache, the bundled demo model; ``--random-weights`` for a pipeline
+test, said so in the page). The server binds to 127.0.0.1 unless ``--host`` says otherwise, handles one
 reconstruction at a time, and prints its URL.
 """
 
@@ -90,10 +90,7 @@ def prepare_input(files, work: pathlib.Path) -> pathlib.Path:
 
 
 def _summary_markdown(summary: dict, mesh_note: str) -> str:
-    lines = []
-    if summary["random_weights"]:
-        lines.append(f"**{reconstruct.RANDOM_WEIGHTS_NOTE}.**")
-    lines.append(f"Weights: {summary['weights']}")
+    lines = [f"**Model: {summary['model']}.**" if summary["random_weights"] else f"Model: {summary['model']}"]
     lines.append(f"Input: {summary['input_kind']}, {summary['num_views']} views at {summary['image_size']} px; "
                  f"{summary['gaussians_written']} Gaussians; {mesh_note}")
     total = sum(summary["timings_s"].values())
@@ -117,6 +114,8 @@ class DemoRunner:
             argv += ["--checkpoint", a.checkpoint]
         if a.model_config:
             argv += ["--model-config", a.model_config]
+        if a.random_weights:
+            argv.append("--random-weights")
         return argv
 
     def run(self, source: pathlib.Path, kind: str = "auto", make_mesh: bool = True):
@@ -196,6 +195,7 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="Orbax folder or .safetensors/.ckpt/.pt (default: reconstruct's search)")
     p.add_argument("--model-config", help="official | tiny | config.json (default: as reconstruct)")
+    p.add_argument("--random-weights", action="store_true", help="seeded random weights (a pipeline test)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (0: any free port)")
     p.add_argument("--video-size", type=int, default=384, help="turntable size (even)")

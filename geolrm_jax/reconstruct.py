@@ -20,10 +20,14 @@ Weights, first found wins:
 1. ``--checkpoint PATH``: an Orbax folder written by ``geolrm-jax convert``, or a state dict
    (.safetensors / .ckpt / .pt) converted on the fly;
 2. ``$GEOLRM_CHECKPOINT`` (same kinds);
-3. the newest entry (by modification time) in ``$GEOLRM_CACHE`` (default ``~/.cache/geolrm_jax``) or in
-   the bundled ``geolrm_jax/assets/checkpoints``: an Orbax folder or a state dict file;
-4. none: the model runs with RANDOM weights (seeded) and says so in its output. Until a trained checkpoint
-   ships, this is what happens out of the box; the default architecture is then the tiny one.
+3. the newest entry (by modification time) in ``$GEOLRM_CACHE`` (default ``~/.cache/geolrm_jax``): an Orbax
+   folder or a state dict file (where ``geolrm-jax convert`` puts the released weights);
+4. the demo model shipped in the package (``geolrm_jax/assets/checkpoints/demo``): the GeoLRM architecture at
+   9M parameters, trained by this project on procedural objects (``configs/demo.py``). It reconstructs
+   objects like its training data; convert the released weights for real objects.
+
+Without any, the command stops; ``--random-weights`` runs seeded random weights instead (a pipeline test, NOT a
+reconstruction; the tiny architecture unless ``--model-config``). The first printed line names the model.
 
 A checkpoint's architecture is ``--model-config``; without it, the config that ``geolrm-jax convert`` saved in an
 Orbax folder (``geolrm_model_config.json``), else ``official``. Cache entries that are not readable
@@ -53,7 +57,9 @@ SAMPLE_DIR = pathlib.Path(__file__).parent / "assets" / "sample"
 DEFAULT_IMAGE_SIZE = {"official": 448, "tiny": 56}
 SV3D_IMAGE_SIZE = 560  # run_geolrm.py resizes SV3D frames to 560, run_geolrm_zero123.py to 448
 MAX_VIEWS = 21
-RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS (no checkpoint found): the output is NOT a reconstruction"
+RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS (--random-weights): the output is NOT a reconstruction"
+DEMO_DESCRIPTION = ("the demo model, trained by geolrm-jax on procedural objects (configs/demo.py); for real "
+                    "objects convert the released weights (geolrm-jax convert)")
 OUTPUT_NAMES = ("gaussians.ply", "gaussians.splat", "turntable.mp4", "turntable.gif", "summary.json", "views")
 
 
@@ -92,8 +98,8 @@ def find_checkpoint(explicit: str | None = None, warn=_warn) -> tuple[pathlib.Pa
         if problem:
             raise convert.CheckpointError(f"{path}: {problem} ({how})")
         return path, how
-    candidates = []
-    for folder in (cache_dir(), BUNDLED_CHECKPOINTS):
+    for folder in (cache_dir(), BUNDLED_CHECKPOINTS):  # the user's converted weights before the bundled model
+        candidates = []
         if folder.is_dir():
             for p in folder.iterdir():
                 if not _is_checkpoint(p) or p.name.startswith("."):
@@ -103,10 +109,30 @@ def find_checkpoint(explicit: str | None = None, warn=_warn) -> tuple[pathlib.Pa
                     warn(f"{p}: skipped, not a readable checkpoint ({problem})")
                 else:
                     candidates.append(p)
-    if candidates:
-        newest = max(candidates, key=lambda p: p.stat().st_mtime)
-        return newest, f"newest in {newest.parent}"
+        if candidates:
+            newest = max(candidates, key=lambda p: p.stat().st_mtime)
+            how = "bundled" if folder == BUNDLED_CHECKPOINTS else f"newest in {newest.parent}"
+            return newest, how
     return None, "none found"
+
+
+def describe_model(choice) -> str:
+    """One line naming the weights a run uses (the first line ``reconstruct`` prints; ``summary.json``'s
+    ``model``)."""
+    if choice.checkpoint is None:
+        return f"{RANDOM_WEIGHTS_NOTE}; architecture {choice.config_name}"
+    info_file = choice.checkpoint / "training.json" if choice.checkpoint.is_dir() else None
+    if info_file is not None and info_file.is_file():
+        try:
+            info = json.loads(info_file.read_text())
+        except (OSError, ValueError):
+            info = {}
+        if str(info.get("config", "")).startswith("configs/demo.py"):
+            return f"{DEMO_DESCRIPTION} [{choice.checkpoint}]"
+        if info.get("config"):
+            return (f"a model trained by geolrm-jax ({info['config']}, step {info.get('workdir_step', '?')}) "
+                    f"[{choice.checkpoint}]")
+    return f"{choice.checkpoint} ({choice.how}); architecture {choice.config_name}"
 
 
 def load_variables(checkpoint: pathlib.Path, config):
@@ -137,12 +163,13 @@ class ModelChoice(NamedTuple):
 
 
 def resolve_model(checkpoint_arg: str | None, model_config_arg: str | None, dtype: str | None = None,
-                  warn=_warn) -> ModelChoice:
-    """Find the checkpoint and the architecture (``--model-config``, else the config saved with an Orbax
-    checkpoint, else official with a checkpoint and tiny without); nothing is loaded yet."""
+                  warn=_warn, random_weights: bool = False) -> ModelChoice:
+    """Find the checkpoint (none with ``random_weights``) and the architecture (``--model-config``, else the
+    config saved with an Orbax checkpoint, else official with a checkpoint and tiny without); nothing is loaded
+    yet."""
     from geolrm_jax.model import convert
 
-    checkpoint, how = find_checkpoint(checkpoint_arg, warn)
+    checkpoint, how = (None, "--random-weights") if random_weights else find_checkpoint(checkpoint_arg, warn)
     saved = None if checkpoint is None else checkpoint / convert.CONFIG_FILE
     if model_config_arg:
         config, name = convert.config_from_arg(model_config_arg), model_config_arg
@@ -306,12 +333,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-views", type=int, default=MAX_VIEWS, help="V_max (default %(default)s)")
     p.add_argument("--radius", type=float, default=1.5, help="camera radius of the SV3D/Zero123++ presets")
     p.add_argument("--image-size", type=int,
-                   help="model input size (default 448, SV3D 560, tiny config 56; a multiple of 28)")
+                   help="model input size (default: the model's; official 448, SV3D 560, demo 256, tiny 56; "
+                   "a multiple of 4 and of the DINO patch)")
     p.add_argument("--checkpoint", help="Orbax folder or .safetensors/.ckpt/.pt (see the search order)")
     p.add_argument("--model-config", help="official | tiny | config.json (default: official with a "
                    "checkpoint, tiny with random weights)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype (default: the config's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights when no checkpoint is found")
+    p.add_argument("--random-weights", action="store_true",
+                   help="run seeded random weights instead of a checkpoint (tests the pipeline; NOT a reconstruction)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --random-weights")
     p.add_argument("--ply-format", choices=export.PLY_FORMATS, default="standard")
     p.add_argument("--ply-sh-rest", action="store_true", help="also write 45 zero f_rest_* (degree-3 viewers)")
     p.add_argument("--min-opacity", type=float, default=export.DEFAULT_MIN_OPACITY,
@@ -331,13 +361,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _default_image_size(args, preset: str | None, kind: str) -> int:
+def _default_image_size(args, preset: str | None, kind: str, config_input_size: int | None = None) -> int:
     if args.image_size is not None:
         return args.image_size
     if preset in DEFAULT_IMAGE_SIZE:
         base = DEFAULT_IMAGE_SIZE[preset]
         return SV3D_IMAGE_SIZE if (kind == "sv3d" and preset == "official") else base
-    return 448
+    return int(config_input_size) if config_input_size else 448
 
 
 def check_arguments(args) -> None:
@@ -386,9 +416,17 @@ def run(args) -> dict:
     if not source.exists():
         raise inputs.InputError(f"{source}: no such file or folder")
     kind = inputs.detect_kind(source) if args.input_kind == "auto" else args.input_kind
-    choice = resolve_model(args.checkpoint, args.model_config, args.dtype)
+    if args.random_weights and args.checkpoint:
+        raise ValueError("--random-weights and --checkpoint: choose one")
+    choice = resolve_model(args.checkpoint, args.model_config, args.dtype, random_weights=args.random_weights)
+    if choice.checkpoint is None and not args.random_weights:
+        raise ValueError("no checkpoint found (--checkpoint, $GEOLRM_CHECKPOINT, the cache "
+                         f"{cache_dir()} or the bundled demo model in {BUNDLED_CHECKPOINTS}); convert the released "
+                         "weights with 'geolrm-jax convert', or test the pipeline with --random-weights")
     config = choice.config
-    image_size = _default_image_size(args, choice.preset, kind)
+    model_line = describe_model(choice)
+    print(f"model: {model_line}", flush=True)
+    image_size = _default_image_size(args, choice.preset, kind, config.get("input_size"))
     patch = config.encoder.dino_patch
     if image_size % int(np.lcm(4, patch)):
         raise ValueError(f"--image-size {image_size} must be a multiple of {int(np.lcm(4, patch))} "
@@ -440,7 +478,7 @@ def _reconstruct_into(tmp: pathlib.Path, args, choice: ModelChoice, views, kind:
     t0 = stage("load weights")
     if checkpoint is None:
         variables = random_variables(config, args.seed)
-        weights = f"{RANDOM_WEIGHTS_NOTE}; architecture {config_name}, seed {args.seed}"
+        weights = f"random, seed {args.seed}; architecture {config_name}"
     else:
         variables = load_variables(checkpoint, config)
         weights = f"{checkpoint} ({how}); architecture {config_name}"
@@ -492,7 +530,8 @@ def _reconstruct_into(tmp: pathlib.Path, args, choice: ModelChoice, views, kind:
         done("mesh", t0)
     summary = {
         "input": str(args.input), "input_kind": kind, "num_views": num_views, "image_size": image_size,
-        "weights": weights, "random_weights": checkpoint is None, "dtype": config.dtype,
+        "model": describe_model(choice), "weights": weights, "random_weights": checkpoint is None,
+        "dtype": config.dtype,
         "anchors": num_anchors, "gaussians_written": int(host.means.shape[0]),
         "ply_format": args.ply_format, "timings_s": timings,
         "peak_device_memory_bytes": peak_device_memory(), "device": str(jax.local_devices()[0]),

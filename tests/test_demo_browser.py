@@ -45,8 +45,8 @@ def demo_url(tmp_path_factory):
     env.pop("GEOLRM_CHECKPOINT", None)
     env.pop("XLA_FLAGS", None)  # one CPU device is enough for the app
     cmd = [sys.executable, "-m", "geolrm_jax.cli", "demo", "--port", "0", "--workdir", str(tmp / "work"),
-           "--model-config", "tiny", "--video-size", "64", "--video-frames", "6", "--mesh-resolution", "48",
-           "--mesh-views", "16", "--mesh-view-size", "96"]
+           "--model-config", "tiny", "--random-weights", "--video-size", "64", "--video-frames", "6",
+           "--mesh-resolution", "48", "--mesh-views", "16", "--mesh-view-size", "96"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url, lines, deadline = None, [], time.time() + 90
     while time.time() < deadline and url is None:

@@ -91,7 +91,7 @@ def test_reconstruct_writes_the_mesh_beside_the_ply(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(reconstruct, "BUNDLED_CHECKPOINTS", tmp_path / "no-bundled")
     monkeypatch.setattr(mesh, "MeshSettings", functools.partial(mesh.MeshSettings, num_views=8, image_size=48))
     out = tmp_path / "result"
-    rc = reconstruct.main(["-o", str(out), "--video-format", "none", "--no-progress", "--mesh",
+    rc = reconstruct.main(["-o", str(out), "--video-format", "none", "--no-progress", "--random-weights", "--mesh",
                            "--mesh-resolution", "32"])
     assert rc == 0, capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == sorted(["gaussians.ply", "gaussians.splat", "summary.json",

@@ -28,13 +28,14 @@ def test_reconstruct_end_to_end(tmp_path, capsys, no_checkpoints):
     if source != SAMPLE:
         make_posed_folder(source, n=3, size=64)
     out = tmp_path / "result"
-    rc = reconstruct.main([str(source), "-o", str(out), "--video-frames", "3", "--video-size", "32",
+    rc = reconstruct.main([str(source), "-o", str(out), "--random-weights", "--video-frames", "3", "--video-size", "32",
                            "--render-views", "--render-size", "32", "--no-progress", "--max-views", "21"])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "RANDOM WEIGHTS" in printed and "peak device memory: n/a on CPU" in printed
+    assert printed.startswith("model: RANDOM WEIGHTS") and "peak device memory: n/a on CPU" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["random_weights"] and summary["input_kind"] == "posed"
+    assert summary["model"].startswith("RANDOM WEIGHTS")
     assert set(summary["timings_s"]) >= {"proposal (stage 1)", "reconstruction (stage 2)", "turntable"}
     n = summary["gaussians_written"]
     g = export.read_ply(out / "gaussians.ply")
@@ -48,7 +49,7 @@ def test_reconstruct_end_to_end(tmp_path, capsys, no_checkpoints):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folder left
 
     # An existing output folder is kept unless --overwrite.
-    rc = reconstruct.main([str(source), "-o", str(out), "--no-progress"])
+    rc = reconstruct.main([str(source), "-o", str(out), "--random-weights", "--no-progress"])
     assert rc == 2 and "--overwrite" in capsys.readouterr().err
 
 
@@ -57,13 +58,14 @@ def test_bad_input_leaves_nothing(tmp_path, capsys, no_checkpoints):
     make_posed_folder(source, n=2, size=28)
     (source / "001.png").write_bytes(b"garbage")
     out = tmp_path / "out"
-    rc = reconstruct.main([str(source), "-o", str(out), "--no-progress"])
+    rc = reconstruct.main([str(source), "-o", str(out), "--random-weights", "--no-progress"])
     assert rc == 2
     assert "001.png: cannot read image" in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.glob(".*"))
     (source / "001.png").unlink()
     (source / "cameras.json").write_text((source / "cameras.json").read_text().replace("001.png", "000.png"))
-    assert reconstruct.main([str(source), "-o", str(out), "--image-size", "50", "--no-progress"]) == 2
+    assert reconstruct.main([str(source), "-o", str(out), "--random-weights", "--image-size", "50",
+                             "--no-progress"]) == 2
     assert "--image-size 50 must be a multiple of 28" in capsys.readouterr().err and not out.exists()
 
 
@@ -76,10 +78,11 @@ def test_failure_while_writing_leaves_nothing(tmp_path, capsys, monkeypatch, no_
     source = SAMPLE if (SAMPLE / "cameras.json").exists() else tmp_path / "obj"
     if source != SAMPLE:
         make_posed_folder(source, n=3, size=64)
-    rc = reconstruct.main([str(source), "-o", str(out), "--video-format", "none", "--no-progress"])
+    rc = reconstruct.main([str(source), "-o", str(out), "--random-weights", "--video-format", "none", "--no-progress"])
     assert rc == 2 and "disk full" in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.glob(".result*"))  # the written PLY went with the temp folder
-    assert reconstruct.main([str(source), "-o", str(out), "--video-size", "33", "--no-progress"]) == 2
+    assert reconstruct.main([str(source), "-o", str(out), "--random-weights", "--video-size", "33",
+                             "--no-progress"]) == 2
     assert "even size" in capsys.readouterr().err
 
 
@@ -104,6 +107,24 @@ def test_checkpoint_search_order(tmp_path, monkeypatch):
     assert reconstruct.find_checkpoint(str(new)) == (new, "--checkpoint")
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
         reconstruct.find_checkpoint(str(tmp_path / "missing.ckpt"))
+    monkeypatch.delenv("GEOLRM_CHECKPOINT")
+    bundled = tmp_path / "bundled" / "demo"
+    bundled.mkdir(parents=True)
+    (bundled / "_CHECKPOINT_METADATA").write_text("{}")
+    assert reconstruct.find_checkpoint()[0] == new  # the user's converted weights win over a newer bundled model
+    for p in list(cache.iterdir()):
+        (p / "_CHECKPOINT_METADATA").unlink() if p.is_dir() else p.unlink()
+    assert reconstruct.find_checkpoint() == (bundled, "bundled")
+
+
+def test_no_checkpoint_needs_random_weights_flag(tmp_path, capsys, no_checkpoints):
+    out = tmp_path / "out"
+    assert reconstruct.main(["-o", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint found" in err and "--random-weights" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    assert reconstruct.main(["-o", str(out), "--random-weights", "--checkpoint", str(tmp_path), "--no-progress"]) == 2
+    assert "choose one" in capsys.readouterr().err and not out.exists()
 
 
 def test_state_dict_checkpoint_loads_into_the_model_tree(tmp_path):

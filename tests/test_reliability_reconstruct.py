@@ -70,8 +70,11 @@ def posed(tmp_path):
     return folder
 
 
-def run(capsys, *argv):
-    rc = reconstruct.main([str(a) for a in argv])
+def run(capsys, *argv, random_weights=True):
+    argv = [str(a) for a in argv]
+    if random_weights and "--checkpoint" not in argv:  # no checkpoint anywhere (fake_model): random weights
+        argv.append("--random-weights")
+    rc = reconstruct.main(argv)
     out, err = capsys.readouterr()
     return rc, out, err.strip().splitlines()
 
@@ -200,7 +203,7 @@ def test_saved_architecture_is_used_and_a_stray_cache_file_is_skipped(posed, tmp
     os.symlink(tiny_checkpoint, cache / "geolrm-tiny")
     (cache / "stray.pt").write_bytes(b"")  # newest entry, 0 bytes
     monkeypatch.setenv("GEOLRM_CACHE", str(cache))
-    rc, out, err = run(capsys, posed, "-o", tmp_path / "out", *FAST)
+    rc, out, err = run(capsys, posed, "-o", tmp_path / "out", *FAST, random_weights=False)
     assert rc == 0, err
     assert any("stray.pt: skipped" in line for line in err)
     (config, variables), = fake_model.built
@@ -277,7 +280,8 @@ def test_signal_during_a_real_reconstruction(tmp_path, signum):
                                            os.environ.get("PYTHONPATH", "")]))
     env.pop("GEOLRM_CHECKPOINT", None)
     proc = subprocess.Popen([sys.executable, "-m", "geolrm_jax.cli", "reconstruct", str(SAMPLE), "-o", str(out),
-                             "--overwrite", "--no-progress", "--video-frames", "4", "--video-size", "32"],
+                             "--overwrite", "--no-progress", "--video-frames", "4", "--video-size", "32",
+                             "--random-weights"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert _wait_for(lambda: hidden(tmp_path) or proc.poll() is not None), "no staging folder appeared"

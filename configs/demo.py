@@ -4,6 +4,7 @@ accelerator (geolrm_jax/data/procedural.py), both stages. `configs/demo.py:1` is
 
 geolrm-jax train --config=configs/demo.py:1 --workdir=runs/demo1
 geolrm-jax train --config=configs/demo.py:2 --workdir=runs/demo2 --config.init_from=runs/demo1
+geolrm-jax train --config=configs/demo.py:2,continue --workdir=runs/demo2b --config.init_from=demo_model
 """
 import ml_collections
 
@@ -12,7 +13,12 @@ from geolrm_jax.model.config import demo_model_config
 from geolrm_jax.train.defaults import base_train_config
 
 
-def get_config(stage: str = "1") -> ml_collections.ConfigDict:
+def get_config(arg: str = "1") -> ml_collections.ConfigDict:
+    """arg: "1" or "2"; "2,continue" initializes every subtree from init_from (a stage-2 run's workdir or an
+    exported model) instead of only the proposal network."""
+    stage, _, variant = arg.partition(",")
+    if variant not in ("", "continue") or (variant and stage != "2"):
+        raise ValueError(f"configs/demo.py: argument {arg!r} is not 1, 2 or 2,continue")
     c = base_train_config()
     c.stage = int(stage)
     c.seed = 0
@@ -40,7 +46,7 @@ def get_config(stage: str = "1") -> ml_collections.ConfigDict:
     if c.stage == 1:
         c.loss = ml_collections.ConfigDict(dict(bce=1.0, affinity=1.0))
     else:
-        c.init_subtrees = ("proposal",)
+        c.init_subtrees = () if variant == "continue" else ("proposal",)
         c.stage2 = ml_collections.ConfigDict(dict(anchors="ground_truth", num_anchors=c.model.proposal.capacity,
                                                   render_capacity=0))
         c.loss = ml_collections.ConfigDict(dict(mse=1.0, lpips=0.0, mask=1.0, depth=0.2, depth_tv=0.05,

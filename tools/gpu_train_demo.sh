@@ -8,7 +8,8 @@
 # its step target or S1_SECONDS, stage 2 (initialized from stage 1) for the rest of SECONDS_TOTAL; each run is
 # stopped with SIGTERM, which saves a checkpoint. Results in $OUT: the logs, the procedural-data benchmark, the
 # TensorBoard scalars as JSON and a plot, the exported bf16 model (demo_model.tar) and, with STATE=1, the
-# workdirs' latest checkpoints as demo_state.tar.part-* (15 MiB parts).
+# workdirs' latest checkpoints as demo_state.tar.part-* (15 MiB parts). On a fresh machine without them, stage 2
+# continues from .devcarry/demo_model.tar (an earlier call's demo_model.tar; parameters only).
 set -u
 OUT=${OUT:-/tmp/demo-out}
 mkdir -p "$OUT" /tmp/k /tmp/site runs
@@ -20,12 +21,12 @@ if [ ! -d runs/demo1 ] && ls .devcarry/demo_state.tar.part-* >/dev/null 2>&1; th
 fi
 start=$(date +%s)
 total=${SECONDS_TOTAL:-540}
-[ "${BENCH:-1}" = 1 ] && timeout 120 python3 tools/bench_procedural.py --batch-size 16 --batches 5 \
+[ "${BENCH:-1}" = 1 ] && timeout 60 python3 tools/bench_procedural.py --batch-size 16 --batches 2 \
   | tee "$OUT/bench_procedural.json"
-train() {  # stage seconds extra-args...
-  local stage=$1 secs=$2; shift 2
+train() {  # config-argument seconds extra-args...
+  local arg=$1 secs=$2 stage=${1%%,*}; shift 2
   [ "$secs" -gt 60 ] || return 0
-  timeout -s TERM -k 60 "$secs" python3 -m geolrm_jax.train.main --config=configs/demo.py:$stage \
+  timeout -s TERM -k 60 "$secs" python3 -m geolrm_jax.train.main --config=configs/demo.py:$arg \
     --workdir=$PWD/runs/demo$stage "$@" >>"$OUT/train$stage.log" 2>&1
   echo "stage $stage exit $? after $(( $(date +%s) - start )) s"
   grep -E "loss|psnr|iou" "$OUT/train$stage.log" | grep -v absl | tail -3
@@ -34,7 +35,13 @@ if [ "${S1_SECONDS:-0}" -gt 0 ]; then
   train 1 "$S1_SECONDS" ${S1_ARGS:-}
 fi
 left=$(( total - ($(date +%s) - start) - ${RESERVE:-75} ))
-train 2 "$left" --config.init_from=$PWD/runs/demo1 ${S2_ARGS:-}
+if [ ! -d runs/demo2 ] && [ ! -d runs/demo1 ] && [ -f .devcarry/demo_model.tar ]; then
+  # a fresh machine: continue stage 2 from the exported model an earlier call brought back
+  tar -x -C /tmp -f .devcarry/demo_model.tar && echo "continuing from .devcarry/demo_model.tar"
+  train 2,continue "$left" --config.init_from=/tmp/demo_model ${S2_ARGS:-}
+else
+  train 2 "$left" --config.init_from=$PWD/runs/demo1 ${S2_ARGS:-}
+fi
 python3 tools/export_scalars.py runs/demo1 runs/demo2 --out "$OUT/scalars.json" || true
 python3 tools/plot_training.py "$OUT/scalars.json" --out "$OUT/curves.png" || true
 if [ -d runs/demo2/checkpoints ]; then

@@ -9,8 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from conftest import shared_path
+from geolrm_kernels import rasterize
 
-from geolrm_jax.render import projection, rasterize, tiles
+from geolrm_jax.render import projection, tiles
 from geolrm_jax.render.gaussians import Gaussians
 from geolrm_jax.render.splat import _render_jit, render, render_camera, render_with_retry
 
@@ -145,7 +146,7 @@ def test_tile_lists_sorted_by_tile_then_depth():
     g, c2w, K, size = _random_scene(5, num=100, size=48)
     proj, lists = _project_and_list(g, c2w, K, size, 1 << 12)
     ids, start, end = (np.asarray(x) for x in (lists.gaussian_ids, lists.tile_start, lists.tile_end))
-    depths, rect = np.asarray(proj.depths), np.asarray(projection.tile_rect(proj.means2d, proj.radii, 3, 3))
+    depths, rect = np.asarray(proj.depths), np.asarray(rasterize.tile_rect(proj.means2d, proj.radii, 3, 3))
     visible = np.asarray(proj.radii) > 0
     assert end[-1] == int(lists.num_intersections) and np.all(start[1:] == end[:-1])
     for t in range(9):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 
-import geolrm_kernels.deformable_sample as deformable_module
+import geolrm_kernels.deformable.api as deformable_module
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -25,11 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import transform_checks as tc
-from geolrm_kernels.deformable_sample import deformable_sample
-from test_deformable_sample import LATTICE_SHAPES, lattice_inputs
+from deformable_cases import LATTICE_SHAPES, lattice_inputs
+from geolrm_kernels import rasterize
+from geolrm_kernels.deformable import deformable_sample
 
 from geolrm_jax.geometry import fov_to_intrinsics, orbit_c2w
-from geolrm_jax.render import projection, rasterize
+from geolrm_jax.render import projection
 from geolrm_jax.render.gaussians import Gaussians
 from geolrm_jax.render.splat import _clamp01, render
 

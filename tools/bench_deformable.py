@@ -18,28 +18,19 @@ Columns:
   (fwd: value, reference points, offsets, weights, output; fwd+bwd adds the cotangent read and the four
   gradients written). Shown as a fraction of the measured device-to-device copy bandwidth (read + write).
 
-Implementations: ``pallas`` (Pallas forward and backward), ``hybrid`` (``implementation="pallas_xla_backward"``:
-Pallas forward, XLA reference backward; its forward is the Pallas one, so only its fwd+bwd is measured),
-``xla`` (the reference) and ``torch``.
+Implementations: ``pallas`` (the Pallas kernels), ``xla`` (the reference) and ``torch``.
 
-``--forward-variants`` instead times only the forward kernel variants of ``FORWARD_SWEEP`` (old vs new side by
-side, each checked against the XLA reference; ``--check`` first checks every variant on small cases), with
-``--dtype bfloat16`` values (the model's) and ``--points voxel`` (model-like, voxel-ordered anchors projected
-into orbit views) as options; table printed last.
+``--points`` picks the reference points: ``random`` (above), or model-like anchors of a sphere shell on a 128^3
+grid projected into orbit views (``voxel``) or the SV3D preset views (``sv3d``: the model's raster anchor order;
+``sv3d_morton``: Morton order); torch runs only on random points. ``--config key=value,...`` sets fields of the
+Pallas kernels' ``DeformableConfig`` (block sizes, warps, lane chunks, window; see
+``geolrm_kernels.deformable.config``) for a tuning sweep. ``--profile`` only runs the Pallas fwd+bwd once on the
+first row's inputs (for ``ncu -k regex:deformable_sample``).
 
-``--points`` picks the reference points of the table (and of ``--forward-variants``): ``random`` (above),
-or model-like anchors of a sphere shell on a 128^3 grid projected into orbit views (``voxel``) or the SV3D
-preset views (``sv3d``: the model's raster anchor order; ``sv3d_morton``: Morton order); torch runs only on
-random points. ``--backward-variants`` times the backward kernels (the variants and the two halves of a split
-backward, ``BACKWARD_SWEEP``; ``--backward-sweep blocks``: block sizes of the sorted kernels) and the forward
-kernel alone on the ``--backward-points``, each checked against the XLA reference; ``--backward`` and
-``--block-q`` set the table's Pallas backward variant and block sizes. ``--profile VARIANTS`` only runs those
-backward variants once each on the first row's inputs (for ``ncu -k regex:deformable_sample_bwd``).
-
-Usage: ``python tools/bench_deformable.py [--quick | --rows V:LEVELS:S,...] [--check]
-[--torch-json FILE] [--out DIR]`` or ``... --forward-variants [--check] [--rows ...] [--dtype bfloat16]
-[--points voxel]``. torch runs in a subprocess first, so the two frameworks never hold device
-memory at the same time; ``--torch-json`` reuses the torch numbers of an earlier run instead.
+Usage: ``python tools/bench_deformable.py [--quick | --rows V:LEVELS:S,...] [--check] [--dtype bfloat16]
+[--points sv3d] [--config forward_block_q=32,...] [--torch-json FILE] [--out DIR]``. torch runs in a subprocess
+first, so the two frameworks never hold device memory at the same time; ``--torch-json`` reuses the torch numbers
+of an earlier run instead.
 """
 from __future__ import annotations
 
@@ -59,41 +50,8 @@ FULL = [(v, lv, s) for v in (6, 21) for lv in ("448px", "560px") for s in (4096,
 QUICK = [(6, "448px", 4096), (21, "560px", 16384)]
 LEVEL_SETS["tiny"] = ((16, 16), (8, 8))
 TINY = [(2, "tiny", 64)]  # --tiny: a CPU smoke test of this script (Pallas in interpret mode)
-# --forward-variants: forward kernel configs (variant, block_q, block_c, num_warps), the previous default first.
-FORWARD_SWEEP = (("per_head", 16, None, 4), ("per_head", 8, None, 4), ("per_head", 16, None, 2),
-                 ("per_head", 8, None, 2), ("per_head_unrolled", 16, None, 4), ("all_heads", 8, 256, 4),
-                 ("all_heads", 4, 256, 4), ("all_heads", 8, 128, 4))
-FORWARD_ROWS = "6:448px:8192,21:448px:8192"
-# --backward-variants: kernel configs (kind, block_q, window, num_warps, sort_queries), each timed on the
-# points of --backward-points (random, model-like SV3D points in the model's raster and in Morton anchor order).
-# kind: a backward variant of deformable_sample_triton.BACKWARD_VARIANTS, "forward" (the per_head forward
-# kernel), or one kernel of a split backward alone: "dvalue" / "dvalue_window" (d_value only, views in the
-# grid, no value gathers), "point_grads" (d_offsets / d_weights / d_reference_points only, no atomics).
-# Ratios are against the first row of the same kind group (backward / forward). Dropped since measured slower
-# on an H100 (2026-11-25 04:06-04:26 UTC): unsorted kernels; the first window form ((wy*wx, block_q) weights)
-# at (32, 8), (16, 8), (16, 16), (32, 16), (64, 16), (32, 32, 8 warps); atomic block_q 32.
-BACKWARD_SWEEP = (("atomic", 16, None, 4, True), ("split_window", 16, 8, 4, True), ("window", 16, 8, 4, True),
-                  ("split", 16, None, 4, True), ("dvalue_window", 16, 8, 4, True), ("point_grads", 16, None, 4, True),
-                  ("dvalue", 16, None, 4, True), ("window", 32, 8, 4, True), ("split_window", 32, 8, 4, True),
-                  ("dvalue", 32, None, 4, True), ("dvalue_window", 32, 8, 4, True), ("forward", 16, None, 4, True))
-BACKWARD_PARTS = {"dvalue": ("atomic", False, True), "dvalue_window": ("window", False, True),
-                  "dvalue_tent": ("tent", False, True), "point_grads": ("none", True, False),
-                  "point_grads_views": ("none", True, True)}
-# --backward-variants --backward-sweep tent: the window accumulated with tent products (no one-hot matrices)
-# against the per-sample atomics, fused and split, by block size and window side.
-BACKWARD_SWEEP_TENT = (("atomic", 16, None, 4, True), ("split_tent", 16, 8, 4, True),
-                       ("interleaved", 16, None, 8, True), ("dvalue", 16, None, 4, True),
-                       ("dvalue_tent", 16, 8, 4, True), ("point_grads", 16, None, 8, True),
-                       ("point_grads", 16, None, 4, True), ("forward", 16, None, 4, True),
-                       ("per_head_fma", 16, None, 4, True))
-# --backward-variants --backward-sweep blocks: block sizes / warps of the sorted atomic backward and forward.
-BACKWARD_SWEEP_BLOCKS = (("atomic", 16, None, 4, True), ("atomic", 8, None, 4, True), ("atomic", 8, None, 2, True),
-                         ("atomic", 16, None, 2, True), ("forward", 16, None, 4, True),
-                         ("forward", 8, None, 4, True), ("forward", 16, None, 2, True), ("forward", 8, None, 2, True))
-BACKWARD_POINTS = ("random", "sv3d", "sv3d_morton")
-BACKWARD_ROWS = "21:560px:16384,6:560px:8192"
-# JAX implementations in the table: Pallas, Pallas forward + XLA backward ("hybrid"), XLA reference.
-JAX_IMPLS = ("pallas", "pallas_xla_backward", "xla")
+# JAX implementations in the table: Pallas, XLA reference.
+JAX_IMPLS = ("pallas", "xla")
 
 
 def compulsory_bytes(v, shapes, s, with_backward):
@@ -280,12 +238,10 @@ def copy_bandwidth(jax, jnp):
     return 2 * x.size * 4 / (ms * 1e-3)
 
 
-def check_correctness(jax, jnp, ds, log):
-    """Pallas (each backward variant) vs XLA reference on the GPU: forward and the four gradients,
-    max|a-b| / max|b|. Random-point cases (masks, borders, outside points, C = 24 / 40) exercise the window
-    backward's per-sample fallback; the "sv3d_morton" cases (model-like, spatially ordered) its windows."""
-    from geolrm_kernels import deformable_sample_triton as tri
-
+def check_correctness(jax, jnp, ds, log, config=None):
+    """Pallas vs XLA reference on the GPU: forward and the four gradients, max|a-b| / max|b|. Random-point
+    cases (masks, borders, outside points, C = 24 / 40) exercise the d_value kernel's per-sample fallback; the
+    "sv3d_morton" cases (model-like, spatially ordered) its windows."""
     cases = [  # (v, shapes, s, heads, c, value dtype, masked, points)
         (3, ((28, 28), (16, 16)), 300, 4, 24, jnp.float32, True, "random"),
         (4, ((37, 23), (9, 13)), 1000, 3, 40, jnp.float32, False, "random"),
@@ -312,18 +268,13 @@ def check_correctness(jax, jnp, ds, log):
         query_mask = jax.random.uniform(k[4], (1, s)) > 0.2 if masked else None
         cot = jax.random.normal(k[5], (1, v, s, heads, c)).astype(dtype)
         results = {}
-        default_variant = tri.BACKWARD_VARIANT
-        for impl, variant in [("xla", None)] + [("pallas", name) for name in tri.BACKWARD_VARIANTS]:
+        for impl in ("xla", "pallas"):
             f = functools.partial(ds.deformable_sample, spatial_shapes=shapes, view_mask=view_mask,
-                                  query_mask=query_mask, implementation=impl)
-            tri.BACKWARD_VARIANT = variant or default_variant
-            try:
-                out, vjp = jax.vjp(f, value, ref, offsets, weights)
-                results[variant or impl] = (out, *vjp(cot))
-            finally:
-                tri.BACKWARD_VARIANT = default_variant
+                                  query_mask=query_mask, implementation=impl, config=config)
+            out, vjp = jax.vjp(f, value, ref, offsets, weights)
+            results[impl] = (out, *vjp(cot))
         tol = 1e-2 if dtype == jnp.bfloat16 else None
-        for variant in tri.BACKWARD_VARIANTS:
+        for variant in ("pallas",):  # against "xla"
             for name, a, b, t in zip(("out", "d_value", "d_ref", "d_offsets", "d_weights"), results[variant],
                                      results["xla"], (tol or 1e-5,) + (tol or 1e-4,) * 4, strict=True):
                 a = jnp.asarray(a, jnp.float32)
@@ -338,202 +289,10 @@ def check_correctness(jax, jnp, ds, log):
     return ok
 
 
-def check_forward_variants(jax, jnp, ds, log):
-    """Each forward kernel variant (its default config) vs the XLA reference: fp32 (C = 24, 40, masks,
-    borders) and bf16 values; returns whether all passed."""
-    from geolrm_kernels import deformable_sample_triton as tri
-
-    cases = [(3, ((28, 28), (16, 16)), 300, 4, 24, jnp.float32), (4, ((37, 23), (9, 13)), 1000, 3, 40, jnp.float32),
-             (6, ((112, 112), (64, 64)), 2048, 16, 48, jnp.bfloat16)]
-    interpret = jax.default_backend() == "cpu"
-    if interpret:  # CPU smoke test of this script: small cases in interpret mode
-        cases = [(2, ((5, 7), (3, 4)), 12, 4, 24, jnp.float32), (2, ((5, 7), (3, 4)), 12, 2, 40, jnp.bfloat16)]
-    ok = True
-    for v, shapes, s, heads, c, dtype in cases:
-        k = jax.random.split(jax.random.key(2), 5)
-        value = jax.random.normal(k[0], (1, v, sum(h * w for h, w in shapes), heads, c)).astype(dtype)
-        ref = jax.random.uniform(k[1], (1, v, s, 2), minval=-0.1, maxval=1.1)
-        ref = ref.at[:, :, :4].set(jnp.array([[0.0, 0.0], [1.0, 1.0], [0.5 / 28, 1.0], [-0.3, 0.5]]))
-        offsets = jax.random.normal(k[2], (1, s, heads, 2, POINTS, 2)) * 0.05
-        weights = jax.nn.softmax(jax.random.normal(k[3], (1, s, heads, 2 * POINTS)), -1).reshape(
-            1, s, heads, 2, POINTS)
-        view_mask = jnp.arange(v)[None] != 1
-        query_mask = jax.random.uniform(k[4], (1, s)) > 0.2
-        want = ds.deformable_sample(value.astype(jnp.float32), ref, offsets, weights, shapes, view_mask,
-                                    query_mask, implementation="xla")
-        mask = view_mask[:, :, None] & query_mask[:, None, :]
-        for variant in tri.FORWARD_VARIANTS:
-            got = jax.jit(functools.partial(tri.forward, spatial_shapes=shapes, variant=variant,
-                                            interpret=interpret))(
-                value, ref, offsets, weights, mask).astype(jnp.float32)
-            err = float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
-            tol = 1e-2 if dtype == jnp.bfloat16 else 1e-5
-            passed = bool(jnp.all(jnp.isfinite(got))) and err <= tol and got.dtype == jnp.float32
-            ok &= passed
-            log(f"check forward {variant} V={v} {shapes} S={s} H={heads} C={c} {jnp.dtype(dtype).name} masked: "
-                f"rel err {err:.2e} (tol {tol:.0e}) {'PASS' if passed else 'FAIL'}")
-    return ok
-
-
-def forward_variants(jax, jnp, rows, reps, deadline, log, dtype="float32", points="random"):
-    """Forward kernel alone for every FORWARD_SWEEP config at each row: median ms and rel err vs the XLA
-    reference (fp32 on the same, possibly bf16-rounded, values)."""
-    from geolrm_kernels import deformable_sample as ds
-    from geolrm_kernels import deformable_sample_triton as tri
-
-    data = {}
-    for v, lv, s in rows:
-        value, ref, offsets, weights, _ = jax_inputs(jax, jnp, v, LEVEL_SETS[lv], s, points=points)
-        value = value.astype(dtype)
-        want = jax.jit(lambda *a, lv=lv: ds.deformable_sample(*a, LEVEL_SETS[lv], implementation="xla"))(
-            value.astype(jnp.float32), ref, offsets, weights)
-        data[(v, lv, s)] = (value, ref, offsets, weights, jnp.ones(ref.shape[:3], bool), want)
-    results = []
-    for variant, block_q, block_c, warps in FORWARD_SWEEP:
-        entry = dict(variant=variant, block_q=block_q, block_c=block_c, num_warps=warps)
-        for (v, lv, s), (value, ref, offsets, weights, mask, want) in data.items():
-            if time.time() > deadline:
-                entry[f"{v}|{lv}|{s}"] = {"error": "skipped (time budget)"}
-                continue
-            try:
-                f = jax.jit(functools.partial(tri.forward, spatial_shapes=LEVEL_SETS[lv], variant=variant,
-                                              block_q=block_q, block_c=block_c, num_warps=warps,
-                                              interpret=jax.default_backend() == "cpu"))
-                compiled = f.lower(value, ref, offsets, weights, mask).compile()
-                got = compiled(value, ref, offsets, weights, mask)
-                err = float(jnp.max(jnp.abs(got.astype(jnp.float32) - want)) / jnp.max(jnp.abs(want)))
-                ms = _median_time(lambda c=compiled, a=(value, ref, offsets, weights, mask): c(*a),
-                                  jax.block_until_ready, reps)
-                entry[f"{v}|{lv}|{s}"] = {"ms": ms, "rel_err": err}
-            except Exception as err:  # a config that does not compile is reported, not fatal
-                entry[f"{v}|{lv}|{s}"] = {"error": repr(err)[:300]}
-            log(f"forward {variant} block_q={block_q} block_c={block_c} warps={warps} V={v} {lv} S={s}: "
-                f"{entry[f'{v}|{lv}|{s}']}")
-        results.append(entry)
-    keys = [f"{v}|{lv}|{s}" for v, lv, s in rows]
-    head = "| variant | block_q | block_c | warps | " + " | ".join(
-        f"V={k.split('|')[0]} {k.split('|')[1]} S={k.split('|')[2]}: ms (old÷this), rel err" for k in keys) + " |"
-    lines = [head, "|---|---|---|---|" + "---|" * len(keys)]
-    for e in results:
-        cells = []
-        for k in keys:
-            r, old = e.get(k, {}), results[0].get(k, {})
-            if "ms" in r:
-                ratio = f"{old['ms'] / r['ms']:.2f}×" if "ms" in old else "—"
-                cells.append(f"{r['ms']:.3f} ({ratio}), {r['rel_err']:.1e}")
-            else:
-                cells.append(r.get("error", "—")[:60])
-        lines.append(f"| {e['variant']} | {e['block_q']} | {e['block_c'] or '—'} | {e['num_warps']} | "
-                     + " | ".join(cells) + " |")
-    return results, "\n".join(lines)
-
-
-def backward_variants(jax, jnp, rows, reps, deadline, log, point_modes=BACKWARD_POINTS, sweep=BACKWARD_SWEEP,
-                      dtype="float32"):
-    """Kernel alone for every sweep config, per row and point mode: median ms and the largest rel err of its
-    outputs (forward: the output; a split part: the gradients it computes) vs the XLA reference (fp32 math on
-    the same, possibly bf16-rounded, values and cotangent)."""
-    from geolrm_kernels import deformable_sample as ds
-    from geolrm_kernels import deformable_sample_backward_triton as bwd
-    from geolrm_kernels import deformable_sample_triton as tri
-
-    interpret = jax.default_backend() == "cpu"
-    results = []
-    for config in sweep:
-        variant, block_q, size, warps, sort = config
-        results.append(dict(variant=variant, block_q=block_q, window=size, num_warps=warps, sort_queries=sort,
-                            dtype=dtype))
-    for v, lv, s in rows:
-        shapes = LEVEL_SETS[lv]
-        value, ref, offsets, weights, cot = jax_inputs(jax, jnp, v, shapes, s)
-        value, cot = value.astype(dtype), cot.astype(dtype)
-        mask = jnp.ones(ref.shape[:3], bool)
-        refs, wants = {}, {}
-        reference = jax.jit(lambda *a, shapes=shapes: ds._reference_backward(*a[:5], shapes, a[5]))
-        reference_fwd = jax.jit(lambda *a, shapes=shapes: ds._reference_forward(*a[:5], shapes))
-        value32, cot32 = value.astype(jnp.float32), cot.astype(jnp.float32)
-        for points in point_modes:
-            refs[points] = ref if points == "random" else jnp.asarray(model_reference_points(v, s, points))
-            want = reference(value32, refs[points], offsets, weights, mask, cot32)
-            wants[points] = want
-            wants["forward", points] = (reference_fwd(value32, refs[points], offsets, weights, mask),)
-            wants["dvalue", points] = wants["dvalue_window", points] = wants["dvalue_tent", points] = want[:1]
-            wants["point_grads", points] = wants["point_grads_views", points] = want[1:]
-        for entry, (variant, block_q, size, warps, sort) in zip(results, sweep, strict=True):
-            if variant == "forward" or variant in tri.FORWARD_VARIANTS:
-                f = jax.jit(lambda *a, shapes=shapes, block_q=block_q, warps=warps, sort=sort, variant=variant: (
-                    tri.forward(*a[:5], shapes, variant="per_head" if variant == "forward" else variant,
-                                block_q=block_q, num_warps=warps, sort_queries=sort, interpret=interpret),))
-            elif variant in BACKWARD_PARTS:
-                value_grad, point_grads, views_in_grid = BACKWARD_PARTS[variant]
-
-                def f(*a, shapes=shapes, block_q=block_q, size=size, warps=warps, sort=sort, value_grad=value_grad,
-                      point_grads=point_grads, views_in_grid=views_in_grid):
-                    order = tri.resolve_query_order(None, a[1], a[4], sort)
-                    d_value, d_ref, d_off, d_attn = bwd.backward_call(
-                        *a[:5], shapes, a[5], order, value_grad=value_grad, point_grads=point_grads,
-                        views_in_grid=views_in_grid, block_q=block_q, num_warps=warps, window=size,
-                        interpret=interpret)
-                    if not point_grads:
-                        return (d_value.reshape(a[0].shape),)
-                    b, v, q, heads = a[0].shape[0], a[0].shape[1], a[2].shape[1], a[0].shape[3]
-                    return (d_ref.reshape(b, v, q, heads, 2).sum(axis=3), d_off.reshape(a[2].shape),
-                            d_attn.reshape(a[3].shape))
-
-                f = jax.jit(f)
-            else:
-                f = jax.jit(lambda *a, shapes=shapes, variant=variant, block_q=block_q, size=size, warps=warps,
-                            sort=sort: tri.backward(*a[:5], shapes, a[5], variant=variant, block_q=block_q,
-                                                    window=size, num_warps=warps, sort_queries=sort,
-                                                    interpret=interpret))
-            for points in point_modes:
-                key = f"{v}|{lv}|{s}|{points}"
-                if time.time() > deadline:
-                    entry[key] = {"error": "skipped (time budget)"}
-                    continue
-                args = (value, refs[points], offsets, weights, mask, cot)
-                want = (wants[points] if variant in tri.BACKWARD_VARIANTS else wants["forward", points]
-                        if variant in tri.FORWARD_VARIANTS else wants[variant, points])
-                try:
-                    got = jax.block_until_ready(f(*args))
-                    err = max(float(jnp.max(jnp.abs(a.astype(jnp.float32) - b)) / jnp.max(jnp.abs(b)))
-                              for a, b in zip(got, want, strict=True))
-                    finite = all(bool(jnp.all(jnp.isfinite(a))) for a in got)
-                    del got
-                    entry[key] = {"ms": _median_time(lambda args=args, f=f: f(*args), jax.block_until_ready, reps),
-                                  "rel_err": err if finite else float("nan")}
-                except Exception as error:  # a config that does not compile is reported, not fatal
-                    entry[key] = {"error": repr(error)[:300]}
-                log(f"backward {variant} block_q={block_q} window={size} warps={warps} sort={sort} {dtype} "
-                    f"V={v} {lv} S={s} {points}: {entry[key]}")
-        del value, ref, offsets, weights, cot, refs, wants
-    keys = [f"{v}|{lv}|{s}|{points}" for v, lv, s in rows for points in point_modes]
-    tol = 1e-2 if dtype == "bfloat16" else 1e-4
-    head = "| kernel | block_q | window | warps | sort | " + " | ".join(
-        "V={} {} S={} {}: ms (first÷this)".format(*k.split("|")) for k in keys) + " |"
-    lines = [head, "|---|---|---|---|---|" + "---|" * len(keys)]
-    for e in results:
-        cells = []
-        is_forward = lambda name: name == "forward" or name in tri.FORWARD_VARIANTS  # noqa: E731
-        first = next(f for f in results if is_forward(f["variant"]) == is_forward(e["variant"]))
-        for k in keys:
-            r, old = e.get(k, {}), first.get(k, {})
-            if "ms" in r:
-                ratio = f"{old['ms'] / r['ms']:.2f}×" if "ms" in old else "—"
-                flag = "" if r["rel_err"] <= tol else f", ERR {r['rel_err']:.1e}"
-                cells.append(f"{r['ms']:.2f} ({ratio}){flag}")
-            else:
-                cells.append(r.get("error", "—")[:60])
-        lines.append(f"| {e['variant']} | {e['block_q']} | {e['window'] or '—'} | {e['num_warps']} | "
-                     f"{'—' if e['sort_queries'] is None else e['sort_queries']} | " + " | ".join(cells) + " |")
-    errors = [r["rel_err"] for e in results for k, r in e.items() if isinstance(r, dict) and "rel_err" in r]
-    return results, "\n".join(lines), bool(errors) and max(errors) <= tol
-
-
-def bench_jax(jax, ds, impl, inputs, shapes, reps, keep=None, forward=True):
+def bench_jax(jax, ds, impl, inputs, shapes, reps, keep=None, config=None):
     """fwd / fwd+bwd median ms and temp+output bytes of the compiled functions, for one implementation."""
     value, ref, offsets, weights, cot = inputs
-    f = lambda v, r, o, a: ds.deformable_sample(v, r, o, a, shapes, implementation=impl)
+    f = lambda v, r, o, a: ds.deformable_sample(v, r, o, a, shapes, implementation=impl, config=config)
 
     def fwd_bwd(v, r, o, a, g):
         out, vjp = jax.vjp(f, v, r, o, a)
@@ -542,8 +301,6 @@ def bench_jax(jax, ds, impl, inputs, shapes, reps, keep=None, forward=True):
     entry = {}
     for key, fn, args in (("fwd", f, (value, ref, offsets, weights)),
                           ("fwdbwd", fwd_bwd, (value, ref, offsets, weights, cot))):
-        if key == "fwd" and not forward:
-            continue
         t0 = time.perf_counter()
         compiled = jax.jit(fn).lower(*args).compile()
         entry[f"{key}_compile_s"] = round(time.perf_counter() - t0, 1)
@@ -569,13 +326,13 @@ def _ratio(a, b):
 def table(configs, results, bandwidth):
     gib = 2.0 ** 30
     lines = ["| V | levels | S | fwd ms Pallas / XLA / torch | fwd XLA÷P, torch÷P "
-             "| fwd+bwd ms Pallas / hybrid / XLA / torch | fwd+bwd XLA÷P, XLA÷hybrid, torch÷P "
-             "| fwd+bwd mem GiB P / hybrid / XLA / torch | fwd temp GiB P (out GiB) "
+             "| fwd+bwd ms Pallas / XLA / torch | fwd+bwd XLA÷P, torch÷P "
+             "| fwd+bwd mem GiB P / XLA / torch | fwd temp GiB P (out GiB) "
              "| Pallas GB/s fwd, fwd+bwd (% copy) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for v, lv, s in configs:
         key = f"{v}|{lv}|{s}"
-        p, hy, x, t = (results.get(impl, {}).get(key, {}) for impl in (*JAX_IMPLS, "torch"))
+        p, x, t = (results.get(impl, {}).get(key, {}) for impl in (*JAX_IMPLS, "torch"))
         shapes = LEVEL_SETS[lv]
         out_gib = BATCH * v * s * HEADS * CHANNELS * 4 / gib
         bw = []
@@ -585,14 +342,13 @@ def table(configs, results, bandwidth):
                 bw.append(f"{gbs:.0f} ({100 * gbs * 1e9 / bandwidth:.0f}%)")
             else:
                 bw.append("—")
-        mem = " / ".join(_fmt(e.get("fwdbwd_mem") and e["fwdbwd_mem"] / gib) for e in (p, hy, x, t))
+        mem = " / ".join(_fmt(e.get("fwdbwd_mem") and e["fwdbwd_mem"] / gib) for e in (p, x, t))
         lines.append(
             f"| {v} | {lv} | {s} | {' / '.join(_fmt(e.get('fwd_ms')) for e in (p, x, t))} "
             f"| {_fmt(_ratio(x.get('fwd_ms'), p.get('fwd_ms')), '.1f')}×, "
             f"{_fmt(_ratio(t.get('fwd_ms'), p.get('fwd_ms')), '.1f')}× "
-            f"| {' / '.join(_fmt(e.get('fwdbwd_ms')) for e in (p, hy, x, t))} "
+            f"| {' / '.join(_fmt(e.get('fwdbwd_ms')) for e in (p, x, t))} "
             f"| {_fmt(_ratio(x.get('fwdbwd_ms'), p.get('fwdbwd_ms')), '.1f')}×, "
-            f"{_fmt(_ratio(x.get('fwdbwd_ms'), hy.get('fwdbwd_ms')), '.1f')}×, "
             f"{_fmt(_ratio(t.get('fwdbwd_ms'), p.get('fwdbwd_ms')), '.1f')}× "
             f"| {mem} | {_fmt(p.get('fwd_temp') and p['fwd_temp'] / gib, '.3f')} ({out_gib:.2f}) "
             f"| {bw[0]}, {bw[1]} |")
@@ -610,36 +366,32 @@ def parse_rows(text):
     return rows
 
 
+def parse_config(config_class, text):
+    """"forward_block_q=32,window=4" -> config_class(forward_block_q=32, window=4) (ints and true/false)."""
+    fields = {}
+    for item in filter(None, text.split(",")):
+        name, _, value = item.partition("=")
+        fields[name] = {"true": True, "false": False}.get(value.lower(), None)
+        if fields[name] is None:
+            fields[name] = int(value)
+    return config_class(**fields)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"only {QUICK}")
     parser.add_argument("--rows", help="only these rows, e.g. 21:560px:16384,6:560px:8192")
     parser.add_argument("--check", action="store_true", help="Pallas vs XLA reference correctness on GPU first")
-    parser.add_argument("--forward-variants", action="store_true",
-                        help=f"only the forward kernel variants of FORWARD_SWEEP (rows default {FORWARD_ROWS})")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                        help="value (and cotangent) dtype of the table, --forward-variants and "
-                             "--backward-variants (the model runs bfloat16)")
+                        help="value (and cotangent) dtype (the model runs bfloat16)")
     parser.add_argument("--points", default="random", choices=POINT_MODES,
-                        help="reference points of the table and --forward-variants: uniform random, or model-like "
+                        help="reference points: uniform random, or model-like "
                              "anchors of a sphere shell projected into orbit views (voxel) or the SV3D preset "
                              "views, in raster (sv3d) or Morton (sv3d_morton) anchor order")
-    parser.add_argument("--backward-variants", action="store_true",
-                        help=f"only the backward kernel configs of BACKWARD_SWEEP on {BACKWARD_POINTS} points "
-                             f"(rows default {BACKWARD_ROWS})")
-    parser.add_argument("--backward-sweep", default="variants", choices=("variants", "blocks", "tent"),
-                        help="--backward-variants configs: BACKWARD_SWEEP, BACKWARD_SWEEP_BLOCKS or "
-                             "BACKWARD_SWEEP_TENT")
-    parser.add_argument("--backward-points", default=",".join(BACKWARD_POINTS),
-                        help="comma-separated point modes of --backward-variants")
-    parser.add_argument("--backward", choices=("atomic", "window", "split", "split_window", "tent", "split_tent",
-                                               "interleaved", "tent_interleaved"),
-                        help="backward variant of the table's Pallas column (default: the kernel's default)")
-    parser.add_argument("--block-q", help="block_q:num_warps of the table's Pallas backward and forward, e.g. "
-                                          "16:4,16:4 (default: the kernels' defaults)")
-    parser.add_argument("--profile", help="only run these backward variants, parts (BACKWARD_PARTS) or 'forward' "
-                                          "once each (comma-separated, each optionally @block_q/window/warps) on "
-                                          "the first row's inputs (--points), e.g. under ncu")
+    parser.add_argument("--config", default="",
+                        help="DeformableConfig fields of the Pallas kernels, e.g. forward_block_q=32,window=4")
+    parser.add_argument("--profile", action="store_true",
+                        help="only run the Pallas fwd+bwd once on the first row's inputs (--points), e.g. under ncu")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--torch-json", help="reuse torch results written by an earlier run instead of measuring")
     parser.add_argument("--reps", type=int, default=5)
@@ -673,8 +425,8 @@ def main(argv=None):
             torch_json = json.load(f)
         results["torch"] = torch_json["results"]
         meta["torch"] = torch_json["torch"] + f" (from {args.torch_json})"
-    elif (not args.no_torch and not args.forward_variants and not args.backward_variants
-          and args.points == "random"):  # first, in its own process: JAX holds no memory yet; random points only
+    elif not args.no_torch and not args.profile and args.points == "random":
+        # torch first, in its own process: JAX holds no memory yet; random points only
         path = os.path.join(args.out, "bench_deformable_torch.json")
         cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker", path, "--reps", str(args.reps),
                "--deadline", str(start + 0.3 * (deadline - start))]
@@ -689,89 +441,30 @@ def main(argv=None):
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     import jax
     import jax.numpy as jnp
-    from geolrm_kernels import deformable_sample as ds
+    from geolrm_kernels import deformable as ds
+
+    config = parse_config(ds.DeformableConfig, args.config)
 
     meta.update(jax=jax.__version__, device=str(jax.devices()[0].device_kind), dtype=args.dtype)
-    if args.profile:  # one call of each backward variant on the first row's inputs, nothing else
-        from geolrm_kernels import deformable_sample_triton as tri
-
+    meta["config"] = str(config)
+    if args.profile:  # one Pallas fwd+bwd on the first row's inputs, nothing else
         v, lv, s = order[0]
         value, ref, offsets, weights, cot = jax_inputs(jax, jnp, v, LEVEL_SETS[lv], s, points=args.points)
-        mask = jnp.ones(ref.shape[:3], bool)
-        from geolrm_kernels import deformable_sample_backward_triton as bwd
-
-        interpret = jax.default_backend() == "cpu"
-        for variant in args.profile.split(","):
-            # "kind" or "kind@block_q/window/warps"; kind: a backward variant or a part of BACKWARD_PARTS
-            kind, _, config = variant.partition("@")
-            block_q, size, warps = (int(x) if x not in ("", "-") else None for x in (config or "-/-/-").split("/"))
-            if kind == "forward":  # the op's forward kernel (its default variant and lane chunk)
-                f = jax.jit(lambda *a, block_q=block_q, warps=warps: tri.forward(
-                    *a[:5], LEVEL_SETS[lv], block_q=block_q, num_warps=warps, interpret=interpret))
-            elif kind in BACKWARD_PARTS:
-                value_grad, point_grads, views_in_grid = BACKWARD_PARTS[kind]
-                f = jax.jit(lambda *a, value_grad=value_grad, point_grads=point_grads, views_in_grid=views_in_grid,
-                            block_q=block_q, size=size, warps=warps: bwd.backward_call(
-                                *a[:5], LEVEL_SETS[lv], a[5], tri.resolve_query_order(None, a[1], a[4], True),
-                                value_grad=value_grad, point_grads=point_grads, views_in_grid=views_in_grid,
-                                block_q=block_q or 16, num_warps=warps or 4, window=size, interpret=interpret))
-            else:
-                f = jax.jit(lambda *a, kind=kind, block_q=block_q, size=size, warps=warps: tri.backward(
-                    *a[:5], LEVEL_SETS[lv], a[5], variant=kind, block_q=block_q, window=size, num_warps=warps,
-                    interpret=interpret))
-            t0 = time.perf_counter()
-            jax.block_until_ready(f(value.astype(args.dtype), ref, offsets, weights, mask, cot.astype(args.dtype)))
-            log(f"profile {variant} V={v} {lv} S={s} {args.points} {args.dtype}: "
-                f"{time.perf_counter() - t0:.1f} s with compilation")
+        impl = "pallas_interpret" if jax.default_backend() == "cpu" else "pallas"
+        f = lambda *a: ds.deformable_sample(*a, LEVEL_SETS[lv], implementation=impl, config=config)
+        t0 = time.perf_counter()
+        out, vjp = jax.vjp(jax.jit(f), value.astype(args.dtype), ref, offsets, weights)
+        jax.block_until_ready(vjp(cot.astype(args.dtype)))
+        log(f"profile V={v} {lv} S={s} {args.points} {args.dtype} {config}: "
+            f"{time.perf_counter() - t0:.1f} s with compilation")
         return 0
     bandwidth = copy_bandwidth(jax, jnp)
     meta["copy_GBps"] = bandwidth / 1e9
     log(f"{meta}")
-    if args.forward_variants:  # check and time the forward variants only, table last
-        if args.check:
-            meta["forward_check_passed"] = check_forward_variants(jax, jnp, ds, log)
-        rows = parse_rows(args.rows or FORWARD_ROWS)
-        fwd_results, text = forward_variants(jax, jnp, rows, args.reps, deadline, log, args.dtype,
-                                             args.points)
-        with open(os.path.join(args.out, "bench_deformable_forward.json"), "w") as f:
-            json.dump({"meta": meta, "results": fwd_results}, f, indent=1)
-        log(f"\n{meta['device']}, jax {meta['jax']}, {meta['date']}, forward kernel alone, {args.dtype} values, "
-            f"{args.points} points, "
-            f"B=1, H={HEADS}, C={CHANNELS}, {LEVELS}x{POINTS} points\n{text}")
-        return 0 if meta.get("forward_check_passed", True) else 1
-    if args.backward_variants:  # check (optional) and time the backward kernels only, table last
-        ok = check_correctness(jax, jnp, ds, log) if args.check else True
-        rows = parse_rows(args.rows or BACKWARD_ROWS)
-        sweep = {"blocks": BACKWARD_SWEEP_BLOCKS, "tent": BACKWARD_SWEEP_TENT}.get(args.backward_sweep,
-                                                                                  BACKWARD_SWEEP)
-        bwd_results, text, errors_ok = backward_variants(jax, jnp, rows, args.reps, deadline, log, sweep=sweep,
-                                                         point_modes=tuple(args.backward_points.split(",")),
-                                                         dtype=args.dtype)
-        meta.update(check_passed=ok, backward_errors_ok=errors_ok)
-        with open(os.path.join(args.out, "bench_deformable_backward.json"), "w") as f:
-            json.dump({"meta": meta, "results": bwd_results}, f, indent=1)
-        log(f"\n{meta['device']}, jax {meta['jax']}, {meta['date']}, backward kernel alone, {args.dtype} values, "
-            f"B=1, H={HEADS}, "
-            f"C={CHANNELS}, {LEVELS}x{POINTS} points, offsets N(0, 2 px)\n{text}")
-        return 0 if ok and errors_ok else 1
-    if args.backward:
-        from geolrm_kernels import deformable_sample_triton as tri
-
-        tri.BACKWARD_VARIANT = tri.BACKWARD_VARIANT_16BIT = args.backward
-    if args.block_q:
-        from geolrm_kernels import deformable_sample_triton as tri
-
-        (bwd_q, bwd_w), (fwd_q, fwd_w) = (map(int, part.split(":")) for part in args.block_q.split(","))
-        variant = tri.BACKWARD_VARIANT_16BIT if args.dtype == "bfloat16" else tri.BACKWARD_VARIANT
-        window = tri.BACKWARD_CONFIGS[variant][1]
-        tri.BACKWARD_CONFIGS = {**tri.BACKWARD_CONFIGS, variant: (bwd_q, window, bwd_w)}
-        tri.FORWARD_CONFIGS = {**tri.FORWARD_CONFIGS, "per_head": (fwd_q, None, fwd_w)}
-        meta["block_q"] = args.block_q
-    meta["backward_variant"] = args.backward or "default"
     meta["points"] = args.points
     if args.check:
         try:
-            meta["check_passed"] = check_correctness(jax, jnp, ds, log)
+            meta["check_passed"] = check_correctness(jax, jnp, ds, log, config)
         except Exception:
             meta["check_passed"] = False
             log("check crashed:\n" + traceback.format_exc()[-4000:])
@@ -791,15 +484,10 @@ def main(argv=None):
         inputs = (inputs[0].astype(args.dtype), *inputs[1:4], inputs[4].astype(args.dtype))
         kept = {}
         for impl in JAX_IMPLS:
-            run_impl = impl
-            if jax.default_backend() == "cpu" and impl != "xla":
-                if impl == "pallas_xla_backward":
-                    continue  # the hybrid is GPU-only
-                run_impl = "pallas_interpret"
+            run_impl = "pallas_interpret" if jax.default_backend() == "cpu" and impl != "xla" else impl
             try:
-                # The hybrid's forward is the Pallas forward: measured once, in the Pallas column.
                 results[impl][key] = bench_jax(jax, ds, run_impl, inputs, LEVEL_SETS[lv], args.reps, keep=kept,
-                                               forward=impl != "pallas_xla_backward")
+                                               config=config)
             except Exception as err:
                 results[impl][key] = {"error": repr(err)[:300]}
                 log(traceback.format_exc()[-3000:])

@@ -2,7 +2,7 @@
 
     PYTHONUNBUFFERED=1 python tools/bench_splat.py [--json OUT.json] [--repeats 5] [--sizes 524288,131072]
         [--implementations pallas,gsplat,gsplat_unpacked,xla] [--gsplat-so DIR] [--stages [radix,two_key]]
-        [--sweep pallas@16/8/8,pallas+acqrel,pallas+tight,...] [--profile]
+        [--sweep pallas@16/8/8,pallas+tight,...] [--profile]
     (on the GPU machine: bash tools/gpu_bench_splat.sh ARGS, which also installs gsplat and checks splat_small)
 
 Gaussians follow GeoLRM's output distribution: means uniform in the cube [-0.5, 0.5]^3, scales uniform in
@@ -28,7 +28,8 @@ ours, and the ratios ours / gsplat.
 walks) and the forward's parts cumulatively (projection; + depth rank and slot keys; + key sort; + tile ranges =
 intersection; the whole forward) for the given intersection methods ("radix": one uint32 key sort; "two_key": the
 (tile, depth) comparison sort; "kernels": none), the intersection mapped over the cameras as in `render`.
---sweep adds Pallas rows at the first setting with other chunk / warp counts and switches (see `_configure`).
+--sweep adds Pallas rows at the first setting with other chunk / warp counts (a `RasterizeConfig`, see
+`_configure`).
 --profile only runs the two kernels, for Nsight Compute (NCU=1 in gpu_bench_splat.sh).
 """
 from __future__ import annotations
@@ -38,14 +39,17 @@ import json
 import statistics
 import time
 
-import geolrm_kernels.rasterize as kernels
 import gsplat_bench
 import jax
 import jax.numpy as jnp
 import numpy as np
+from geolrm_kernels import atomics, rasterize
+from geolrm_kernels.rasterize import RasterizeConfig
+from geolrm_kernels.rasterize.backward_triton import backward_pallas
+from geolrm_kernels.rasterize.forward_triton import forward_pallas
 
 from geolrm_jax.geometry import fov_to_intrinsics, orbit_c2w
-from geolrm_jax.render import projection, rasterize, tiles
+from geolrm_jax.render import projection, tiles
 from geolrm_jax.render.gaussians import Gaussians
 from geolrm_jax.render.splat import render
 
@@ -95,47 +99,40 @@ def _cotangents(num_views: int, size: int):
             jax.random.normal(jax.random.fold_in(key, 2), (1, num_views, size, size)))
 
 
-KERNEL_DEFAULTS = (kernels.CHUNK, kernels.NUM_WARPS, kernels.BACKWARD_NUM_WARPS, kernels.BACKWARD_CHUNK)
-SWITCHES = ("RELAXED_ATOMICS", "PREFETCH")
-SWITCH_DEFAULTS = tuple(getattr(kernels, k) for k in SWITCHES)
-# "+option" suffixes of a Pallas row, each setting one of the kernels' switches (see geolrm_kernels.rasterize).
-OPTIONS = {"acqrel": ("RELAXED_ATOMICS", False), "noprefetch": ("PREFETCH", False)}
+BACKWARD_CHUNK = rasterize.DEFAULT_CONFIG.backward_chunk
 
 
-def _configure(name: str) -> str:
-    """Implementation name -> render's `implementation`, setting the kernel/intersection module switches.
+def _configure(name: str) -> tuple[str, RasterizeConfig]:
+    """Implementation name -> (render's `implementation`, the kernels' `RasterizeConfig`), setting the
+    intersection module's switches.
 
-    "pallas@C/F/B[/BC]" is the Pallas path with forward CHUNK C, F forward warps, B backward warps and backward
-    chunk BC (defaults: the module's); "+option" suffixes (OPTIONS) set the kernels' other switches, "+xlakeys"
-    writes the intersection keys with jnp ops instead of the Pallas key kernel, "+tight" (bench_setting) sizes
-    the capacity from the need rounded up to 2^16 instead of a power of two."""
+    "pallas@C/F/B[/BC]" is the Pallas path with forward chunk C, F forward warps, B backward warps and backward
+    chunk BC (defaults: `RasterizeConfig()`'s); "+xlakeys" writes the intersection keys with jnp ops instead of
+    the Pallas key kernel, "+tight" (bench_setting) sizes the capacity from the need rounded up to 2^16 instead
+    of a power of two."""
     name, *options = name.split("+")
     name, _, tune = name.partition("@")
-    sizes = [int(x) for x in tune.split("/")] if tune else []
-    (kernels.CHUNK, kernels.NUM_WARPS, kernels.BACKWARD_NUM_WARPS,
-     kernels.BACKWARD_CHUNK) = (*sizes, *KERNEL_DEFAULTS[len(sizes):])
-    for key, value in zip(SWITCHES, SWITCH_DEFAULTS, strict=True):
-        setattr(kernels, key, value)
-    for option in options:
-        if option not in ("tight", "xlakeys"):  # the capacity (bench_setting) and the key-writing options
-            setattr(kernels, *OPTIONS[option])
-    kernels.ACCUMULATE = "segment" if name == "pallas_segment" else "atomic"
+    fields = ("chunk", "num_warps", "backward_num_warps", "backward_chunk")
+    config = RasterizeConfig(**dict(zip(fields, (int(x) for x in tune.split("/")) if tune else (), strict=False)))
+    unknown = set(options) - {"tight", "xlakeys"}
+    if unknown:
+        raise ValueError(f"unknown options {sorted(unknown)} in {name!r}")
     tiles.METHOD = "two_key" if name.endswith("two_key") else "auto"
     tiles.KEYS = "xla" if "xlakeys" in options else None
-    return {"pallas_segment": "pallas", "pallas_two_key": "pallas", "xla_two_key": "xla"}.get(name, name)
+    return {"pallas_two_key": "pallas", "xla_two_key": "xla"}.get(name, name), config
 
 
 def bench_ours(name: str, g, c2w, K, size: int, capacity: int, cots, repeats: int) -> tuple[dict, dict]:
     """One row for our renderer; also returns the arrays (images, gradients) for the gsplat comparison."""
-    impl = _configure(name)
+    impl, config = _configure(name)
     bg = jnp.ones((3,), jnp.float32)
 
     def forward(g, c2w, K):
-        o = render(g, c2w, K, size, size, bg, capacity=capacity, implementation=impl)
+        o = render(g, c2w, K, size, size, bg, capacity=capacity, implementation=impl, raster_config=config)
         return o.rgb, o.alpha, o.depth, o.overflow
 
     def loss(g, c2w, K, cots):
-        o = render(g, c2w, K, size, size, bg, capacity=capacity, implementation=impl)
+        o = render(g, c2w, K, size, size, bg, capacity=capacity, implementation=impl, raster_config=config)
         return jnp.sum(o.rgb * cots[0]) + jnp.sum(o.alpha * cots[1]) + jnp.sum(o.depth * cots[2])
 
     row, arrays = {}, {}
@@ -206,15 +203,15 @@ def bench_stages(g, c2w, K, size: int, capacity: int, repeats: int,
         return pack(p.means2d, p.conics, g.opacities[0], g.rgbs[0], p.depths), lists
 
     def kernel_forward(feats, lists):
-        return jax.vmap(lambda f, i, s, e: kernels.forward_pallas(f, i, s, e, size, size))(
+        return jax.vmap(lambda f, i, s, e: forward_pallas(f, i, s, e, size, size))(
             feats, lists.gaussian_ids, lists.tile_start, lists.tile_end)
 
     def kernel_backward(feats, lists, out, cot):
-        return jax.vmap(lambda f, i, s, e, o, c: kernels.backward_pallas(f, i, s, e, o, c, size, size, False))(
+        return jax.vmap(lambda f, i, s, e, o, c: backward_pallas(f, i, s, e, o, c, size, size, False))(
             feats, lists.gaussian_ids, lists.tile_start, lists.tile_end, out, cot)
 
     rows = []
-    _configure("pallas")
+    _configure("pallas")  # the intersection switches' defaults
     try:  # the two Pallas kernels alone, on the lists of the radix method
         feats, lists = jax.jit(raster_inputs)(g, c2w, K)
         out = jax.jit(kernel_forward)(feats, lists)
@@ -228,7 +225,7 @@ def bench_stages(g, c2w, K, size: int, capacity: int, repeats: int,
             return []
         walked = jnp.maximum(jnp.max(out.last, axis=-1) - lists.tile_start, 0)
         rows.append({"method": "kernels", "intersections": int(jnp.sum(lists.num_intersections)),
-                     "backward_chunks": int(jnp.sum((walked + kernels.BACKWARD_CHUNK - 1) // kernels.BACKWARD_CHUNK)),
+                     "backward_chunks": int(jnp.sum(-(-walked // BACKWARD_CHUNK))),
                      "kernel_forward_ms": 1e3 * _median_time(jax.jit(kernel_forward), (feats, lists), repeats),
                      "kernel_backward_ms": 1e3 * _median_time(jax.jit(kernel_backward), (feats, lists, out, cot),
                                                               repeats)})
@@ -249,7 +246,7 @@ def bench_stages(g, c2w, K, size: int, capacity: int, repeats: int,
             except Exception as err:
                 row[stage + "_error"] = f"{type(err).__name__}: {str(err)[:300]}"
         rows.append(row)
-    _configure("pallas")
+    _configure("pallas")  # restore the intersection switches
     return rows
 
 
@@ -353,7 +350,7 @@ def print_table(rows: list[dict]) -> None:
             if "kernel_forward_ms" in r:
                 print(f"\nPallas kernels alone (vmapped over the cameras): forward {r['kernel_forward_ms']:.1f} ms, "
                       f"backward {r['kernel_backward_ms']:.1f} ms; {r['intersections']} tile intersections, "
-                      f"{r['backward_chunks']} chunks of {kernels.BACKWARD_CHUNK} walked by the backward")
+                      f"{r['backward_chunks']} chunks of {BACKWARD_CHUNK} walked by the backward")
 
 
 def main(argv=None) -> int:
@@ -361,7 +358,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", default="524288,131072", help="comma-separated Gaussian counts")
     parser.add_argument("--settings", default="8x448,1x1024", help="VIEWSxSIZE, comma-separated")
     parser.add_argument("--implementations", default="pallas,gsplat,gsplat_unpacked,pallas_two_key,xla",
-                        help="pallas, pallas_two_key, pallas_segment, xla, xla_two_key, gsplat, gsplat_unpacked")
+                        help="pallas, pallas_two_key, xla, xla_two_key, gsplat, gsplat_unpacked")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--budget-s", type=float, default=1e9, help="start no new setting after this")
     parser.add_argument("--xla-max-gaussians", type=int, default=1 << 30,
@@ -374,11 +371,11 @@ def main(argv=None) -> int:
     parser.add_argument("--sweep", default="", help="extra Pallas rows at the first setting only, e.g. "
                         "'pallas@32/4/4,pallas@16/4/4' (CHUNK/forward warps/backward warps)")
     parser.add_argument("--profile", action="store_true", help="only run the two Pallas kernels (default "
-                        "switches) twice at the first size and setting, for a profiler, and exit")
+                        "config) twice at the first size and setting, for a profiler, and exit")
     parser.add_argument("--json", default=None, help="write all rows to this file")
     args = parser.parse_args(argv)
-    print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, relaxed atomics available: "
-          f"{kernels._ATOMIC_ADD_RELAXED is not None}")
+    print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, relaxed atomics: "
+          f"{atomics.relaxed_atomics_status()}")
     if args.profile:
         views, size = (int(v) for v in args.settings.split(",")[0].split("x"))
         g, (c2w, K) = geolrm_gaussians(int(args.sizes.split(",")[0])), cameras(views)

@@ -21,7 +21,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from geolrm_kernels.deformable_sample import kernel_query_order
+from geolrm_kernels.deformable import api as deformable
 
 from geolrm_jax import geometry
 from geolrm_jax.model.config import ffn_hidden_dim
@@ -184,8 +184,6 @@ class DeformableCrossAttention(nn.Module):
 
     @nn.compact
     def __call__(self, query, feats, ref_points, view_mask, query_mask, query_order=None):
-        from geolrm_kernels.deformable_sample import deformable_sample
-
         b, s, _ = query.shape
         v, length = feats.shape[1], feats.shape[2]
         hc = self.dim // self.heads
@@ -199,8 +197,9 @@ class DeformableCrossAttention(nn.Module):
         offsets = offsets / normalizer[:, None, :]
         logits = dense(self.heads * nl * p, name="attention_weights")(query).astype(jnp.float32)
         weights = jax.nn.softmax(logits.reshape(b, s, self.heads, nl * p), -1).reshape(b, s, self.heads, nl, p)
-        sampled = deformable_sample(value, ref_points, offsets, weights, tuple(self.spatial_shapes),
-                                    view_mask, query_mask, implementation=self.sample_impl, query_order=query_order)
+        sampled = deformable.deformable_sample(value, ref_points, offsets, weights, tuple(self.spatial_shapes),
+                                               view_mask, query_mask, implementation=self.sample_impl,
+                                               query_order=query_order)
         sampled = sampled.reshape(b, v, s, self.dim).astype(self.dtype)
         view_logits = dense(1, name="cross_view_weight")(sampled)[..., 0].astype(jnp.float32)  # (B, V, S)
         view_logits = jnp.where(view_mask[:, :, None], view_logits, -1e30)
@@ -288,7 +287,7 @@ class GeoTransformer(nn.Module):
             ref_points = take_tokens(ref_points, perm, axis=2)
             key_lengths = jnp.maximum(jnp.sum(query_mask, axis=1), 1).astype(jnp.int32)
         # the sampling kernels' visiting order depends only on the points and masks: once for all layers
-        query_order = kernel_query_order(ref_points, view_mask, query_mask, implementation=self.sample_impl)
+        query_order = deformable.kernel_query_order(ref_points, view_mask, query_mask, implementation=self.sample_impl)
         token = self.param("query_token", nn.initializers.normal(1.0), (self.dim - 3,))
         h = jnp.concatenate([xyzs.astype(jnp.float32), jnp.broadcast_to(token, (b, s, self.dim - 3))], -1)
         cos, sin = rope3d_tables(rope_grid_index(xyzs, self.xyz_scale, self.grid_size), self.dim // self.heads)

@@ -22,8 +22,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from geolrm_kernels import rasterize
 
-from geolrm_jax.render import projection, rasterize, tiles
+from geolrm_jax.render import projection, tiles
 from geolrm_jax.render.gaussians import Gaussians, validate_gaussians
 
 
@@ -78,13 +79,15 @@ def render_camera(means, scales, quats, opacities, rgbs, c2w, K, background, hei
 
 
 def render(gaussians: Gaussians, c2w, K, height: int, width: int, background, *, capacity: int | None = None,
-           gradient: str = "exact", implementation: str | None = None) -> RenderOutput:
+           gradient: str = "exact", implementation: str | None = None,
+           raster_config: rasterize.RasterizeConfig | None = None) -> RenderOutput:
     """Render B scenes into C cameras each.
 
     gaussians: fields (B, N, ...) (see `Gaussians`); c2w (B, C, 4, 4) OpenGL; K (B, C, 3, 3) normalized (only
     K[1, 1] is used); background (B, 3) or (3,). height, width, capacity are static. capacity is the number of
     tile-Gaussian intersections per camera (default `default_capacity`); intersections past it are dropped and
-    counted in `overflow` (check it, or use `render_with_retry`).
+    counted in `overflow` (check it, or use `render_with_retry`). raster_config: the Pallas rasterizer's tuning
+    (speed only; default `geolrm_kernels.rasterize.DEFAULT_CONFIG`).
     Returns `RenderOutput` with rgb (B, C, H, W, 3), alpha and depth (B, C, H, W), overflow ().
     """
     validate_gaussians(gaussians)
@@ -118,7 +121,7 @@ def render(gaussians: Gaussians, c2w, K, height: int, width: int, background, *,
         def raster(p, ids, start, end):
             feats = rasterize.pack_features(p.means2d, p.conics, g[3], g[4], p.depths)
             out = rasterize.rasterize(feats, ids, start, end, height, width, cuda_gradient=cuda,
-                                      implementation=implementation)
+                                      implementation=implementation, config=raster_config)
             image = functools.partial(rasterize.tiles_to_image, height=height, width=width)
             rgb = _clamp01(image(out.color) + image(out.transmittance)[..., None] * bg)
             return rgb, image(out.weight), image(out.depth)

@@ -1,4 +1,5 @@
-"""fp32 atomic add with relaxed memory ordering for Pallas Triton kernels (the deformable backward's d_value).
+"""fp32 atomic add with relaxed memory ordering for Pallas Triton kernels (gradient accumulation in the
+deformable-sampling backward's d_value and the rasterizer backward's per-Gaussian gradients).
 
 ``plgpu.atomic_add`` lowers to ``tt.atomic_rmw`` with acquire-release semantics (hard-coded in Pallas' Triton
 lowering), which orders every atomic against all other memory operations; accumulating a gradient needs no
@@ -6,7 +7,7 @@ ordering at all (XLA's scatter and CUDA's atomicAdd are relaxed). A private prim
 abstract-eval, interpret-mode discharge and Triton lowering rules of ``atomic_rmw`` and only rewrites the
 ``sem`` attribute of the emitted op to RELAXED. These are JAX internals: when they are missing or changed (or
 the primitive fails a self-test of its interpret-mode and CUDA lowerings), :func:`relaxed_atomics_status`
-says why and callers fall back to the public ``plgpu.atomic_add``.
+says why and :func:`gradient_atomic_add` falls back to the public ``plgpu.atomic_add``.
 """
 from __future__ import annotations
 
@@ -98,3 +99,10 @@ def relaxed_atomics_status() -> tuple[bool, str | None]:
     except Exception as err:  # noqa: BLE001 -- same: fall back to plgpu.atomic_add
         return False, repr(err)
     return True, None
+
+
+def gradient_atomic_add(relaxed: bool = True):
+    """The atomic add for accumulating gradients: :data:`relaxed_atomic_add` where ``relaxed`` and available
+    (see :func:`relaxed_atomics_status`), else ``plgpu.atomic_add`` (acquire-release). Same arguments as
+    ``plgpu.atomic_add``."""
+    return relaxed_atomic_add if relaxed and relaxed_atomics_status()[0] else plgpu.atomic_add

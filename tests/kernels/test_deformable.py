@@ -1,4 +1,4 @@
-"""Tests of geolrm_kernels.deformable_sample: the XLA reference against a naive float64 numpy implementation
+"""Tests of geolrm_kernels.deformable: the XLA reference against a naive float64 numpy implementation
 (and torch's grid_sample when torch is importable), its memory footprint, and the Pallas kernels run by the
 Pallas interpreter against the reference. Shapes are kept tiny: interpret mode is slow on CPU.
 """
@@ -6,63 +6,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from geolrm_kernels.deformable_sample import deformable_sample, deformable_sample_reference
+from deformable_cases import (
+    LATTICE_SHAPES,
+    SHAPES,
+    lattice_inputs,
+    make_inputs,
+    naive_numpy,
+    rel_err,
+    triton_ir,
+)
+from geolrm_kernels.deformable import deformable_sample, deformable_sample_reference
 from jax.test_util import check_grads
-
-SHAPES = ((5, 7), (3, 4))
-
-
-def make_inputs(seed, b=1, v=2, q=6, heads=2, c=24, shapes=SHAPES, points=2, dtype=jnp.float32, spread=1.3):
-    """Random inputs; locations spread beyond [0, 1] so that some points fall outside the image."""
-    rng = np.random.default_rng(seed)
-    length = sum(h * w for h, w in shapes)
-    value = rng.standard_normal((b, v, length, heads, c)).astype(np.float32)
-    ref = rng.uniform(-0.1, 1.1, (b, v, q, 2)).astype(np.float32)
-    offsets = (rng.standard_normal((b, q, heads, len(shapes), points, 2)) * 0.3 * spread).astype(np.float32)
-    logits = rng.standard_normal((b, q, heads, len(shapes) * points))
-    weights = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-    weights = weights.reshape(b, q, heads, len(shapes), points).astype(np.float32)
-    return jnp.asarray(value, dtype), jnp.asarray(ref), jnp.asarray(offsets), jnp.asarray(weights)
-
-
-def naive_numpy(value, ref, offsets, weights, shapes, view_mask=None, query_mask=None):
-    """float64, every sample materialized: grid_sample(align_corners=False, padding_mode="zeros")."""
-    value, ref, offsets, weights = (np.asarray(a, np.float64) for a in (value, ref, offsets, weights))
-    b, v, _, heads, c = value.shape
-    q = ref.shape[2]
-    out = np.zeros((b, v, q, heads, c))
-    start = 0
-    for level, (h, w) in enumerate(shapes):
-        vmap = value[:, :, start:start + h * w].reshape(b, v, h, w, heads, c)
-        start += h * w
-        for p in range(offsets.shape[4]):
-            loc = ref[:, :, :, None, :] + offsets[:, None, :, :, level, p, :]  # (B, V, Q, H, 2)
-            x = loc[..., 0] * w - 0.5
-            y = loc[..., 1] * h - 0.5
-            x0, y0 = np.floor(x), np.floor(y)
-            for yi, wy in ((y0, 1 - (y - y0)), (y0 + 1, y - y0)):
-                for xi, wx in ((x0, 1 - (x - x0)), (x0 + 1, x - x0)):
-                    inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-                    xc = np.clip(xi, 0, w - 1).astype(int)
-                    yc = np.clip(yi, 0, h - 1).astype(int)
-                    bi, vi, _, hi = np.meshgrid(np.arange(b), np.arange(v), np.arange(q), np.arange(heads),
-                                                indexing="ij")
-                    sample = vmap[bi, vi, yc, xc, hi]  # (B, V, Q, H, C)
-                    coef = np.where(inside, wx * wy, 0.0) * weights[:, None, :, :, level, p]
-                    out += coef[..., None] * sample
-    mask = np.ones((b, v, q), bool)
-    if view_mask is not None:
-        mask &= np.asarray(view_mask)[:, :, None]
-    if query_mask is not None:
-        mask &= np.asarray(query_mask)[:, None, :]
-    return np.where(mask[..., None, None], out, 0.0)
-
-
-def rel_err(a, b):
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    assert np.all(np.isfinite(a)), "non-finite values"
-    return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30)
 
 
 # ------------------------------------------------------------------------------------------------ reference
@@ -152,23 +106,6 @@ def test_reference_gradients_match_autodiff_of_naive_jnp():
     for name, got, w in zip(("value", "ref", "offsets", "weights"), grads, want, strict=True):
         assert rel_err(got, w) < 1e-4, name
     assert np.all(np.asarray(grads[1])[:, :, 2] == 0) and np.all(np.asarray(grads[3])[:, 2] == 0)
-
-
-LATTICE_SHAPES = ((8, 8), (4, 4))
-
-
-def lattice_inputs(seed, v=2, q=5, heads=2, c=24, points=2):
-    """Inputs whose sample points all sit >= 0.07 px away from pixel-centre lines at both levels (some off
-    the image), so the finite differences of check_grads never straddle a kink of bilinear interpolation.
-    """
-    rng = np.random.default_rng(seed)
-    value, _, _, weights = make_inputs(seed, v=v, q=q, heads=heads, c=c, shapes=LATTICE_SHAPES, points=points)
-    cells = rng.integers(-2, 10, (1, v, q, 2))
-    ref = ((cells + np.array([0.3, 0.6])) / 8.0).astype(np.float32)  # x8 frac 0.8/0.1, x4 frac 0.65/0.15 ...
-    shifts = rng.integers(-2, 3, (1, q, heads, 2, points, 2)) + rng.uniform(-0.03, 0.03, (1, q, heads, 2, points, 2))
-    sizes = np.array([[8.0, 8.0], [4.0, 4.0]])[None, None, None, :, None, :]
-    offsets = (shifts / sizes).astype(np.float32)  # whole pixels of their own level plus < 0.03 px
-    return value, jnp.asarray(ref), jnp.asarray(offsets), weights
 
 
 def test_reference_check_grads():
@@ -265,32 +202,6 @@ def test_pallas_interpret_bf16_values_accumulate_in_fp32():
         assert rel_err(jnp.asarray(g, jnp.float32), w) <= 1e-2
 
 
-@pytest.mark.parametrize("variant, block_c", [("per_head_unrolled", None), ("all_heads", 64)])
-def test_pallas_interpret_forward_variants(variant, block_c):
-    """Each forward kernel variant vs the reference: fp32 with masked views / a masked query, border and outside
-    points, C = 24 not a power of two with H = 4 (block_c = 64 over H*C = 96 channels: a head split across two
-    programs, lanes past the last channel); bf16 values vs the fp32 result."""
-    from geolrm_kernels import deformable_sample_triton as tri
-
-    value, ref, offsets, weights = make_inputs(18, b=2, v=2, q=5, heads=4, c=24)
-    ref = _with_borders(ref)
-    view_mask = jnp.array([[True, False], [True, True]])
-    query_mask = jnp.array([[True] * 5, [True, True, False, True, True]])
-    mask = view_mask[:, :, None] & query_mask[:, None, :]
-    want = deformable_sample_reference(value, ref, offsets, weights, SHAPES, view_mask, query_mask)
-    forward = jax.jit(lambda value, *a: tri.forward(value, *a, mask, SHAPES, interpret=True, variant=variant,
-                                                    block_q=4, block_c=block_c))
-    got = forward(value, ref, offsets, weights)
-    assert got.shape == want.shape and got.dtype == jnp.float32
-    assert rel_err(got, want) <= 1e-5
-    assert np.all(np.asarray(got)[0, 1] == 0) and np.all(np.asarray(got)[1, :, 2] == 0)
-    got_bf16 = forward(value.astype(jnp.bfloat16), ref, offsets, weights)
-    assert got_bf16.dtype == jnp.bfloat16
-    assert rel_err(got_bf16.astype(jnp.float32), want) <= 1e-2
-    with pytest.raises(ValueError, match="forward variant"):
-        tri.forward(value, ref, offsets, weights, mask, SHAPES, interpret=True, variant="unknown")
-
-
 def test_pallas_interpret_check_grads():
     args = lattice_inputs(12, q=3, heads=1, c=3)
     f = jax.jit(lambda *a: deformable_sample(*a, LATTICE_SHAPES, implementation="pallas_interpret"))
@@ -319,7 +230,7 @@ def test_pallas_interpret_under_vmap_jit_scan_remat():
 
 
 def test_dispatch_and_input_errors():
-    from geolrm_kernels.deformable_sample import GPU_DEFAULT_IMPLEMENTATION, IMPLEMENTATIONS, default_implementation
+    from geolrm_kernels.deformable import GPU_DEFAULT_IMPLEMENTATION, IMPLEMENTATIONS, default_implementation
 
     assert GPU_DEFAULT_IMPLEMENTATION in IMPLEMENTATIONS
     assert default_implementation() == (GPU_DEFAULT_IMPLEMENTATION if jax.default_backend() == "gpu" else "xla")
@@ -336,46 +247,40 @@ def test_dispatch_and_input_errors():
         deformable_sample(value, ref, offsets, weights, SHAPES, view_mask=jnp.ones((1, 3), bool))
 
 
-def _triton_ir(fn, *args):
-    """Lowers fn for CUDA (no GPU needed) and returns the Triton IR that pallas_call(debug=True) prints."""
-    import contextlib
-    import io
-
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",))
-    return buffer.getvalue()
-
-
 def test_pallas_backward_uses_relaxed_atomics_for_d_value_only():
-    """Triton IR of the per-sample-atomic backward: the only atomics are the 4 corners x NL levels x 2 lane chunks
-    (C = 24) of d_value, relaxed by default and acquire-release with relaxed=False (the public plgpu.atomic_add)."""
+    """Triton IR of the backward: the only atomics are the d_value kernel's 4 corners + 1 window per level and lane
+    chunk (C = 24: two chunks of 16), relaxed by default and acquire-release with relaxed_atomics=False (the public
+    plgpu.atomic_add)."""
     import re
 
-    from geolrm_kernels import deformable_sample_triton as tri
+    from geolrm_kernels import atomics
+    from geolrm_kernels.deformable import DeformableConfig, backward_triton, triton_common
 
     # The self-test must pass when first run while a caller's jit is being traced (the model's case).
-    tri.relaxed_atomics_status.cache_clear()
+    atomics.relaxed_atomics_status.cache_clear()
     statuses = []
-    jax.jit(lambda x: statuses.append(tri.relaxed_atomics_status()) or x)(1.0)
+    jax.jit(lambda x: statuses.append(atomics.relaxed_atomics_status()) or x)(1.0)
     assert statuses == [(True, None)], statuses
     value, ref, offsets, weights = make_inputs(16, q=4, heads=2, c=24)
     mask = jnp.ones(ref.shape[:3], bool)
+    order = jnp.arange(4, dtype=jnp.int32)[None]
     cot = jnp.ones((1, 2, 4, 2, 24))
     found = {}
     for relaxed in (True, False):
-        ir = _triton_ir(lambda *a, relaxed=relaxed: tri.backward(*a[:5], SHAPES, a[5], relaxed=relaxed, debug=True,
-                                                                 variant="atomic"),
+        config = DeformableConfig(relaxed_atomics=relaxed)
+        ir = triton_ir(lambda *a, config=config: backward_triton.backward(*a[:5], SHAPES, a[5], order, config=config,
+                                                                          debug=True),
                         value, ref, offsets, weights, mask, cot)
         found[relaxed] = re.findall(r"tt\.atomic_rmw (\w+), (\w+),", ir)
-    chunks = len(tri.channel_chunks(24, tri.BACKWARD_CHANNEL_CHUNK))
-    assert found[True] == [("fadd", "relaxed")] * 4 * len(SHAPES) * chunks, found[True]
-    assert found[False] == [("fadd", "acq_rel")] * 4 * len(SHAPES) * chunks, found[False]
+    chunks = len(triton_common.channel_chunks(24, DeformableConfig().backward_channel_chunk))
+    assert chunks == 2
+    assert found[True] == [("fadd", "relaxed")] * 5 * len(SHAPES) * chunks, found[True]
+    assert found[False] == [("fadd", "acq_rel")] * 5 * len(SHAPES) * chunks, found[False]
 
 
-def test_hybrid_runs_pallas_forward_and_xla_backward():
-    """implementation="pallas_xla_backward" lowered for CUDA: one Triton kernel (the forward) in fwd+bwd,
-    where "pallas" has two; its backward is the reference's (tested above)."""
+def test_pallas_runs_one_forward_and_two_backward_kernels():
+    """fwd+bwd lowered for CUDA: "pallas" runs three Triton kernels (forward, d_value, point gradients), "xla"
+    none."""
     value, ref, offsets, weights = make_inputs(17, q=4, heads=1, c=8)
     cot = jnp.ones((1, 2, 4, 1, 8))
 
@@ -385,32 +290,30 @@ def test_hybrid_runs_pallas_forward_and_xla_backward():
             return out, vjp(cot)
         return jax.jit(f).trace(value, ref, offsets, weights).lower(lowering_platforms=("cuda",)).as_text()
 
-    from geolrm_kernels import deformable_sample_backward_triton as bwd
-    from geolrm_kernels import deformable_sample_triton as tri
-
     triton_call = "__gpu$xla.gpu.triton"
-    assert fwd_bwd("pallas_xla_backward").count(triton_call) == 1
-    assert fwd_bwd("pallas").count(triton_call) == 1 + len(bwd.VARIANT_KERNELS[tri.BACKWARD_VARIANT])
+    assert fwd_bwd("pallas").count(triton_call) == 3
     assert fwd_bwd("xla").count(triton_call) == 0
 
 
-def test_default_forward_fuses_its_multiply_adds_on_cuda():
-    """The default forward's CUDA lowering holds the inline fma.rn.f32 (fused_multiply_add), one per corner of
-    each level's point loop and lane chunk; the interpreter computes a * b + c (the interpret tests above)."""
+def test_forward_fuses_its_multiply_adds_on_cuda():
+    """The forward's CUDA lowering holds the inline fma.rn.f32 (fused_multiply_add), one per corner of each
+    level's point loop and lane chunk; the interpreter computes a * b + c (the interpret tests above)."""
     import re
 
-    from geolrm_kernels import deformable_sample_triton as tri
+    from geolrm_kernels.deformable import DEFAULT_CONFIG, forward_triton, triton_common
 
-    assert tri.FORWARD_VARIANT == "per_head_fma"
     value, ref, offsets, weights = make_inputs(18, q=4, heads=2, c=24)
     mask = jnp.ones(ref.shape[:3], bool)
-    ir = _triton_ir(lambda *a: tri.forward(*a, SHAPES, debug=True), value, ref, offsets, weights, mask)
+    order = jnp.arange(4, dtype=jnp.int32)[None]
+    ir = triton_ir(lambda *a: forward_triton.forward(*a, SHAPES, order, debug=True), value, ref, offsets, weights,
+                    mask)
     found = re.findall(r'tt\.elementwise_inline_asm "fma\.rn\.f32', ir)
-    assert len(found) == 4 * len(SHAPES) * len(tri.channel_chunks(24, tri.FORWARD_CHANNEL_CHUNK)), found
+    chunks = triton_common.channel_chunks(24, DEFAULT_CONFIG.forward_channel_chunk)
+    assert len(found) == 4 * len(SHAPES) * len(chunks), found
 
 
 def test_precomputed_query_order_changes_nothing_but_the_order():
-    from geolrm_kernels.deformable_sample import kernel_query_order
+    from geolrm_kernels.deformable import kernel_query_order
 
     value, ref, offsets, weights = make_inputs(31, b=2, q=7)
     view_mask = jnp.array([[True, True], [True, False]])
@@ -442,7 +345,7 @@ def test_unclipped_bilinear_corners_agree_where_inside():
     """bilinear_corners(clamp_pixels=False), which the GPU kernels use: the same in-image tests, weights and
     derivatives as the clipped form, and the same pixel wherever the corner is in the image (on borders,
     pixel centres and outside too)."""
-    from geolrm_kernels.deformable_sample import bilinear_corners
+    from geolrm_kernels.deformable.reference import bilinear_corners
 
     rng = np.random.default_rng(40)
     u = jnp.asarray(np.concatenate([rng.uniform(-0.3, 1.3, 500), [0.0, 1.0, 0.5 / 12, 11.5 / 12, -0.1, 1.1]]),

@@ -1,4 +1,5 @@
-"""Rasterization stage: alpha compositing of depth-sorted per-tile lists, forward, backward and derivative rules.
+"""Pure-jnp (XLA) reference of the splatter's rasterization stage: alpha compositing of depth-sorted per-tile
+lists, forward and backward, the 16x16 tile layout, and a dense reference independent of the tile lists.
 
 Per pixel (x, y) (integer centre) of a tile, the tile's Gaussians are visited front to back (CUDA forward.cu):
   power = -1/2 (A dx^2 + C dy^2) - B dx dy with d = mean2d - (x, y); skip if power > 0;
@@ -13,32 +14,46 @@ with a cumulative product (entries after the first stop are dropped), which is e
 
 The backward walks each tile back to front, rebuilding T by division from the saved T_final (never from 1 - W,
 which loses precision at saturated pixels) and the suffix sums from the cotangents; nothing per
-pixel-and-Gaussian is stored. `rasterize_tiles` binds the derivative primitives of `RASTERIZE`
-(`geolrm_kernels.derivatives`): `grad` runs the implementation's forward and backward, forward mode and higher
-orders `forward_xla` / `backward_xla` in forward mode, so every JAX transform applies.
+pixel-and-Gaussian is stored. Both are differentiable in forward mode (see ``geolrm_kernels.derivatives``).
 
 Per-Gaussian features are packed as (N, 10) = [mx, my, A, B, C, opacity, r, g, b, z] (see `pack_features`).
-`implementation` picks the pure-JAX path ("xla") or the Pallas Triton kernels ("pallas", "pallas_interpret")
-from `geolrm_kernels.rasterize`; None = Pallas on GPU, XLA elsewhere.
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from geolrm_kernels.derivatives import DerivativeFamily
 
-from geolrm_jax.render.projection import HIGHEST, TILE_SIZE, tile_rect, tiles_grid
-
+TILE_SIZE = 16
+# Explicit float32 matmuls: XLA on Ampere/Hopper GPUs otherwise runs float32 dots in TF32 (10-bit mantissa),
+# which moves colours by ~1e-3 and flips blending decisions.
+HIGHEST = jax.lax.Precision.HIGHEST
 ALPHA_MAX = 0.99
 ALPHA_MIN = 1.0 / 255.0
 T_MIN = 1e-4
 CHUNK = 32
 NUM_FEATURES = 10
 PIXELS = TILE_SIZE * TILE_SIZE
+
+
+def tiles_grid(height: int, width: int) -> tuple[int, int]:
+    """Number of 16 x 16 tiles along x and y (static ints)."""
+    return -(-width // TILE_SIZE), -(-height // TILE_SIZE)
+
+
+def tile_rect(means2d, radii, grid_x: int, grid_y: int) -> jnp.ndarray:
+    """CUDA getRect: half-open tile rectangle (x0, y0, x1, y1), (N, 4) int32, clamped to the grid."""
+    r = radii.astype(means2d.dtype)
+    mx, my = means2d[:, 0], means2d[:, 1]
+
+    def bound(v, hi):
+        return jnp.clip(jnp.floor(v / TILE_SIZE), 0, hi).astype(jnp.int32)
+
+    return jnp.stack([
+        bound(mx - r, grid_x), bound(my - r, grid_y),
+        bound(mx + r + TILE_SIZE - 1, grid_x), bound(my + r + TILE_SIZE - 1, grid_y),
+    ], -1)
 
 
 class TileImage(NamedTuple):
@@ -205,113 +220,6 @@ def backward_xla(feats, ids, tile_start, tile_end, out: TileImage, cot: TileImag
         return k - 1, t_before[:, :, 0], suffix + wf.sum(-1), grads
 
     return jax.lax.while_loop(cond, body, init)[3]
-
-
-def _resolve(implementation):
-    if implementation is None:
-        return "pallas" if jax.default_backend() == "gpu" else "xla"
-    if implementation not in ("xla", "pallas", "pallas_interpret"):
-        raise ValueError(f"implementation must be None, 'xla', 'pallas' or 'pallas_interpret', got "
-                         f"{implementation!r}")
-    return implementation
-
-
-@dataclasses.dataclass(frozen=True)
-class _Spec:
-    height: int
-    width: int
-    cuda_gradient: bool
-    implementation: str
-
-
-def _per_camera(fn, *args):
-    """fn of one camera's arrays, mapped over the leading camera axis of every argument."""
-    return jax.vmap(fn)(*args)
-
-
-def _kernel_forward(spec, xs, aux):
-    (feats,), (ids, tile_start, tile_end) = xs, aux
-    if spec.implementation == "xla":
-        forward = functools.partial(forward_xla, height=spec.height, width=spec.width)
-    else:
-        from geolrm_kernels import rasterize as kernels
-
-        forward = functools.partial(kernels.forward_pallas, height=spec.height, width=spec.width,
-                                    interpret=spec.implementation == "pallas_interpret")
-    out = _per_camera(forward, feats, ids, tile_start, tile_end)
-    return tuple(x.astype(feats.dtype) if i < 4 else x for i, x in enumerate(out))
-
-
-def _kernel_backward(spec, xs, aux, saved, cotangents):
-    (feats,), (ids, tile_start, tile_end), (transmittance, last) = xs, aux, saved
-
-    def backward(feats, ids, tile_start, tile_end, transmittance, last, *cot):
-        out = TileImage(None, None, None, transmittance, last, None, None)
-        cot = TileImage(*cot, None, None, None)
-        if spec.implementation == "xla":
-            return backward_xla(feats, ids, tile_start, tile_end, out, cot, spec.height, spec.width,
-                                spec.cuda_gradient)
-        from geolrm_kernels import rasterize as kernels
-
-        return kernels.backward_pallas(feats, ids, tile_start, tile_end, out, cot, spec.height, spec.width,
-                                       spec.cuda_gradient, interpret=spec.implementation == "pallas_interpret")
-
-    return (_per_camera(backward, feats, ids, tile_start, tile_end, transmittance, last, *cotangents),)
-
-
-def _reference_forward(spec, xs, aux):
-    forward = functools.partial(forward_xla, height=spec.height, width=spec.width, cuda_gradient=spec.cuda_gradient)
-    return tuple(_per_camera(forward, *xs, *aux)[:4])
-
-
-def _reference_backward(spec, xs, aux, cotangents):
-    def backward(feats, ids, tile_start, tile_end, *cot):
-        out = forward_xla(feats, ids, tile_start, tile_end, spec.height, spec.width, spec.cuda_gradient)
-        return backward_xla(feats, ids, tile_start, tile_end, out, TileImage(*cot, None, None, None), spec.height,
-                            spec.width, spec.cuda_gradient)
-
-    return (_per_camera(backward, *xs, *aux, *cotangents),)
-
-
-def _output_shapes(spec, xs, aux):
-    feats = xs[0]
-    grid_x, grid_y = tiles_grid(spec.height, spec.width)
-    lead = (feats.shape[0], grid_x * grid_y, PIXELS)
-    f, i = (lambda *extra: jax.ShapeDtypeStruct(lead + extra, feats.dtype)), jax.ShapeDtypeStruct(lead, jnp.int32)
-    return f(3), f(), f(), f(), i, i, jax.ShapeDtypeStruct(lead, jnp.bool_)
-
-
-# Primal and gradient from the implementation's forward and backward; forward mode and higher orders from the
-# XLA forward and backward (see geolrm_kernels.derivatives). Every operand has a leading camera axis.
-RASTERIZE = DerivativeFamily(
-    name="splat_rasterize",
-    forward=_kernel_forward,
-    backward=_kernel_backward,
-    reference_forward=_reference_forward,
-    reference_backward=_reference_backward,
-    output_shapes=_output_shapes,
-    differentiable_outputs=(0, 1, 2, 3),  # color, weight, depth, transmittance
-    saved_outputs=(3, 4),  # transmittance, last: what the backward reads
-)
-
-
-def rasterize_tiles(feats, ids, tile_start, tile_end, height: int, width: int, cuda_gradient: bool,
-                    implementation: str) -> TileImage:
-    """Rasterization of one camera's tile lists, differentiable w.r.t. feats by every JAX transform (any order,
-    forward and reverse, vmap); see module doc."""
-    spec = _Spec(int(height), int(width), bool(cuda_gradient), implementation)
-    out = RASTERIZE(spec, (feats[None],), (ids[None], tile_start[None], tile_end[None]))
-    return TileImage(*(x[0] for x in out))
-
-
-def rasterize(feats, ids, tile_start, tile_end, height: int, width: int, *, cuda_gradient: bool = False,
-              implementation: str | None = None) -> TileImage:
-    """Rasterize one camera. feats (N, 10) from `pack_features`; tile lists from `tiles.intersect_tiles`.
-
-    Returns a `TileImage` in tile layout (use `tiles_to_image`); differentiable w.r.t. feats.
-    """
-    return rasterize_tiles(feats, ids, tile_start, tile_end, height, width, cuda_gradient,
-                           _resolve(implementation))
 
 
 def rasterize_dense_reference(feats, radii, height: int, width: int, *, cuda_gradient: bool = False):

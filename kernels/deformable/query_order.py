@@ -32,3 +32,14 @@ def spatial_query_order(reference_points, mask):
     code = morton_interleave(coords, 10)
     code = jnp.where(jnp.any(mask[:, list(views)], axis=1), code, jnp.int32(2 ** 31 - 1))
     return jnp.argsort(code, axis=-1, stable=True).astype(jnp.int32)
+
+
+def resolve_query_order(order, reference_points, mask, sort_queries: bool):
+    """(B, Q) int32 visiting order of the kernels: ``order`` when given (precomputed, e.g. once for all layers of
+    a transformer), else :func:`spatial_query_order` when ``sort_queries``, else the identity."""
+    if order is not None:
+        return order.astype(jnp.int32)
+    if sort_queries:
+        return spatial_query_order(reference_points, mask)
+    b, q = mask.shape[0], mask.shape[2]
+    return jnp.broadcast_to(jnp.arange(q, dtype=jnp.int32), (b, q))

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Before/after GPU check of a restructuring that must not change speed: the deformable-sampling, splatter and
+# end-to-end inference benchmarks of two checkouts, interleaved in one GPU session, and a summary of their ratios.
+#
+#   bash tools/gpu_restructure_check.sh BEFORE_DIR [AFTER_DIR]
+#
+# BEFORE_DIR / AFTER_DIR (default: the current directory): source trees of the two versions, e.g. prepared on the
+# host with `mkdir -p .before && git archive kernel-variants-2026-12 | tar -x -C .before` (an untracked, not
+# ignored folder travels with the working tree). Each tree runs its own tools/bench_deformable.py,
+# tools/bench_splat.py and geolrm_jax.benchmark with the same arguments (arguments both versions accept), with
+# PYTHONPATH set to that tree and `geolrm_kernels` linked to its kernels/. Results: $OUT/{before,after}/*.json,
+# logs beside them, and $OUT/summary.json (after / before per measurement; > 1 is a slowdown). REPS (default 5)
+# sets the repeats. Takes about 12 minutes on one H100 (compiles included).
+set -u
+BEFORE=$(cd "${1:?usage: gpu_restructure_check.sh BEFORE_DIR [AFTER_DIR]}" && pwd)
+AFTER=$(cd "${2:-.}" && pwd)
+OUT=${OUT:-/tmp/gpu-restructure-check}
+REPS=${REPS:-5}
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+mkdir -p "$OUT/before" "$OUT/after"
+python3 -c "import jax; print(jax.__version__, jax.devices())" | tee "$OUT/device.txt"
+
+run() {  # run LABEL TREE NAME COMMAND...: COMMAND in TREE with that tree's packages, log to $OUT/LABEL/NAME.log
+  local label=$1 tree=$2 name=$3
+  shift 3
+  mkdir -p "/tmp/restructure-$label"
+  ln -sfn "$tree/kernels" "/tmp/restructure-$label/geolrm_kernels"
+  local t0=$(date +%s)
+  (cd "$tree" && PYTHONPATH="$tree:/tmp/restructure-$label:$tree/tools" timeout "${STEP_TIMEOUT:-420}" "$@") \
+    >"$OUT/$label/$name.log" 2>&1
+  echo "$label $name: rc=$? in $(($(date +%s) - t0)) s"
+}
+
+for label in before after; do
+  tree=$BEFORE; [ "$label" = after ] && tree=$AFTER
+  run "$label" "$tree" deformable python3 tools/bench_deformable.py --rows 21:560px:16384,6:560px:8192 \
+    --points sv3d --no-torch --reps "$REPS" --out "$OUT/$label"
+done
+for label in before after; do
+  tree=$BEFORE; [ "$label" = after ] && tree=$AFTER
+  run "$label" "$tree" splat python3 tools/bench_splat.py --sizes 524288 --settings 8x448 --implementations pallas \
+    --repeats "$REPS" --json "$OUT/$label/bench_splat.json"
+done
+for label in before after; do
+  tree=$BEFORE; [ "$label" = after ] && tree=$AFTER
+  run "$label" "$tree" e2e python3 -m geolrm_jax.benchmark --views 6 21 --sizes 448 --dtypes bfloat16 \
+    --repeats "$REPS" --isolate --set attention_over_heads=False --out "$OUT/$label/bench_e2e.json"
+done
+
+python3 - "$OUT" <<'EOF'
+import json
+import os
+import sys
+
+out = sys.argv[1]
+
+
+def load(label, name):
+    path = os.path.join(out, label, name)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def measurements(label):
+    found = {}
+    deformable = load(label, "bench_deformable.json")
+    for key, row in ((deformable or {}).get("results", {}).get("pallas", {})).items():
+        for metric in ("fwd_ms", "fwdbwd_ms"):
+            if metric in row:
+                found[f"deformable {key} {metric}"] = row[metric]
+    for row in load(label, "bench_splat.json") or []:
+        for metric in ("forward_ms", "fwd_bwd_ms"):
+            if metric in row:
+                found[f"splat {row['gaussians']} {row['views']}x{row['size']} {metric}"] = row[metric]
+    for row in load(label, "bench_e2e.json") or []:
+        for metric in ("end_to_end_s", "total_s"):
+            if metric in row:
+                found[f"e2e {row['views']} views {row['size']} px {row['dtype']} {metric}"] = 1e3 * row[metric]
+    return found
+
+
+before, after = measurements("before"), measurements("after")
+summary = {key: {"before_ms": before[key], "after_ms": after.get(key),
+                 "after/before": after[key] / before[key] if key in after and before[key] else None}
+           for key in before}
+with open(os.path.join(out, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=1)
+for key, row in summary.items():
+    ratio = "-" if row["after/before"] is None else f"{row['after/before']:.3f}"
+    print(f"{key:55s} {row['before_ms']:9.2f} -> {row['after_ms'] or float('nan'):9.2f} ms  ({ratio})")
+missing = sorted(set(after) ^ set(before))
+if missing:
+    print("only in one run:", missing)
+EOF

@@ -1,13 +1,18 @@
 """``geolrm-jax eval``: rendering quality (PSNR, SSIM, LPIPS) and geometry (Chamfer, F-score) over a split.
 
     geolrm-jax eval ROOT [--split validation] [--object-list ROOT/object_list.json] [--num-views 4 8 12 16 20]
-                    [--checkpoint CKPT] [--model-config ...] [--lpips-weights lpips.npz] [--out evals/]
+                    [--method model visual_hull] [--checkpoint CKPT] [--model-config ...]
+                    [--lpips-weights lpips.npz] [--out evals/]
 
 ROOT holds objects in the GObjaverse layout that ``geolrm_jax.data`` builds datasets from (``<root>/<name>/
 <view:05d>/<view:05d>.{png,json}`` and ``_nd.exr``; e.g. GSO renders, or ``tools/make_synthetic.py``'s
 output); the object list JSON (``{split: [names]}`` or a list) picks the split. Views 0..23 are the orbit.
 
-Protocol, per object and per value N of ``--num-views``:
+Methods (``--method``, one or several): ``model`` (default), the reconstruction model; ``visual_hull``, the
+non-learned baseline of ``geolrm_jax.visual_hull`` (space carving from the inputs' alpha masks on a
+``--hull-grid``^3 grid, coloured from the input views), emitted as Gaussians and scored by the same code.
+
+Protocol, per object, method and value N of ``--num-views``:
 
 * inputs: N orbit views spread evenly, view ``floor(i * 24 / N)`` for i < N (N <= 24), composited on white
   and resized to ``--input-size`` (premultiplied-alpha bilinear in float32, like the training pipeline);
@@ -20,11 +25,12 @@ Protocol, per object and per value N of ``--num-views``:
   F-score at 0.2 between the opacity-filtered Gaussian means and the ground-truth depth maps of the input and
   target views, unprojected at full resolution, with both sets scaled by 2 ([-0.5, 0.5]^3 -> [-1, 1]^3).
 
-Writes ``metrics.csv`` (one row per object and N) and ``summary.csv`` (means per N) into ``--out`` (each via
-a temporary file renamed into place; existing ones need ``--overwrite`` and must be this command's CSVs) and
-prints the summary table. Arguments, the object list, the weights' location and the output are checked before
-the model is loaded. Weights are found as in ``geolrm-jax reconstruct``; with none, random weights run and the
-output says so.
+Writes ``metrics.csv`` (one row per object, method and N) and ``summary.csv`` (means per method, family and
+N; the family is ``object.json``'s ``family`` field, as ``tools/make_eval_set.py`` writes it; ``all`` pools
+every object) into ``--out`` (each via a temporary file renamed into place; existing ones need ``--overwrite``
+and must be this command's CSVs) and prints the summary table. Arguments, the object list, the weights'
+location and the output are checked before the model is loaded. Weights are found as in
+``geolrm-jax reconstruct``; with none, random weights run and the output says so.
 """
 
 from __future__ import annotations
@@ -44,7 +50,9 @@ from geolrm_jax import geometry_metrics
 
 NUM_ORBIT_VIEWS = 24
 METRICS = ("psnr", "ssim", "lpips", "chamfer", "fscore", "precision", "recall")
-CSV_FIELDS = ("object_id", "num_views", *METRICS, "gaussians", "seconds")
+CSV_FIELDS = ("object_id", "family", "method", "num_views", *METRICS, "gaussians", "seconds")
+SUMMARY_FIELDS = ("method", "family", "num_views", "objects", *METRICS)
+METHODS = ("model", "visual_hull")
 
 
 def input_view_ids(num_views: int, num_orbit: int = NUM_ORBIT_VIEWS) -> list[int]:
@@ -87,8 +95,10 @@ def count_views(object_dir: str) -> int:
     return n
 
 
-# predict(images (V, S, S, 3), c2w (V, 4, 4), K (V, 3, 3)) -> Gaussians of one scene, fields (1, N, ...)
-Predictor = Callable[[np.ndarray, np.ndarray, np.ndarray], object]
+# predict(images (V, S, S, 3) on white, c2w (V, 4, 4), K (V, 3, 3), alphas (V, S, S)) -> Gaussians of one
+# scene, fields (1, N, ...). The model ignores the alphas (its inputs are composited on white); the visual hull
+# carves with them.
+Predictor = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], object]
 
 
 def evaluate_object(object_dir: str, predict: Predictor, num_views: int, *, input_size: int, render_size: int,
@@ -105,8 +115,10 @@ def evaluate_object(object_dir: str, predict: Predictor, num_views: int, *, inpu
     inputs = input_view_ids(num_views)
     targets = target_view_ids(inputs, count_views(object_dir), max_targets)
     views = {v: gobjaverse_io.read_view(object_dir, v) for v in sorted(set(inputs) | set(targets))}
-    images = np.stack([composite_white(views[v].rgba, input_size)[0] for v in inputs])
-    gaussians = predict(images, np.stack([views[v].c2w for v in inputs]), np.stack([views[v].K for v in inputs]))
+    composited = [composite_white(views[v].rgba, input_size) for v in inputs]
+    images, alphas = np.stack([c[0] for c in composited]), np.stack([c[1] for c in composited])
+    gaussians = predict(images, np.stack([views[v].c2w for v in inputs]), np.stack([views[v].K for v in inputs]),
+                        alphas)
 
     target_rgb = np.stack([composite_white(views[v].rgba, render_size)[0] for v in targets])
     t_c2w, t_K = np.stack([views[v].c2w for v in targets]), np.stack([views[v].K for v in targets])
@@ -151,7 +163,7 @@ def model_predictor(args, choice=None) -> tuple[Predictor, str, bool]:
         weights = f"{checkpoint} ({how}); architecture {config_name}"
     model = reconstruct.Reconstructor(config, variables)
 
-    def predict(images, c2w, K):
+    def predict(images, c2w, K, alphas=None):
         batch = (jnp.asarray(images)[None], jnp.asarray(c2w)[None], jnp.asarray(K)[None],
                  jnp.ones((1, len(images)), bool))
         anchors, mask = model.propose(model.variables, *batch)
@@ -161,23 +173,32 @@ def model_predictor(args, choice=None) -> tuple[Predictor, str, bool]:
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Means per ``num_views`` over objects (NaN entries skipped; ``objects`` counts rows)."""
+    """Means per (method, family, num_views) over objects (NaN entries skipped; ``objects`` counts rows).
+    Families in order of appearance, then ``all`` (every object); only ``all`` when no row has a family."""
     out = []
-    for n in sorted({r["num_views"] for r in rows}):
-        group = [r for r in rows if r["num_views"] == n]
-        entry = {"num_views": n, "objects": len(group)}
-        for m in METRICS:
-            values = [r[m] for r in group if not math.isnan(r[m])]
-            entry[m] = float(np.mean(values)) if values else float("nan")
-        out.append(entry)
+    methods = list(dict.fromkeys(r.get("method", "model") for r in rows))
+    families = list(dict.fromkeys(r["family"] for r in rows if r.get("family")))
+    for method in methods:
+        for family in [*families, "all"]:
+            for n in sorted({r["num_views"] for r in rows}):
+                group = [r for r in rows if r["num_views"] == n and r.get("method", "model") == method
+                         and family in ("all", r.get("family"))]
+                if not group:
+                    continue
+                entry = {"method": method, "family": family, "num_views": n, "objects": len(group)}
+                for m in METRICS:
+                    values = [r[m] for r in group if not math.isnan(r[m])]
+                    entry[m] = float(np.mean(values)) if values else float("nan")
+                out.append(entry)
     return out
 
 
 def format_summary(summary: list[dict]) -> str:
-    head = f"{'views':>5} {'objects':>7} " + " ".join(f"{m:>9}" for m in METRICS)
+    head = f"{'method':<12} {'family':<8} {'views':>5} {'objects':>7} " + " ".join(f"{m:>9}" for m in METRICS)
     lines = [head, "-" * len(head)]
     for s in summary:
-        lines.append(f"{s['num_views']:>5} {s['objects']:>7} " + " ".join(f"{s[m]:>9.4f}" for m in METRICS))
+        lines.append(f"{s['method']:<12} {s['family']:<8} {s['num_views']:>5} {s['objects']:>7} "
+                     + " ".join(f"{s[m]:>9.4f}" for m in METRICS))
     return "\n".join(lines)
 
 
@@ -188,9 +209,6 @@ def write_csv(path: pathlib.Path, rows: list[dict], fields) -> None:
         writer = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-
-
-SUMMARY_FIELDS = ("num_views", "objects", *METRICS)
 
 
 def csv_problem(path: pathlib.Path, fields) -> str | None:
@@ -212,6 +230,10 @@ def check_arguments(args) -> None:
                         ("--num-points", args.num_points)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} {value}: must be at least 1")
+    if args.hull_grid < 2:
+        raise ValueError(f"--hull-grid {args.hull_grid}: must be at least 2")
+    if not args.hull_scale > 0:
+        raise ValueError(f"--hull-scale {args.hull_scale}: must be positive")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -224,7 +246,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-views", type=int, nargs="+", default=[4],
                    help="input view counts; several give the views-vs-quality table (e.g. 4 8 12 16 20)")
     p.add_argument("--max-targets", type=int, default=8)
-    p.add_argument("--input-size", type=int, help="model input size (default 448, tiny config 56)")
+    p.add_argument("--method", nargs="+", choices=METHODS, default=["model"],
+                   help="predictor(s): the model and/or the visual-hull baseline, on the same inputs")
+    p.add_argument("--hull-grid", type=int, default=64, help="visual hull voxel grid side")
+    p.add_argument("--hull-scale", type=float, default=0.5, help="visual hull Gaussian standard deviation (voxels)")
+    p.add_argument("--input-size", type=int, help="input size, for every method (default 448, tiny config 56)")
     p.add_argument("--render-size", type=int, default=448)
     p.add_argument("--checkpoint")
     p.add_argument("--model-config", help="official | tiny | config.json")
@@ -259,10 +285,11 @@ def _evaluate(args) -> int:
     names = splits[args.split][: args.max_objects]
     if not names:
         raise ValueError(f"{list_path}: split {args.split!r} lists no object")
+    # resolved for every method: the input size defaults to the one the model would get
     choice = reconstruct.resolve_model(args.checkpoint, args.model_config, args.dtype)
     input_size = args.input_size or reconstruct.DEFAULT_IMAGE_SIZE.get(choice.preset, 448)
     step = int(np.lcm(4, choice.config.encoder.dino_patch))
-    if input_size % step:
+    if "model" in args.method and input_size % step:
         raise ValueError(f"--input-size {input_size} must be a multiple of {step}")
     lpips_params = None
     if args.lpips_weights:
@@ -276,23 +303,38 @@ def _evaluate(args) -> int:
     for name, fields in (("metrics.csv", CSV_FIELDS), ("summary.csv", SUMMARY_FIELDS)):
         io_atomic.check_destination(out / name, inputs=inputs, overwrite=args.overwrite,
                                     owned=lambda path, fields=fields: csv_problem(path, fields), folder=False)
-    predict, weights, random_weights = model_predictor(args, choice)
-    if random_weights:
-        print(f"WARNING: {reconstruct.RANDOM_WEIGHTS_NOTE}.")
-    print(f"weights: {weights}")
+    predictors = {}
+    if "model" in args.method:
+        predictors["model"], weights, random_weights = model_predictor(args, choice)
+        if random_weights:
+            print(f"WARNING: {reconstruct.RANDOM_WEIGHTS_NOTE}.")
+        print(f"weights: {weights}")
+    if "visual_hull" in args.method:
+        from geolrm_jax import visual_hull
+
+        predictors["visual_hull"] = visual_hull.predictor(args.hull_grid, scale=args.hull_scale)
+        print(f"visual hull: {args.hull_grid}^3 voxels over [-0.5, 0.5]^3, carved from the input alpha masks, "
+              f"Gaussians of {args.hull_scale} voxel")
+    from geolrm_jax.data.eval_set import read_family
+
     rows, bad = [], []
     for name in names:
-        for n in args.num_views:
-            try:
-                row = evaluate_object(str(root / name), predict, n, input_size=input_size,
-                                      render_size=args.render_size, max_targets=args.max_targets,
-                                      lpips_params=lpips_params, num_points=args.num_points)
-            except gobjaverse_io.BadInputError as err:
-                print(f"skipping {name}: {err}", file=sys.stderr)
-                bad.append(name)
-                break
-            rows.append({"object_id": name, "num_views": n, **row})
-            print(f"{name} N={n}: " + " ".join(f"{m}={row[m]:.4f}" for m in METRICS), flush=True)
+        family = read_family(str(root / name))
+        object_rows = []
+        try:
+            for method, predict in predictors.items():
+                for n in args.num_views:
+                    row = evaluate_object(str(root / name), predict, n, input_size=input_size,
+                                          render_size=args.render_size, max_targets=args.max_targets,
+                                          lpips_params=lpips_params, num_points=args.num_points)
+                    object_rows.append({"object_id": name, "family": family, "method": method, "num_views": n,
+                                        **row})
+                    print(f"{name} {method} N={n}: " + " ".join(f"{m}={row[m]:.4f}" for m in METRICS), flush=True)
+        except gobjaverse_io.BadInputError as err:
+            print(f"skipping {name}: {err}", file=sys.stderr)
+            bad.append(name)
+            continue
+        rows.extend(object_rows)
     if not rows:
         print(f"geolrm-jax eval: error: no object of split {args.split!r} could be evaluated", file=sys.stderr)
         return 2

@@ -62,6 +62,8 @@ def eval_root(tmp_path):
     (["--split", "nope"], "no split 'nope'"),
     (["--lpips-weights", "missing.npz"], "missing.npz"),
     (["--checkpoint", "missing.ckpt"], "missing.ckpt"),
+    (["--method", "visual_hull", "--hull-grid", "1"], "--hull-grid 1"),
+    (["--method", "visual_hull", "--hull-scale", "0"], "--hull-scale 0"),
 ])
 def test_eval_checks_before_the_model_loads(eval_root, capsys, no_model, args, needle):
     assert evaluate.main([str(eval_root), "--out", str(eval_root.parent / "evals"), *args]) == 2

@@ -30,7 +30,7 @@ import sys
 import tempfile
 import zipfile
 
-from geolrm_jax import inputs, reconstruct
+from geolrm_jax import inference, inputs, reconstruct
 
 MAX_UPLOAD_BYTES = 512 * 2**20  # a zip may expand to at most this much
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]  # no web fonts: the page works offline
@@ -92,7 +92,7 @@ def prepare_input(files, work: pathlib.Path) -> pathlib.Path:
 def _summary_markdown(summary: dict, mesh_note: str) -> str:
     lines = []
     if summary["random_weights"]:
-        lines.append(f"**{reconstruct.RANDOM_WEIGHTS_NOTE}.**")
+        lines.append(f"**{inference.RANDOM_WEIGHTS_NOTE}.**")
     lines.append(f"Weights: {summary['weights']}")
     lines.append(f"Input: {summary['input_kind']}, {summary['num_views']} views at {summary['image_size']} px; "
                  f"{summary['gaussians_written']} Gaussians; {mesh_note}")
@@ -224,7 +224,7 @@ def main(argv=None) -> int:
         print(f"geolrm-jax demo: error: --video-size {args.video_size} must be even (MP4)", file=sys.stderr)
         return 2
     try:
-        reconstruct.find_checkpoint(args.checkpoint)
+        inference.find_checkpoint(args.checkpoint)
     except FileNotFoundError as err:
         print(f"geolrm-jax demo: error: {err}", file=sys.stderr)
         return 2

@@ -363,9 +363,9 @@ def test_inference_variables_give_identical_bf16_outputs():
 
     config = model_config.tiny_model_config()
     config.dtype = "bfloat16"
-    from geolrm_jax import reconstruct
+    from geolrm_jax import inference
 
-    variables = reconstruct.random_variables(config, seed=1)
+    variables = inference.random_variables(config, seed=1)
     cast = inference_variables(variables, config)
     kernels = {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(cast)[0]
                if str(getattr(path[-1], "key", "")) == "kernel"}
@@ -386,10 +386,10 @@ def test_inference_variables_give_identical_bf16_outputs():
 
 
 def test_scan_unroll_changes_nothing_but_the_loop():
-    from geolrm_jax import reconstruct
+    from geolrm_jax import inference
 
     config = model_config.tiny_model_config()
-    variables = reconstruct.random_variables(config, seed=2)
+    variables = inference.random_variables(config, seed=2)
     images, c2ws, ks, mask = tiny_inputs(batch=1, views=2)
     want = run_fast_compiled(GeoLRM(config).apply, variables, images, c2ws, ks, mask)
     config.scan_unroll = config.reconstruction.layers

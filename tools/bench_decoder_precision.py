@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     import jax
     import jax.numpy as jnp
 
-    from geolrm_jax import benchmark, reconstruct
+    from geolrm_jax import benchmark, inference
     from geolrm_jax.model.convert import config_from_arg
     from geolrm_jax.model.decoder import GaussianDecoder
     from geolrm_jax.model.geolrm import INFERENCE_COMPILER_OPTIONS, GeoLRM, decoder_dtype, inference_variables
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
         config = config_from_arg(args.model_config)
         config.dtype, config.decoder_dtype = "bfloat16", name
         configs[name] = config
-    master = reconstruct.random_variables(configs["float32"], seed=0)  # float32 on the host
+    master = inference.random_variables(configs["float32"], seed=0)  # float32 on the host
     variables = {name: jax.device_put(inference_variables(master, cfg)) for name, cfg in configs.items()}
     device = jax.devices()[0].device_kind
     rc = configs["float32"].reconstruction

@@ -44,7 +44,7 @@ import numpy as np
 from PIL import Image
 
 from geolrm_jax.data import occupancy, sampling
-from geolrm_jax.data.gobjaverse_io import BadInputError, decode_depth, decode_png_rgba
+from geolrm_jax.data.gobjaverse_io import NUM_ORBIT_VIEWS, BadInputError, decode_depth, decode_png_rgba
 
 log = logging.getLogger(__name__)
 _BAD = "__bad_example__"
@@ -62,7 +62,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.input_size = 448  # the original's input_size
     c.render_size = 448  # the original's render_size
     c.grid_size = 128
-    c.num_orbit_views = 24
+    c.num_orbit_views = NUM_ORBIT_VIEWS
     c.orbit_inputs = 4
     c.random_views = 4
     c.min_orbit_inputs = 1
@@ -378,7 +378,7 @@ def make_iterator(data_config, split: str, *, seed: int, batch_size: int, traini
         from geolrm_jax.data.gobjaverse import data_source
 
         if not data_config.data_dir:
-            raise ValueError("data_config.data_dir is empty: build a dataset first (tools/make_synthetic.py)")
+            raise ValueError("data_config.data_dir is empty: build a dataset first (geolrm-jax data synthetic)")
         source = data_source(data_config.data_dir, split, grid_size=data_config.grid_size)
     if process_index is None or process_count is None:
         import jax

@@ -255,7 +255,10 @@ class GeoTransformerBlock(nn.Module):
 
 class GeoTransformer(nn.Module):
     """xyzs (B, S, 3), query_mask (B, S) bool, feats (B, V, L, C), c2ws (B, V, 4, 4), Ks (B, V, 3, 3),
-    view_mask (B, V) bool -> latents (B, S, dim) float32 after the final RMSNorm."""
+    view_mask (B, V) bool -> latents (B, S, dim) float32 after the final RMSNorm.
+
+    ``spatial_shapes`` (the levels of ``feats``, static) is the attribute or, where the module is built before
+    the image size is known, the call's argument."""
 
     dim: int
     layers: int
@@ -274,7 +277,8 @@ class GeoTransformer(nn.Module):
     scan_unroll: int = 1  # layers per iteration of the scan's loop (`layers` = fully unrolled)
 
     @nn.compact
-    def __call__(self, xyzs, query_mask, feats, c2ws, Ks, view_mask):
+    def __call__(self, xyzs, query_mask, feats, c2ws, Ks, view_mask, spatial_shapes=None):
+        spatial_shapes = tuple(spatial_shapes or self.spatial_shapes)
         b, s, _ = xyzs.shape
         ref_points = geometry.project_points(xyzs[:, None], c2ws, Ks)  # (B, V, S, 2)
         self.sow("intermediates", "reference_points_cam", ref_points)
@@ -296,9 +300,18 @@ class GeoTransformer(nn.Module):
             block = nn.remat(block, prevent_cse=False, policy=getattr(jax.checkpoint_policies, self.remat_policy))
         stack = nn.scan(block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
                         in_axes=(nn.broadcast,) * 9, length=self.layers, unroll=self.scan_unroll)
-        h, _ = stack(self.dim, self.heads, self.num_points, tuple(self.spatial_shapes), self.norm_eps,
+        h, _ = stack(self.dim, self.heads, self.num_points, spatial_shapes, self.norm_eps,
                      self.dtype, self.attention_impl, self.sample_impl, self.attention_over_heads, name="layers")(
             h, cos, sin, query_mask, key_lengths, with_bias_columns(feats.astype(self.dtype)), ref_points, view_mask,
             inverse, query_order)
         out = RMSNorm(self.norm_eps, jnp.float32, name="norm")(h)  # float32 latents, as the original's
         return out if inverse is None else take_tokens(out, inverse)
+
+
+def geo_transformer(config, network, dtype, spatial_shapes=(), **kwargs) -> GeoTransformer:
+    """The GeoTransformer of one network of the model: ``network`` is ``config.proposal`` or
+    ``config.reconstruction``; the rest (norm, remat, attention and sampling implementations) from ``config``."""
+    return GeoTransformer(network.dim, network.layers, network.heads, network.num_points, network.grid_size,
+                          network.xyz_scale, spatial_shapes, config.norm_eps, dtype, config.remat, config.remat_policy,
+                          config.attention_impl, config.sample_impl, config.attention_over_heads,
+                          scan_unroll=config.get("scan_unroll", 1), **kwargs)

@@ -133,6 +133,17 @@ def render(gaussians: Gaussians, c2w, K, height: int, width: int, background, *,
     return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, overflow=jnp.max(overflow))
 
 
+def grown_capacity(capacity: int, overflow: int, max_capacity: int = 1 << 28) -> int:
+    """The capacity to retry a render with after ``overflow`` intersections did not fit ``capacity``: the next
+    power of two of what is needed (so that retries, each a new compilation, grow geometrically). Raises
+    RuntimeError past ``max_capacity``."""
+    needed = capacity + overflow
+    grown = int(2 ** int(np.ceil(np.log2(needed))))
+    if grown > max_capacity:
+        raise RuntimeError(f"{needed} tile intersections exceed max_capacity {max_capacity}")
+    return grown
+
+
 def render_with_retry(gaussians: Gaussians, c2w, K, height: int, width: int, background, *,
                       capacity: int | None = None, max_capacity: int = 1 << 28, **kwargs) -> RenderOutput:
     """Host-side `render` that grows the capacity (next power of two of what is needed) until nothing overflows.
@@ -146,11 +157,7 @@ def render_with_retry(gaussians: Gaussians, c2w, K, height: int, width: int, bac
         overflow = int(out.overflow)
         if overflow == 0:
             return out
-        needed = capacity + overflow
-        capacity = int(2 ** int(np.ceil(np.log2(needed))))
-        if capacity > max_capacity:
-            raise RuntimeError(f"render_with_retry: {needed} tile intersections exceed max_capacity "
-                               f"{max_capacity}")
+        capacity = grown_capacity(capacity, overflow, max_capacity)
 
 
 _render_jit = jax.jit(render, static_argnames=("height", "width", "capacity", "gradient", "implementation"))

@@ -4,7 +4,6 @@ The fixture holds images and the package's distances computed with a RANDOM VGG1
 the weights are regenerated here from the same seed and converted with the same converter used for the
 real torchvision weights. The linear layers are the package's own v0.1 weights.
 """
-import importlib.util
 import pathlib
 
 import jax
@@ -114,11 +113,9 @@ def test_converter_errors_name_the_weight(tmp_path):
         lp.load_lpips_params(bad)
 
 
-def test_convert_tool_from_torch_files(tmp_path, fixture):
+def test_lpips_weights_command_from_torch_files(tmp_path, fixture):
     torch = pytest.importorskip("torch")
-    spec = importlib.util.spec_from_file_location("convert_lpips", REPO / "tools" / "convert_lpips.py")
-    convert_lpips = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(convert_lpips)
+    from geolrm_jax import cli
 
     sd = {k: torch.from_numpy(v) for k, v in lp.random_vgg16_state_dict(5).items()}
     sd["classifier.0.weight"] = torch.zeros(4, 4)
@@ -126,7 +123,7 @@ def test_convert_tool_from_torch_files(tmp_path, fixture):
     torch.save(sd, vgg_path)
     with np.load(LIN) as lin:
         torch.save({k: torch.from_numpy(lin[k]) for k in lin.files}, lin_path)
-    assert convert_lpips.main(["--vgg", str(vgg_path), "--lin", str(lin_path), "--out", str(out)]) == 0
+    assert cli.main(["lpips-weights", "--vgg", str(vgg_path), "--lin", str(lin_path), "--out", str(out)]) == 0
     loaded = lp.load_lpips_params(out)
     expected = lp.seeded_lpips_params(5, LIN)
     jax.tree_util.tree_map(np.testing.assert_array_equal, expected, loaded)

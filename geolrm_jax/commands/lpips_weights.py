@@ -1,4 +1,5 @@
-"""Convert LPIPS-VGG16 weights from PyTorch files into the Flax ``.npz`` read by ``load_lpips_params``.
+"""``geolrm-jax lpips-weights``: LPIPS-VGG16 weights from PyTorch files -> the Flax ``.npz`` that training
+(``train.lpips_weights``) and ``geolrm-jax eval --lpips-weights`` read (``load_lpips_params``).
 
 Inputs:
   --vgg   torchvision's ImageNet VGG16 state dict, e.g. ``vgg16-397923af.pth`` (``torchvision.models.vgg16``
@@ -8,8 +9,8 @@ Inputs:
           package) or an ``.npz`` of the same keys such as tests/fixtures/lpips_vgg_lin_v0.1.npz.
 
 Usage:
-  python tools/convert_lpips.py --vgg vgg16-397923af.pth --out lpips_vgg16.npz
-  python tools/convert_lpips.py --random-vgg-seed 0 --lin tests/fixtures/lpips_vgg_lin_v0.1.npz \
+  geolrm-jax lpips-weights --vgg vgg16-397923af.pth --out lpips_vgg16.npz
+  geolrm-jax lpips-weights --random-vgg-seed 0 --lin tests/fixtures/lpips_vgg_lin_v0.1.npz \
       --out lpips_random_vgg.npz
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 
 import numpy as np
 
-from geolrm_jax.train import lpips as lp
+HELP = "LPIPS-VGG16 weights (torchvision VGG16 + lpips lin layers) -> the .npz training and eval read"
 
 
 def _load_torch(path: str) -> dict:
@@ -49,8 +50,11 @@ def _default_lin_path() -> str:
     return os.path.join(os.path.dirname(inspect.getfile(lpips.LPIPS)), "weights", "v0.1", "vgg.pth")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str]) -> int:
+    from geolrm_jax.train import lpips as lpips_module
+
+    parser = argparse.ArgumentParser(prog="geolrm-jax lpips-weights", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--vgg", help="torchvision VGG16 state dict (.pth)")
     source.add_argument("--random-vgg-seed", type=int, help="write a seeded random VGG16 trunk instead")
@@ -64,16 +68,12 @@ def main(argv=None) -> int:
         if args.vgg is not None:
             vgg_sd, vgg_source = _load_torch(args.vgg), os.path.basename(args.vgg)
         else:
-            vgg_sd = lp.random_vgg16_state_dict(args.random_vgg_seed)
+            vgg_sd = lpips_module.random_vgg16_state_dict(args.random_vgg_seed)
             vgg_source = f"RANDOM numpy seed {args.random_vgg_seed} (not a perceptual metric)"
-        variables = lp.lpips_params(vgg_sd, lin_sd)
+        variables = lpips_module.lpips_params(vgg_sd, lin_sd)
     except (FileNotFoundError, KeyError, ValueError) as err:
-        print(f"convert_lpips: {err}", file=sys.stderr)
+        print(f"geolrm-jax lpips-weights: {err}", file=sys.stderr)
         return 1
-    lp.save_lpips_params(args.out, variables, vgg_source=vgg_source, lin_source=os.path.basename(lin_path))
+    lpips_module.save_lpips_params(args.out, variables, vgg_source=vgg_source, lin_source=os.path.basename(lin_path))
     print(f"wrote {args.out} (VGG16: {vgg_source}; LPIPS lin: {lin_path})")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,7 +15,8 @@ non-learned baseline of ``geolrm_jax.visual_hull`` (space carving from the input
 Protocol, per object, method and value N of ``--num-views``:
 
 * inputs: N orbit views spread evenly, view ``floor(i * 24 / N)`` for i < N (N <= 24), composited on white
-  and resized to ``--input-size`` (premultiplied-alpha bilinear in float32, like the training pipeline);
+  and resized to ``--input-size`` (``gobjaverse_io.composite``: premultiplied-alpha bilinear, as the training
+  pipeline composites its inputs and targets);
 * held-out targets: the non-orbit views (24.. of the 40), or when an object has only orbit views, the orbit
   views not used as inputs; at most ``--max-targets`` of them, spread evenly; composited on white at
   ``--render-size``. The Gaussians are rendered there on white: PSNR and SSIM (``train.metrics``, per view,
@@ -73,19 +74,7 @@ def target_view_ids(inputs: list[int], num_object_views: int, max_targets: int,
     return pool
 
 
-def composite_white(rgba: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 RGBA (H, W, 4) -> (RGB on white (size, size, 3), alpha (size, size)) float32, resized with
-    premultiplied-alpha bilinear filtering (rgb = premultiplied colour + 1 - alpha exactly)."""
-    from PIL import Image
-
-    x = rgba.astype(np.float32) / 255.0
-    premult = np.concatenate([x[..., :3] * x[..., 3:], x[..., 3:]], -1)
-    if premult.shape[0] != size or premult.shape[1] != size:
-        premult = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(premult[..., c]), mode="F").resize(
-            (size, size), Image.BILINEAR)) for c in range(4)], -1)
-    alpha = np.clip(premult[..., 3], 0, 1)
-    rgb = np.clip(premult[..., :3] + (1 - alpha[..., None]), 0, 1)
-    return rgb.astype(np.float32), alpha.astype(np.float32)
+WHITE = np.ones(3, np.float32)
 
 
 def count_views(object_dir: str) -> int:
@@ -115,12 +104,12 @@ def evaluate_object(object_dir: str, predict: Predictor, num_views: int, *, inpu
     inputs = input_view_ids(num_views)
     targets = target_view_ids(inputs, count_views(object_dir), max_targets)
     views = {v: gobjaverse_io.read_view(object_dir, v) for v in sorted(set(inputs) | set(targets))}
-    composited = [composite_white(views[v].rgba, input_size) for v in inputs]
+    composited = [gobjaverse_io.composite(views[v].rgba, input_size, WHITE) for v in inputs]
     images, alphas = np.stack([c[0] for c in composited]), np.stack([c[1] for c in composited])
     gaussians = predict(images, np.stack([views[v].c2w for v in inputs]), np.stack([views[v].K for v in inputs]),
                         alphas)
 
-    target_rgb = np.stack([composite_white(views[v].rgba, render_size)[0] for v in targets])
+    target_rgb = np.stack([gobjaverse_io.composite(views[v].rgba, render_size, WHITE)[0] for v in targets])
     t_c2w, t_K = np.stack([views[v].c2w for v in targets]), np.stack([views[v].K for v in targets])
     renders = inference.render_views(gaussians, t_c2w, t_K, render_size)
     pred, true = jnp.asarray(renders), jnp.asarray(target_rgb)

@@ -29,13 +29,19 @@ def test_view_selection():
     assert orbit_only == list(range(1, 24, 2))
 
 
-def test_composite_white_keeps_premultiplied_identity():
+def test_composite_on_white_keeps_premultiplied_identity():
+    """The one compositing of views (training and eval): rgb = premultiplied colour + (1 - alpha) exactly, to the
+    8-bit rounding of the premultiplied colour at full size; resized, empty pixels stay exactly white."""
     rgba = np.random.default_rng(0).integers(0, 256, (16, 16, 4)).astype(np.uint8)
-    rgb, alpha = evaluate.composite_white(rgba, 8)
-    assert rgb.shape == (8, 8, 3) and alpha.shape == (8, 8)
-    full_rgb, full_alpha = evaluate.composite_white(rgba, 16)
+    rgb, alpha = gobjaverse_io.composite(rgba, 8, evaluate.WHITE)
+    assert rgb.shape == (8, 8, 3) and alpha.shape == (8, 8) and rgb.dtype == np.float32
+    full_rgb, full_alpha = gobjaverse_io.composite(rgba, 16, evaluate.WHITE)
     x = rgba / 255.0
-    np.testing.assert_allclose(full_rgb, x[..., :3] * x[..., 3:] + 1 - x[..., 3:], atol=1e-6)
+    np.testing.assert_allclose(full_alpha, x[..., 3], atol=1e-6)
+    np.testing.assert_allclose(full_rgb, x[..., :3] * x[..., 3:] + 1 - x[..., 3:], atol=0.5 / 255 + 1e-6)
+    empty = rgba.copy()
+    empty[:8, :, 3] = 0
+    assert np.all(gobjaverse_io.composite(empty, 8, evaluate.WHITE)[0][:3] == 1.0)
 
 
 def oracle(object_dir, shift=0.0):

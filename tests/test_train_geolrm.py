@@ -56,7 +56,7 @@ def test_stage1_lowers_occupancy_loss(synthetic_dir, tmp_path):
 @pytest.mark.slow
 def test_stage2_lowers_render_loss(synthetic_dir, tmp_path):
     # One device: compiling the renderer's backward for an 8-device SPMD program costs minutes more on CPU
-    # (the sharded stage-2 step runs the same code: `python tools/bench_train.py --model tiny ...` and
+    # (the sharded stage-2 step runs the same code: `python tools/bench/train.py --model tiny ...` and
     # Trainer with mesh (8, 1) were checked by hand).
     result, losses = run("2", synthetic_dir, tmp_path, steps=10, mesh=(1, 1), batch_size=2)
     assert losses[-3:].mean() < 0.9 * losses[:2].mean(), losses

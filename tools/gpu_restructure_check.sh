@@ -6,8 +6,9 @@
 #
 # BEFORE_DIR / AFTER_DIR (default: the current directory): source trees of the two versions, e.g. prepared on the
 # host with `mkdir -p .before && git archive kernel-variants-2026-12 | tar -x -C .before` (an untracked, not
-# ignored folder travels with the working tree). Each tree runs its own tools/bench_deformable.py,
-# tools/bench_splat.py and geolrm_jax.benchmark with the same arguments (arguments both versions accept), with
+# ignored folder travels with the working tree). Each tree runs its own deformable and splat benchmarks
+# (tools/bench/{deformable,splat}.py, or tools/bench_{deformable,splat}.py in older trees) and geolrm_jax.benchmark
+# with the same arguments (arguments both versions accept), with
 # PYTHONPATH set to that tree and `geolrm_kernels` linked to its kernels/. Results: $OUT/{before,after}/*.json,
 # logs beside them, and $OUT/summary.json (after / before per measurement; > 1 is a slowdown). REPS (default 5)
 # sets the repeats. Takes about 12 minutes on one H100 (compiles included).
@@ -26,19 +27,23 @@ run() {  # run LABEL TREE NAME COMMAND...: COMMAND in TREE with that tree's pack
   mkdir -p "/tmp/restructure-$label"
   ln -sfn "$tree/kernels" "/tmp/restructure-$label/geolrm_kernels"
   local t0=$(date +%s)
-  (cd "$tree" && PYTHONPATH="$tree:/tmp/restructure-$label:$tree/tools" timeout "${STEP_TIMEOUT:-420}" "$@") \
+  (cd "$tree" && PYTHONPATH="$tree:/tmp/restructure-$label" timeout "${STEP_TIMEOUT:-420}" "$@") \
     >"$OUT/$label/$name.log" 2>&1
   echo "$label $name: rc=$? in $(($(date +%s) - t0)) s"
 }
 
+bench() {  # bench TREE NAME: the tree's benchmark script NAME (deformable, splat), in either layout
+  if [ -f "$1/tools/bench/$2.py" ]; then echo "tools/bench/$2.py"; else echo "tools/bench_$2.py"; fi
+}
+
 for label in before after; do
   tree=$BEFORE; [ "$label" = after ] && tree=$AFTER
-  run "$label" "$tree" deformable python3 tools/bench_deformable.py --rows 21:560px:16384,6:560px:8192 \
+  run "$label" "$tree" deformable python3 "$(bench "$tree" deformable)" --rows 21:560px:16384,6:560px:8192 \
     --points sv3d --no-torch --reps "$REPS" --out "$OUT/$label"
 done
 for label in before after; do
   tree=$BEFORE; [ "$label" = after ] && tree=$AFTER
-  run "$label" "$tree" splat python3 tools/bench_splat.py --sizes 524288 --settings 8x448 --implementations pallas \
+  run "$label" "$tree" splat python3 "$(bench "$tree" splat)" --sizes 524288 --settings 8x448 --implementations pallas \
     --repeats "$REPS" --json "$OUT/$label/bench_splat.json"
 done
 for label in before after; do

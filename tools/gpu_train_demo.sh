@@ -20,7 +20,7 @@ if [ ! -d runs/demo1 ] && ls .devcarry/demo_state.tar.part-* >/dev/null 2>&1; th
 fi
 start=$(date +%s)
 total=${SECONDS_TOTAL:-540}
-[ "${BENCH:-1}" = 1 ] && timeout 120 python3 tools/bench_procedural.py --batch-size 16 --batches 5 \
+[ "${BENCH:-1}" = 1 ] && timeout 120 python3 tools/bench/procedural.py --batch-size 16 --batches 5 \
   | tee "$OUT/bench_procedural.json"
 train() {  # stage seconds extra-args...
   local stage=$1 secs=$2; shift 2

@@ -27,7 +27,7 @@ from geolrm_jax.render.gaussians import Gaussians
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 #: XLA compiler options of the inference programs (``Reconstructor``, ``geolrm-jax bench``); measured with
-#: ``tools/bench_e2e_variants.py`` (docs/model.md). Options of another backend are ignored by the compiler.
+#: ``tools/bench/e2e_variants.py`` (docs/model.md). Options of another backend are ignored by the compiler.
 INFERENCE_COMPILER_OPTIONS: dict[str, Any] = {}
 
 

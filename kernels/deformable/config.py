@@ -2,7 +2,7 @@
 ``config=``; it changes only the speed, never the result.
 
 The defaults are the fastest measured at the model's shapes (V = 21 views, 140^2 + 80^2 levels, S = 16384
-queries, H = 16 heads of C = 48 channels, model-like points; H100 and H200, ``tools/bench_deformable.py``);
+queries, H = 16 heads of C = 48 channels, model-like points; H100 and H200, ``tools/bench/deformable.py``);
 docs/kernels.md gives the numbers.
 """
 from __future__ import annotations

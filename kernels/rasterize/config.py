@@ -1,7 +1,7 @@
 """Tuning parameters of the rasterizer's Pallas kernels: a frozen (hashable) dataclass passed as ``config=``; it
 changes only the speed, never the result.
 
-Defaults: the fastest swept on an H100 (512k Gaussians, 8 x 448^2 cameras, ``tools/bench_splat.py``): forward
+Defaults: the fastest swept on an H100 (512k Gaussians, 8 x 448^2 cameras, ``tools/bench/splat.py``): forward
 chunks of 8 entries with 4 warps, backward chunks of 16 with 8 warps (forward chunks of 16: 0.5-1 ms slower
 fwd+bwd in three runs); see docs/kernels.md.
 """

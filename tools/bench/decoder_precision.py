@@ -1,6 +1,6 @@
 """Cost of the float32 Gaussian decoder in bf16 inference: `config.decoder_dtype` float32 against bfloat16.
 
-    python tools/bench_decoder_precision.py [--views 6 21] [--size 448] [--repeats 20] [--rounds 3]
+    python tools/bench/decoder_precision.py [--views 6 21] [--size 448] [--repeats 20] [--rounds 3]
         [--model-config official|tiny|CONFIG.json] [--out $OUT/decoder_precision.json]
 
 Official config (by default), `dtype = "bfloat16"`, random weights held as `inference_variables` (kernels in
@@ -18,20 +18,10 @@ import json
 import os
 import statistics
 import sys
-import time
+
+import harness
 
 VARIANTS = ("float32", "bfloat16")  # config.decoder_dtype
-
-
-def _timed(compiled, args, repeats: int) -> list[float]:
-    import jax
-
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def interleaved(programs: dict, repeats: int, rounds: int) -> dict[str, float]:
@@ -43,7 +33,7 @@ def interleaved(programs: dict, repeats: int, rounds: int) -> dict[str, float]:
         jax.block_until_ready(compiled(*args))
     for _ in range(rounds):
         for name, (compiled, args) in programs.items():
-            samples[name] += _timed(compiled, args, repeats)
+            samples[name] += harness.call_times(lambda c=compiled, a=args: c(*a), repeats, warmup=0)
     return {name: 1e3 * statistics.median(times) for name, times in samples.items()}
 
 

@@ -1,6 +1,6 @@
 """GPU benchmark of the splatter: Pallas Triton path, pure-JAX (XLA) path and gsplat, side by side.
 
-    PYTHONUNBUFFERED=1 python tools/bench_splat.py [--json OUT.json] [--repeats 5] [--sizes 524288,131072]
+    PYTHONUNBUFFERED=1 python tools/bench/splat.py [--json OUT.json] [--repeats 5] [--sizes 524288,131072]
         [--implementations pallas,gsplat,gsplat_unpacked,xla] [--gsplat-so DIR] [--stages [radix,two_key]]
         [--sweep pallas@16/8/8,pallas+tight,...] [--profile]
     (on the GPU machine: bash tools/gpu_bench_splat.sh ARGS, which also installs gsplat and checks splat_small)
@@ -18,7 +18,7 @@ the number of tile intersections (next power of two; rows with "+tight": rounded
 and then fixed.
 
 gsplat (optional; torch, gsplat and a CUDA device, else skipped with the reason printed): the same Gaussians and
-cameras through `gsplat.rasterization(render_mode="RGB+D")` (see `gsplat_bench.py` for the camera conversion,
+cameras through `gsplat.rasterization(render_mode="RGB+D")` (see `gsplat_baseline.py` for the camera conversion,
 what matches and what differs). Its times are medians of synchronized wall-clock runs like ours; its memory is
 `torch.cuda.max_memory_allocated` over the call (inputs, cotangents, outputs and temporaries resident), the
 allocator's peak, against our compiled footprint. The table also prints the difference between its images and
@@ -36,10 +36,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
-import gsplat_bench
+import gsplat_baseline
+import harness
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -72,16 +72,6 @@ def cameras(num_views: int):
     c2w = orbit_c2w(num_views, elevation_deg=20.0, radius=1.5)[None]
     K = jnp.broadcast_to(fov_to_intrinsics(39.6), (1, num_views, 3, 3))
     return c2w, K
-
-
-def _median_time(fn, args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _footprint(compiled) -> int:
@@ -144,11 +134,11 @@ def bench_ours(name: str, g, c2w, K, size: int, capacity: int, cots, repeats: in
         row["overflow"] = int(out[3])
         arrays.update(rgb=np.asarray(out[0][0]), alpha=np.asarray(out[1][0]), depth=np.asarray(out[2][0]))
         del out
-        row["forward_ms"] = 1e3 * _median_time(fwd, args, repeats)
+        row["forward_ms"] = harness.median_ms(lambda: fwd(*args), repeats)
         args = (g, c2w, K, cots)
         fwd_bwd = jax.jit(jax.value_and_grad(loss)).lower(*args).compile()
         row["fwd_bwd_bytes"] = _footprint(fwd_bwd)
-        row["fwd_bwd_ms"] = 1e3 * _median_time(fwd_bwd, args, repeats)
+        row["fwd_bwd_ms"] = harness.median_ms(lambda: fwd_bwd(*args), repeats)
         grads = fwd_bwd(*args)[1]
         row["grads_finite"] = bool(all(bool(jnp.all(jnp.isfinite(x))) for x in grads))
         arrays.update({f"grad_{k}": np.asarray(v[0]) for k, v in grads._asdict().items()})
@@ -226,9 +216,10 @@ def bench_stages(g, c2w, K, size: int, capacity: int, repeats: int,
         walked = jnp.maximum(jnp.max(out.last, axis=-1) - lists.tile_start, 0)
         rows.append({"method": "kernels", "intersections": int(jnp.sum(lists.num_intersections)),
                      "backward_chunks": int(jnp.sum(-(-walked // BACKWARD_CHUNK))),
-                     "kernel_forward_ms": 1e3 * _median_time(jax.jit(kernel_forward), (feats, lists), repeats),
-                     "kernel_backward_ms": 1e3 * _median_time(jax.jit(kernel_backward), (feats, lists, out, cot),
-                                                              repeats)})
+                     "kernel_forward_ms": harness.median_ms(
+                         lambda f=jax.jit(kernel_forward), a=(feats, lists): f(*a), repeats),
+                     "kernel_backward_ms": harness.median_ms(
+                         lambda f=jax.jit(kernel_backward), a=(feats, lists, out, cot): f(*a), repeats)})
         del feats, lists, out, cot
     except Exception as err:
         rows.append({"method": "kernels", "error": f"{type(err).__name__}: {str(err)[:300]}"})
@@ -242,7 +233,7 @@ def bench_stages(g, c2w, K, size: int, capacity: int, repeats: int,
         for stage, fn in stages:
             try:  # a fresh function per method: jit must retrace (tiles.METHOD is read at trace time)
                 fresh = lambda *a, fn=fn: fn(*a)
-                row[stage + "_ms"] = 1e3 * _median_time(jax.jit(fresh), (g, c2w, K), repeats)
+                row[stage + "_ms"] = harness.median_ms(lambda f=jax.jit(fresh): f(g, c2w, K), repeats)
             except Exception as err:
                 row[stage + "_error"] = f"{type(err).__name__}: {str(err)[:300]}"
         rows.append(row)
@@ -262,10 +253,10 @@ def bench_setting(num: int, num_views: int, size: int, implementations, repeats:
         if name.startswith("gsplat"):
             if gsplat is None:
                 continue
-            row, arrays = gsplat_bench.bench(gsplat, g, c2w, K, size, cots, repeats,
+            row, arrays = gsplat_baseline.bench(gsplat, g, c2w, K, size, cots, repeats,
                                              packed=name != "gsplat_unpacked")
             if ours is not None and arrays:
-                row["vs_ours"] = gsplat_bench.compare(ours, arrays, quats=g.quats[0])
+                row["vs_ours"] = gsplat_baseline.compare(ours, arrays, quats=g.quats[0])
         else:
             # "+tight": the capacity rounded up from the need to a multiple of 2^16 instead of a power of two.
             tight = "tight" in name.split("+")
@@ -384,7 +375,7 @@ def main(argv=None) -> int:
     impls = args.implementations.split(",")
     gsplat = None
     if any(i.startswith("gsplat") for i in impls):
-        gsplat, reason = gsplat_bench.load(args.gsplat_so)
+        gsplat, reason = gsplat_baseline.load(args.gsplat_so)
         print(f"gsplat: {'loaded ' + gsplat.__version__ if gsplat else 'skipped: ' + reason}", flush=True)
     rows, start, first = [], time.perf_counter(), True
     for num in (int(s) for s in args.sizes.split(",")):

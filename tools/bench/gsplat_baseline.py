@@ -1,4 +1,4 @@
-"""gsplat baseline for tools/bench_splat.py: load gsplat, convert our cameras, time it, compare its images with ours.
+"""gsplat baseline for tools/bench/splat.py: load gsplat, convert our cameras, time it, compare its images with ours.
 
 Camera conversion (ours -> gsplat): our c2w is OpenGL/Blender camera-to-world and our K is normalized with only
 K[1, 1] read (GeoLRM's convention, see geolrm_jax/render/projection.py). gsplat wants OpenCV world-to-camera
@@ -75,7 +75,7 @@ def _median_ms(torch, fn, repeats: int) -> float:
 def bench(gsplat, g, c2w, K, size: int, cots, repeats: int, packed: bool = True) -> tuple[dict, dict]:
     """Time gsplat's forward and forward+backward on scene 0 of `g` (our `Gaussians`, batch 1) into all cameras.
 
-    Returns (row, arrays): row like bench_splat's (ms, bytes), arrays = images and gradients (numpy)."""
+    Returns (row, arrays): row like splat.py's (ms, bytes), arrays = images and gradients (numpy)."""
     import torch
 
     dev = torch.device("cuda")

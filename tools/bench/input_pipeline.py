@@ -1,7 +1,7 @@
 """Input pipeline throughput (examples/s) for several worker counts, side by side.
 
-    python tools/bench_input.py --data-dir <built dataset dir> --workers 0 1 2 --batch-size 4
-    python tools/bench_input.py            # builds (once) 8 synthetic objects at 128 px under /tmp
+    python tools/bench/input_pipeline.py --data-dir <built dataset dir> --workers 0 1 2 --batch-size 4
+    python tools/bench/input_pipeline.py            # builds (once) 8 synthetic objects at 128 px under /tmp
 
 Each row: an iterator is created, ``--warmup`` batches are drawn (worker start-up, first reads), then
 ``--batches`` batches are timed. The ratio column is relative to the first worker count given.

@@ -1,6 +1,6 @@
 """Throughput of the procedural training data (geolrm_jax/data/procedural_pipeline.py) on the default device.
 
-    python tools/bench_procedural.py --batch-size 16 --batches 5 [--set input_size=256 --set supersample=2]
+    python tools/bench/procedural.py --batch-size 16 --batches 5 [--set input_size=256 --set supersample=2]
 
 Prints examples/s for sampling (numpy, host) and rendering (JAX, device) separately and together, as JSON.
 """

@@ -6,8 +6,8 @@ One object (batch 1), `--input-views` input views at `--input-size`², `--target
 depth TV) and the AdamW update of the reconstruction network (proposal frozen). Micro-batch steps (no
 accumulation; the paper accumulates 8 of them per update).
 
-    python tools/bench_train.py                      # paper stage-2 model, 8 targets at 448², GPU
-    python tools/bench_train.py --model tiny --input-size 28 --render-size 32 --anchors 64 --steps 2   # CPU check
+    python tools/bench/train.py                      # paper stage-2 model, 8 targets at 448², GPU
+    python tools/bench/train.py --model tiny --input-size 28 --render-size 32 --anchors 64 --steps 2   # CPU check
 
 Peak memory: the device's peak_bytes_in_use (GPU; reset is not possible, so each setting runs in its own
 process) and XLA's compiled memory analysis (temp + arguments + outputs), which also works on CPU.

@@ -1,6 +1,6 @@
 """The whole inference program (``GeoLRM.__call__``) compiled with different XLA options, side by side.
 
-    python tools/bench_e2e_variants.py [--views 6 21] [--size 448] [--dtype bfloat16] [--set KEY=VALUE ...]
+    python tools/bench/e2e_variants.py [--views 6 21] [--size 448] [--dtype bfloat16] [--set KEY=VALUE ...]
         [--variant NAME=OPTION:VALUE,OPTION:VALUE ...] [--repeats 10] [--rounds 2] [--out results.json]
 
 Each variant is one set of XLA compiler options (``jax.jit(...).lower(...).compile(compiler_options=...)``),
@@ -24,7 +24,9 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/, for profile_inference
 import profile_inference  # noqa: E402
 
 
@@ -44,17 +46,6 @@ def parse_variant(text: str) -> tuple[str, dict]:
             value = int(value)
         options[key] = value
     return name, options
-
-
-def time_calls(compiled, args, n: int) -> list[float]:
-    import jax
-
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def main(argv=None) -> int:
@@ -106,10 +97,10 @@ def main(argv=None) -> int:
                     f.write(c.as_text())
         times = {n: [] for n, _ in variants}
         for c in compiled.values():
-            time_calls(c, inputs, 1)  # warm-up
+            harness.call_times(lambda c=c, a=inputs: c(*a), 1, warmup=0)  # warm-up
         for _ in range(args.rounds):
             for n, c in compiled.items():
-                times[n] += time_calls(c, inputs, args.repeats)
+                times[n] += harness.call_times(lambda c=c, a=inputs: c(*a), args.repeats, warmup=0)
         for name, options in variants:
             _, _, kernels, stats = profile_inference.profile_stage(
                 fn, inputs, args.repeats, compiler_options=options, label=f"{views}v {name}", with_stats=True)
@@ -120,7 +111,7 @@ def main(argv=None) -> int:
         if args.trace_dir:
             os.makedirs(args.trace_dir, exist_ok=True)
             jax.profiler.start_trace(os.path.join(args.trace_dir, f"{views}v"), create_perfetto_trace=True)
-            time_calls(compiled[variants[0][0]], inputs, 3)
+            harness.call_times(lambda c=compiled[variants[0][0]], a=inputs: c(*a), 3, warmup=0)
             jax.profiler.stop_trace()
         if args.out:
             with open(args.out, "w") as f:

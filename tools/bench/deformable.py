@@ -27,7 +27,7 @@ Pallas kernels' ``DeformableConfig`` (block sizes, warps, lane chunks, window; s
 ``geolrm_kernels.deformable.config``) for a tuning sweep. ``--profile`` only runs the Pallas fwd+bwd once on the
 first row's inputs (for ``ncu -k regex:deformable_sample``).
 
-Usage: ``python tools/bench_deformable.py [--quick | --rows V:LEVELS:S,...] [--check] [--dtype bfloat16]
+Usage: ``python tools/bench/deformable.py [--quick | --rows V:LEVELS:S,...] [--check] [--dtype bfloat16]
 [--points sv3d] [--config forward_block_q=32,...] [--torch-json FILE] [--out DIR]``. torch runs in a subprocess
 first, so the two frameworks never hold device memory at the same time; ``--torch-json`` reuses the torch numbers
 of an earlier run instead.
@@ -38,11 +38,12 @@ import argparse
 import functools
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 import traceback
+
+import harness
 
 HEADS, CHANNELS, LEVELS, POINTS, BATCH = 16, 48, 2, 8, 1
 LEVEL_SETS = {"448px": ((112, 112), (64, 64)), "560px": ((140, 140), (80, 80))}
@@ -61,20 +62,6 @@ def compulsory_bytes(v, shapes, s, with_backward):
     out = BATCH * v * s * HEADS * CHANNELS * 4
     fwd = value + small + out
     return fwd + (out + value + small if with_backward else 0)
-
-
-def _median_time(fn, sync, reps):
-    result = fn()
-    sync(result)
-    del result
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        result = fn()
-        sync(result)
-        times.append(time.perf_counter() - t0)
-        del result
-    return statistics.median(times) * 1e3
 
 
 # ---------------------------------------------------------------------------------------------------- torch
@@ -114,7 +101,8 @@ def torch_worker(configs, reps, path, deadline):
         sync = lambda _: torch.cuda.synchronize()
         entry = {}
         with torch.no_grad():
-            entry["fwd_ms"] = _median_time(lambda: torch_formulation(value, ref, offsets, weights, shapes), sync, reps)
+            entry["fwd_ms"] = harness.median_ms(
+                lambda: torch_formulation(value, ref, offsets, weights, shapes), reps, sync)
             base = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
             out = torch_formulation(value, ref, offsets, weights, shapes)
@@ -127,7 +115,7 @@ def torch_worker(configs, reps, path, deadline):
             out = torch_formulation(*leaves, shapes)
             return out, torch.autograd.grad(out, leaves, cot)
 
-        entry["fwdbwd_ms"] = _median_time(fwd_bwd, sync, reps)
+        entry["fwdbwd_ms"] = harness.median_ms(fwd_bwd, reps, sync)
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         result = fwd_bwd()
@@ -234,7 +222,7 @@ def jax_inputs(jax, jnp, v, shapes, s, seed=0, points="random"):
 def copy_bandwidth(jax, jnp):
     x = jnp.ones((512 * 1024 * 1024,), jnp.float32)  # 2 GiB
     f = jax.jit(lambda a: a + 1.0)
-    ms = _median_time(lambda: f(x), jax.block_until_ready, 10)
+    ms = harness.median_ms(lambda: f(x), 10)
     return 2 * x.size * 4 / (ms * 1e-3)
 
 
@@ -305,8 +293,7 @@ def bench_jax(jax, ds, impl, inputs, shapes, reps, keep=None, config=None):
         compiled = jax.jit(fn).lower(*args).compile()
         entry[f"{key}_compile_s"] = round(time.perf_counter() - t0, 1)
         stats = compiled.memory_analysis()
-        entry[f"{key}_ms"] = _median_time(lambda compiled=compiled, args=args: compiled(*args),
-                                          jax.block_until_ready, reps)
+        entry[f"{key}_ms"] = harness.median_ms(lambda compiled=compiled, args=args: compiled(*args), reps)
         if stats is not None:
             entry[f"{key}_mem"] = stats.temp_size_in_bytes + stats.output_size_in_bytes
             entry[f"{key}_temp"] = stats.temp_size_in_bytes

@@ -1,4 +1,4 @@
-"""Inputs and checks shared by the deformable-sampling tests (tests/kernels, tests/test_transforms_ops.py)."""
+"""Inputs and checks shared by the deformable-sampling tests (tests/kernels, tests/render/test_transforms_ops.py)."""
 import contextlib
 import io
 

@@ -10,7 +10,7 @@ from jax.test_util import check_grads
 from geolrm_jax.train import losses
 from geolrm_jax.train import lpips as lp
 
-LIN = pathlib.Path(__file__).resolve().parent / "fixtures" / "lpips_vgg_lin_v0.1.npz"
+LIN = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "lpips_vgg_lin_v0.1.npz"
 
 
 def _sigmoid(x):

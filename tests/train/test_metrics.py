@@ -9,7 +9,7 @@ from scipy import ndimage
 from geolrm_jax.train import lpips as lp
 from geolrm_jax.train import metrics
 
-LIN = pathlib.Path(__file__).resolve().parent / "fixtures" / "lpips_vgg_lin_v0.1.npz"
+LIN = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "lpips_vgg_lin_v0.1.npz"
 
 
 def _np_ssim(x, y, data_range=1.0, crop=True):

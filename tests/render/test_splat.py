@@ -15,7 +15,7 @@ from geolrm_jax.render import projection, tiles
 from geolrm_jax.render.gaussians import Gaussians
 from geolrm_jax.render.splat import _render_jit, render, render_camera, render_with_retry
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tools"))
 import check_splat  # noqa: E402
 

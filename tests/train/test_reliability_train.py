@@ -13,7 +13,7 @@ from geolrm_jax.train import main as train_main
 from geolrm_jax.train import sharding
 from geolrm_jax.train import trainer as trainer_module
 
-CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "train_tiny.py")
+CONFIG = str(pathlib.Path(__file__).resolve().parents[2] / "configs" / "train_tiny.py")
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_stop_by_signal_exit_code_and_message(tmp_path, capsys, monkeypatch, dat
 
 @pytest.mark.slow
 def test_ctrl_c_saves_and_the_run_resumes_exactly(tmp_path):
-    """SIGINT as SIGTERM (tests/test_train_infra.py): a checkpoint at the next step boundary, then a stop."""
+    """SIGINT as SIGTERM (tests/train/test_train_infra.py): a checkpoint at the next step boundary, then a stop."""
     import jax
 
     signum = signal.SIGINT

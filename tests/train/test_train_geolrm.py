@@ -11,7 +11,7 @@ import pytest
 from geolrm_jax.train import main as train_main
 from geolrm_jax.train.trainer import train_and_evaluate
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def tiny_config(stage: str):

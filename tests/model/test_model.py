@@ -17,7 +17,7 @@ from geolrm_jax.model.geolrm import GeoLRM
 from geolrm_jax.model.proposal import linspace_like_torch, select_anchors
 from geolrm_jax.model.transformer import SelfAttention, rope3d_tables, rope_grid_index
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _load_tool(name):

@@ -10,7 +10,7 @@ import pytest
 from geolrm_jax.train import sweep
 from geolrm_jax.train.main import _parse
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_algebra_product_zip_chain():

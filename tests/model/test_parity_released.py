@@ -13,7 +13,7 @@ import sys
 import pytest
 from conftest import SHARED
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 OFFICIAL = SHARED / "baselines" / "geolrm_official"
 OUTPUTS = 14  # arrays in outputs.npz, as in geolrm_small
 

@@ -3,7 +3,7 @@ stand-in model of test_train_infra.py, are SIGTERMed, resume and match a single-
 drops a bad example on the way (its data position then differs from process 0's), so the resume is exact only
 if each process gets its own data state back. The final checkpoint is then restored in 1 process and in 4.
 
-The workers are this file run as a script (`python tests/test_multiprocess_training.py --worker ...`).
+The workers are this file run as a script (`python tests/train/test_multiprocess_training.py --worker ...`).
 """
 import argparse
 import json
@@ -146,7 +146,7 @@ def start(workdir, out, num_processes, devices, mode="train", hold_dir=None, emu
     os.makedirs(out, exist_ok=True)
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    env["PYTHONPATH"] = os.path.dirname(HERE) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(HERE)) + os.pathsep + env.get("PYTHONPATH", "")
     port = free_port()
     procs = []
     for p in range(num_processes):

@@ -13,7 +13,7 @@ import pytest
 
 from geolrm_jax.train import lpips as lp
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
 LIN = FIXTURES / "lpips_vgg_lin_v0.1.npz"
 

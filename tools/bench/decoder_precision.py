@@ -14,8 +14,6 @@ Prints one line per measurement and writes them as JSON rows with the device to 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 
@@ -94,9 +92,7 @@ def main(argv=None) -> int:
               flush=True)
         del programs
     if args.out:
-        with open(args.out + ".tmp", "w") as f:
-            json.dump({"jax": jax.__version__, "rows": rows}, f, indent=1)
-        os.replace(args.out + ".tmp", args.out)
+        harness.write_json(args.out, {"jax": jax.__version__, "rows": rows})
     return 0
 
 

@@ -432,7 +432,7 @@ def main(argv=None):
 
     config = parse_config(ds.DeformableConfig, args.config)
 
-    meta.update(jax=jax.__version__, device=str(jax.devices()[0].device_kind), dtype=args.dtype)
+    meta.update(harness.device_info(), dtype=args.dtype)
     meta["config"] = str(config)
     if args.profile:  # one Pallas fwd+bwd on the first row's inputs, nothing else
         v, lv, s = order[0]
@@ -457,8 +457,7 @@ def main(argv=None):
             log("check crashed:\n" + traceback.format_exc()[-4000:])
 
     def save():
-        with open(os.path.join(args.out, "bench_deformable.json"), "w") as f:
-            json.dump({"meta": meta, "results": results}, f, indent=1)
+        harness.write_json(os.path.join(args.out, "bench_deformable.json"), {"meta": meta, "results": results})
         with open(os.path.join(args.out, "bench_deformable.md"), "w") as f:
             f.write(f"{meta}\n\n{table(configs, results, bandwidth)}\n")
 

@@ -1,4 +1,4 @@
-"""What the benchmarks under tools/bench/ share: timing of synchronized calls, the device, JSON results, tables.
+"""What the benchmarks under tools/bench/ share: timing of synchronized calls, the device, JSON results.
 
 Run a benchmark as a script (``python tools/bench/deformable.py ...``); its folder is then on ``sys.path``, so
 ``import harness`` finds this module.
@@ -53,10 +53,3 @@ def write_json(path, payload) -> None:
     with open(tmp, "w") as f:
         json.dump(payload, f, indent=1)
     os.replace(tmp, path)
-
-
-def markdown_table(header, rows) -> str:
-    """A markdown table: ``header`` (column names) and ``rows`` (sequences of cells, formatted with str)."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)

@@ -365,7 +365,7 @@ def main(argv=None) -> int:
                         "config) twice at the first size and setting, for a profiler, and exit")
     parser.add_argument("--json", default=None, help="write all rows to this file")
     args = parser.parse_args(argv)
-    print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, relaxed atomics: "
+    print(f"{harness.device_info()}, relaxed atomics: "
           f"{atomics.relaxed_atomics_status()}")
     if args.profile:
         views, size = (int(v) for v in args.settings.split(",")[0].split("x"))
@@ -391,8 +391,7 @@ def main(argv=None) -> int:
             rows += bench_setting(num, views, size, todo, args.repeats, gsplat, stages)
             first = False
             if args.json:
-                with open(args.json, "w") as f:
-                    json.dump(rows, f, indent=1)
+                harness.write_json(args.json, rows)
     print_table(rows)
     return 0
 

@@ -10,8 +10,10 @@
 # (tools/bench/{deformable,splat}.py, or tools/bench_{deformable,splat}.py in older trees) and geolrm_jax.benchmark
 # with the same arguments (arguments both versions accept), with
 # PYTHONPATH set to that tree and `geolrm_kernels` linked to its kernels/. Results: $OUT/{before,after}/*.json,
-# logs beside them, and $OUT/summary.json (after / before per measurement; > 1 is a slowdown). REPS (default 5)
-# sets the repeats. Takes about 12 minutes on one H100 (compiles included).
+# logs beside them, and $OUT/summary.json (after / before per measurement; > 1 is a slowdown; see
+# tools/bench/compare_runs.py, which also merges runs split over several calls). REPS (default 5) sets the
+# repeats; STEPS (default "deformable splat e2e") which benchmarks run, to split the check over calls of limited
+# length. About 5 minutes per tree on one H100, compiles included.
 set -u
 BEFORE=$(cd "${1:?usage: gpu_restructure_check.sh BEFORE_DIR [AFTER_DIR]}" && pwd)
 AFTER=$(cd "${2:-.}" && pwd)
@@ -36,66 +38,23 @@ bench() {  # bench TREE NAME: the tree's benchmark script NAME (deformable, spla
   if [ -f "$1/tools/bench/$2.py" ]; then echo "tools/bench/$2.py"; else echo "tools/bench_$2.py"; fi
 }
 
-for label in before after; do
+STEPS=${STEPS:-deformable splat e2e}
+step() { case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
+step deformable && for label in before after; do
   tree=$BEFORE; [ "$label" = after ] && tree=$AFTER
   run "$label" "$tree" deformable python3 "$(bench "$tree" deformable)" --rows 21:560px:16384,6:560px:8192 \
     --points sv3d --no-torch --reps "$REPS" --out "$OUT/$label"
 done
-for label in before after; do
+step splat && for label in before after; do
   tree=$BEFORE; [ "$label" = after ] && tree=$AFTER
   run "$label" "$tree" splat python3 "$(bench "$tree" splat)" --sizes 524288 --settings 8x448 --implementations pallas \
     --repeats "$REPS" --json "$OUT/$label/bench_splat.json"
 done
-for label in before after; do
+step e2e && for label in before after; do
   tree=$BEFORE; [ "$label" = after ] && tree=$AFTER
   run "$label" "$tree" e2e python3 -m geolrm_jax.benchmark --views 6 21 --sizes 448 --dtypes bfloat16 \
     --repeats "$REPS" --isolate --set attention_over_heads=False --out "$OUT/$label/bench_e2e.json"
 done
 
-python3 - "$OUT" <<'EOF'
-import json
-import os
-import sys
-
-out = sys.argv[1]
-
-
-def load(label, name):
-    path = os.path.join(out, label, name)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def measurements(label):
-    found = {}
-    deformable = load(label, "bench_deformable.json")
-    for key, row in ((deformable or {}).get("results", {}).get("pallas", {})).items():
-        for metric in ("fwd_ms", "fwdbwd_ms"):
-            if metric in row:
-                found[f"deformable {key} {metric}"] = row[metric]
-    for row in load(label, "bench_splat.json") or []:
-        for metric in ("forward_ms", "fwd_bwd_ms"):
-            if metric in row:
-                found[f"splat {row['gaussians']} {row['views']}x{row['size']} {metric}"] = row[metric]
-    for row in load(label, "bench_e2e.json") or []:
-        for metric in ("end_to_end_s", "total_s"):
-            if metric in row:
-                found[f"e2e {row['views']} views {row['size']} px {row['dtype']} {metric}"] = 1e3 * row[metric]
-    return found
-
-
-before, after = measurements("before"), measurements("after")
-summary = {key: {"before_ms": before[key], "after_ms": after.get(key),
-                 "after/before": after[key] / before[key] if key in after and before[key] else None}
-           for key in before}
-with open(os.path.join(out, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=1)
-for key, row in summary.items():
-    ratio = "-" if row["after/before"] is None else f"{row['after/before']:.3f}"
-    print(f"{key:55s} {row['before_ms']:9.2f} -> {row['after_ms'] or float('nan'):9.2f} ms  ({ratio})")
-missing = sorted(set(after) ^ set(before))
-if missing:
-    print("only in one run:", missing)
-EOF
+python3 "$(dirname "$0")/bench/compare_runs.py" "$OUT"

@@ -2,7 +2,7 @@
 clip 4.0, gradient accumulation 8.
 
 geolrm-jax train --config=configs/stage2.py --workdir=runs/stage2 --config.data.data_dir=<built dataset> \
-    --config.init_from=runs/stage1 --config.loss.lpips_weights=<tools/convert_lpips.py output>
+    --config.init_from=runs/stage1 --config.loss.lpips_weights=<geolrm-jax lpips-weights output>
 Anchors come from the ground-truth occupancy (stage2.anchors="ground_truth", default) or from the frozen
 proposal network (stage2.anchors="proposal").
 """

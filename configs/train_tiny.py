@@ -1,6 +1,6 @@
 """Tiny model + tiny synthetic data for CPU tests and smoke runs. `configs/train_tiny.py:2` selects stage 2.
 
-The dataset is built on first use by tools/make_synthetic.py / geolrm_jax.data.gobjaverse.build_synthetic;
+The dataset is built on first use by geolrm-jax data synthetic / geolrm_jax.data.gobjaverse.build_synthetic;
 set data.data_dir to its output.
 """
 import ml_collections

@@ -47,13 +47,6 @@ DEFAULT_SIZES = (448, 560)
 DEFAULT_DTYPES = ("bfloat16", "float32")
 
 
-def spatial_shapes(encoder_config, size: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """((h, w) of the low level = size / 4, (h, w) of the high level = 2 * size / patch) of the encoder."""
-    low = size // 4
-    high = 2 * (size // encoder_config.dino_patch)
-    return (low, low), (high, high)
-
-
 class Stages(NamedTuple):
     """Pure functions of (variables, ...) making up ``GeoLRM.__call__``."""
 
@@ -64,57 +57,28 @@ class Stages(NamedTuple):
 
 
 def build_stages(config, size: int) -> Stages:
-    """The stages of ``GeoLRM(config)`` for ``size`` px inputs, on the model's own variable tree."""
-    import flax.linen as nn
-    import jax.numpy as jnp
+    """The stages of ``GeoLRM(config)`` for ``size`` px inputs: its stage methods, on the model's variables."""
+    from geolrm_jax.model.encoder import spatial_shapes
+    from geolrm_jax.model.geolrm import GeoLRM
+    from geolrm_jax.model.proposal import select_anchors
 
-    from geolrm_jax.model.decoder import GaussianDecoder
-    from geolrm_jax.model.encoder import HierarchicalEncoder
-    from geolrm_jax.model.geolrm import compute_dtype, decoder_dtype
-    from geolrm_jax.model.proposal import grid_points, select_anchors
-    from geolrm_jax.model.transformer import GeoTransformer
-
-    cfg, pc, rc = config, config.proposal, config.reconstruction
-    dtype = compute_dtype(cfg)
-    shapes = spatial_shapes(cfg.encoder, size)
-    encoder = HierarchicalEncoder(cfg.encoder, dtype, cfg.attention_impl)
-
-    def transformer(c):
-        return GeoTransformer(c.dim, c.layers, c.heads, c.num_points, c.grid_size, c.xyz_scale, shapes,
-                              cfg.norm_eps, dtype, cfg.remat, cfg.remat_policy, cfg.attention_impl,
-                              cfg.sample_impl, cfg.get("attention_over_heads", False),
-                              scan_unroll=cfg.get("scan_unroll", 1))
-
-    proposal_transformer, reconstruction_transformer = transformer(pc), transformer(rc)
-    f, t = pc.grid_size // pc.token_res, pc.token_res
-    upsample = nn.Dense(t ** 3, dtype=dtype)
-    decoder = GaussianDecoder(rc.gs_per_token, rc.offset_max, rc.scale_max, decoder_dtype(cfg))
-
-    def sub(variables, network, module):
-        return {col: tree[network][module] for col, tree in variables.items()
-                if network in tree and module in tree[network]}
+    model, pc = GeoLRM(config), config.proposal
+    shapes = spatial_shapes(config.encoder, size, size)
 
     def encode(variables, images, c2ws, Ks):
-        feats_p, _ = encoder.apply(sub(variables, "proposal", "encoder"), images, c2ws, Ks)
-        feats_r, _ = encoder.apply(sub(variables, "reconstruction", "encoder"), images, c2ws, Ks)
-        return feats_p, feats_r
+        view_mask = np.ones(images.shape[:2], bool)
+        return model.apply(variables, images, c2ws, Ks, view_mask, method=GeoLRM.encode)
 
     def propose(variables, feats, c2ws, Ks, view_mask):
-        b = feats.shape[0]
-        xyzs = jnp.broadcast_to(jnp.asarray(grid_points(f, pc.xyz_scale)), (b, f ** 3, 3))
-        tokens = proposal_transformer.apply(sub(variables, "proposal", "transformer"), xyzs,
-                                            jnp.ones((b, f ** 3), bool), feats, c2ws, Ks, view_mask)
-        occ = upsample.apply(sub(variables, "proposal", "upsample"), tokens).astype(jnp.float32)
-        occ = occ.reshape(b, f, f, f, t, t, t).transpose(0, 1, 4, 2, 5, 3, 6)
-        logits = occ.reshape(b, pc.grid_size, pc.grid_size, pc.grid_size)
+        logits = model.apply(variables, feats, shapes, c2ws, Ks, view_mask, method=GeoLRM.propose_from_features)
         return select_anchors(logits, pc.capacity, pc.xyz_scale)
 
     def reconstruct(variables, feats, c2ws, Ks, view_mask, anchors, anchor_mask):
-        return reconstruction_transformer.apply(sub(variables, "reconstruction", "transformer"), anchors,
-                                                anchor_mask, feats, c2ws, Ks, view_mask)
+        return model.apply(variables, feats, shapes, c2ws, Ks, view_mask, anchors, anchor_mask,
+                           method=GeoLRM.reconstruct_latents)
 
     def decode(variables, latents, anchors, anchor_mask):
-        return decoder.apply(sub(variables, "reconstruction", "decoder"), latents, anchors, anchor_mask)
+        return model.apply(variables, latents, anchors, anchor_mask, method=GeoLRM.decode)
 
     return Stages(encode, propose, reconstruct, decode)
 
@@ -185,7 +149,7 @@ def bench_one(config, variables, num_views: int, size: int, repeats: int, anchor
 
     anchors: "proposal" feeds the proposal stage's anchors to the reconstruction, "surface" those of
     ``surface_anchors`` (the proposal stage is still timed)."""
-    from geolrm_jax import reconstruct
+    from geolrm_jax import inference
 
     stages = build_stages(config, size)
     images, c2ws, Ks, view_mask = example_inputs(num_views, size)
@@ -208,7 +172,7 @@ def bench_one(config, variables, num_views: int, size: int, repeats: int, anchor
         "stage_memory_bytes": {k: r.memory_bytes for k, r in results.items()},
         "total_s": sum(r.seconds for r in results.values()),
         "end_to_end_s": e2e.seconds, "end_to_end_memory_bytes": e2e.memory_bytes,
-        "peak_bytes": reconstruct.peak_device_memory(),
+        "peak_bytes": inference.peak_device_memory(),
         "anchors": int(np.asarray(mask).sum()), "capacity": int(mask.shape[-1]),
     }
 
@@ -291,14 +255,14 @@ def apply_overrides(config, overrides: list[str]):
 
 @functools.lru_cache(maxsize=2)
 def _variables(model_config: str, overrides: tuple[str, ...], seed: int, dtype: str):
-    """Random variables as `reconstruct.Reconstructor` holds them: kernels in the compute dtype (cast on the
+    """Random variables as `inference.Reconstructor` holds them: kernels in the compute dtype (cast on the
     host, so the device never holds a float32 copy)."""
-    from geolrm_jax import reconstruct
+    from geolrm_jax import inference
     from geolrm_jax.model import convert
 
     config = apply_overrides(convert.config_from_arg(model_config), list(overrides))
     config.dtype = dtype
-    return reconstruct.random_variables(config, seed, inference=True)
+    return inference.random_variables(config, seed, inference=True)
 
 
 def run(args) -> list[dict]:

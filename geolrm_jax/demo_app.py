@@ -30,7 +30,7 @@ import sys
 import tempfile
 import zipfile
 
-from geolrm_jax import inputs, reconstruct
+from geolrm_jax import inference, inputs, reconstruct
 
 MAX_UPLOAD_BYTES = 512 * 2**20  # a zip may expand to at most this much
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]  # no web fonts: the page works offline
@@ -224,7 +224,7 @@ def main(argv=None) -> int:
         print(f"geolrm-jax demo: error: --video-size {args.video_size} must be even (MP4)", file=sys.stderr)
         return 2
     try:
-        reconstruct.find_checkpoint(args.checkpoint)
+        inference.find_checkpoint(args.checkpoint)
     except FileNotFoundError as err:
         print(f"geolrm-jax demo: error: {err}", file=sys.stderr)
         return 2

@@ -5,7 +5,7 @@
                     [--lpips-weights lpips.npz] [--out evals/]
 
 ROOT holds objects in the GObjaverse layout that ``geolrm_jax.data`` builds datasets from (``<root>/<name>/
-<view:05d>/<view:05d>.{png,json}`` and ``_nd.exr``; e.g. GSO renders, or ``tools/make_synthetic.py``'s
+<view:05d>/<view:05d>.{png,json}`` and ``_nd.exr``; e.g. GSO renders, or ``geolrm-jax data synthetic``'s
 output); the object list JSON (``{split: [names]}`` or a list) picks the split. Views 0..23 are the orbit.
 
 Methods (``--method``, one or several): ``model`` (default), the reconstruction model; ``visual_hull``, the
@@ -15,18 +15,19 @@ non-learned baseline of ``geolrm_jax.visual_hull`` (space carving from the input
 Protocol, per object, method and value N of ``--num-views``:
 
 * inputs: N orbit views spread evenly, view ``floor(i * 24 / N)`` for i < N (N <= 24), composited on white
-  and resized to ``--input-size`` (premultiplied-alpha bilinear in float32, like the training pipeline);
+  and resized to ``--input-size`` (``gobjaverse_io.composite``: premultiplied-alpha bilinear, as the training
+  pipeline composites its inputs and targets);
 * held-out targets: the non-orbit views (24.. of the 40), or when an object has only orbit views, the orbit
   views not used as inputs; at most ``--max-targets`` of them, spread evenly; composited on white at
   ``--render-size``. The Gaussians are rendered there on white: PSNR and SSIM (``train.metrics``, per view,
-  averaged) and LPIPS-VGG (with ``--lpips-weights`` from ``tools/convert_lpips.py``; without it LPIPS is not
+  averaged) and LPIPS-VGG (with ``--lpips-weights`` from ``geolrm-jax lpips-weights``; without it LPIPS is not
   computed: a random VGG is no perceptual metric);
 * geometry (``geolrm_jax.geometry_metrics``, whose docstring is the full protocol): Chamfer distance and
   F-score at 0.2 between the opacity-filtered Gaussian means and the ground-truth depth maps of the input and
   target views, unprojected at full resolution, with both sets scaled by 2 ([-0.5, 0.5]^3 -> [-1, 1]^3).
 
 Writes ``metrics.csv`` (one row per object, method and N) and ``summary.csv`` (means per method, family and
-N; the family is ``object.json``'s ``family`` field, as ``tools/make_eval_set.py`` writes it; ``all`` pools
+N; the family is ``object.json``'s ``family`` field, as ``geolrm-jax data eval-set`` writes it; ``all`` pools
 every object) into ``--out`` (each via a temporary file renamed into place; existing ones need ``--overwrite``
 and must be this command's CSVs) and prints the summary table. Arguments, the object list, the weights'
 location and the output are checked before the model is loaded. Weights are found as in
@@ -47,8 +48,8 @@ from collections.abc import Callable
 import numpy as np
 
 from geolrm_jax import geometry_metrics
+from geolrm_jax.data.gobjaverse_io import NUM_ORBIT_VIEWS
 
-NUM_ORBIT_VIEWS = 24
 METRICS = ("psnr", "ssim", "lpips", "chamfer", "fscore", "precision", "recall")
 CSV_FIELDS = ("object_id", "family", "method", "num_views", *METRICS, "gaussians", "seconds")
 SUMMARY_FIELDS = ("method", "family", "num_views", "objects", *METRICS)
@@ -73,19 +74,7 @@ def target_view_ids(inputs: list[int], num_object_views: int, max_targets: int,
     return pool
 
 
-def composite_white(rgba: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 RGBA (H, W, 4) -> (RGB on white (size, size, 3), alpha (size, size)) float32, resized with
-    premultiplied-alpha bilinear filtering (rgb = premultiplied colour + 1 - alpha exactly)."""
-    from PIL import Image
-
-    x = rgba.astype(np.float32) / 255.0
-    premult = np.concatenate([x[..., :3] * x[..., 3:], x[..., 3:]], -1)
-    if premult.shape[0] != size or premult.shape[1] != size:
-        premult = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(premult[..., c]), mode="F").resize(
-            (size, size), Image.BILINEAR)) for c in range(4)], -1)
-    alpha = np.clip(premult[..., 3], 0, 1)
-    rgb = np.clip(premult[..., :3] + (1 - alpha[..., None]), 0, 1)
-    return rgb.astype(np.float32), alpha.astype(np.float32)
+WHITE = np.ones(3, np.float32)
 
 
 def count_views(object_dir: str) -> int:
@@ -103,11 +92,11 @@ Predictor = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], object]
 
 def evaluate_object(object_dir: str, predict: Predictor, num_views: int, *, input_size: int, render_size: int,
                     max_targets: int = 8, lpips_params=None, num_points: int = geometry_metrics.DEFAULT_NUM_POINTS,
-                    min_opacity: float = geometry_metrics.DEFAULT_MIN_OPACITY) -> dict:
+                    min_opacity: float = geometry_metrics.SURFACE_MIN_OPACITY) -> dict:
     """All metrics of one object with N = ``num_views`` inputs (see the module doc) -> a dict of floats."""
     import jax.numpy as jnp
 
-    from geolrm_jax import reconstruct
+    from geolrm_jax import inference
     from geolrm_jax.data import gobjaverse_io
     from geolrm_jax.train import metrics
 
@@ -115,14 +104,14 @@ def evaluate_object(object_dir: str, predict: Predictor, num_views: int, *, inpu
     inputs = input_view_ids(num_views)
     targets = target_view_ids(inputs, count_views(object_dir), max_targets)
     views = {v: gobjaverse_io.read_view(object_dir, v) for v in sorted(set(inputs) | set(targets))}
-    composited = [composite_white(views[v].rgba, input_size) for v in inputs]
+    composited = [gobjaverse_io.composite(views[v].rgba, input_size, WHITE) for v in inputs]
     images, alphas = np.stack([c[0] for c in composited]), np.stack([c[1] for c in composited])
     gaussians = predict(images, np.stack([views[v].c2w for v in inputs]), np.stack([views[v].K for v in inputs]),
                         alphas)
 
-    target_rgb = np.stack([composite_white(views[v].rgba, render_size)[0] for v in targets])
+    target_rgb = np.stack([gobjaverse_io.composite(views[v].rgba, render_size, WHITE)[0] for v in targets])
     t_c2w, t_K = np.stack([views[v].c2w for v in targets]), np.stack([views[v].K for v in targets])
-    renders = reconstruct.render_views(gaussians, t_c2w, t_K, render_size)
+    renders = inference.render_views(gaussians, t_c2w, t_K, render_size)
     pred, true = jnp.asarray(renders), jnp.asarray(target_rgb)
     row = {"psnr": float(jnp.mean(metrics.psnr(pred, true))), "ssim": float(jnp.mean(metrics.ssim(pred, true))),
            "lpips": float(jnp.mean(metrics.lpips(lpips_params, pred, true))) if lpips_params else float("nan")}
@@ -145,31 +134,18 @@ def evaluate_object(object_dir: str, predict: Predictor, num_views: int, *, inpu
 
 
 def model_predictor(args, choice=None) -> tuple[Predictor, str, bool]:
-    """(predict, weights description, random?) from the reconstruct command's weight search (``choice``: a
-    ``reconstruct.ModelChoice`` already resolved)."""
-    import jax
-    import jax.numpy as jnp
-
-    from geolrm_jax import reconstruct
+    """(predict, weights description, random?) from the model search of ``geolrm_jax.inference`` (``choice``:
+    an ``inference.ModelChoice`` already resolved)."""
+    from geolrm_jax import inference
 
     if choice is None:
-        choice = reconstruct.resolve_model(args.checkpoint, args.model_config, args.dtype)
-    checkpoint, how, config, config_name = choice.checkpoint, choice.how, choice.config, choice.config_name
-    if checkpoint is None:
-        variables = reconstruct.random_variables(config, args.seed)
-        weights = f"{reconstruct.RANDOM_WEIGHTS_NOTE}; architecture {config_name}, seed {args.seed}"
-    else:
-        variables = reconstruct.load_variables(checkpoint, config)
-        weights = f"{checkpoint} ({how}); architecture {config_name}"
-    model = reconstruct.Reconstructor(config, variables)
+        choice = inference.resolve_model(args.checkpoint, args.model_config, args.dtype)
+    model, weights, random_weights = inference.load_model(choice, args.seed)
 
     def predict(images, c2w, K, alphas=None):
-        batch = (jnp.asarray(images)[None], jnp.asarray(c2w)[None], jnp.asarray(K)[None],
-                 jnp.ones((1, len(images)), bool))
-        anchors, mask = model.propose(model.variables, *batch)
-        return jax.block_until_ready(model.reconstruct(model.variables, *batch, anchors, mask))
+        return model.predict(images, c2w, K)
 
-    return predict, weights, checkpoint is None
+    return predict, weights, random_weights
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -256,7 +232,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model-config", help="official | tiny | config.json")
     p.add_argument("--dtype", choices=["float32", "bfloat16"])
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights when no checkpoint is found")
-    p.add_argument("--lpips-weights", help=".npz from tools/convert_lpips.py (LPIPS is skipped without it)")
+    p.add_argument("--lpips-weights", help=".npz from geolrm-jax lpips-weights (LPIPS is skipped without it)")
     p.add_argument("--num-points", type=int, default=geometry_metrics.DEFAULT_NUM_POINTS)
     p.add_argument("--out", default="evals", help="folder for metrics.csv and summary.csv")
     p.add_argument("--overwrite", action="store_true", help="replace metrics.csv / summary.csv in --out")
@@ -271,7 +247,7 @@ def main(argv=None) -> int:
 
 
 def _evaluate(args) -> int:
-    from geolrm_jax import io_atomic, reconstruct
+    from geolrm_jax import inference, io_atomic
     from geolrm_jax.data import gobjaverse_io
 
     check_arguments(args)
@@ -286,8 +262,8 @@ def _evaluate(args) -> int:
     if not names:
         raise ValueError(f"{list_path}: split {args.split!r} lists no object")
     # resolved for every method: the input size defaults to the one the model would get
-    choice = reconstruct.resolve_model(args.checkpoint, args.model_config, args.dtype)
-    input_size = args.input_size or reconstruct.DEFAULT_IMAGE_SIZE.get(choice.preset, 448)
+    choice = inference.resolve_model(args.checkpoint, args.model_config, args.dtype)
+    input_size = args.input_size or inference.DEFAULT_IMAGE_SIZE.get(choice.preset, 448)
     step = int(np.lcm(4, choice.config.encoder.dino_patch))
     if "model" in args.method and input_size % step:
         raise ValueError(f"--input-size {input_size} must be a multiple of {step}")
@@ -307,7 +283,7 @@ def _evaluate(args) -> int:
     if "model" in args.method:
         predictors["model"], weights, random_weights = model_predictor(args, choice)
         if random_weights:
-            print(f"WARNING: {reconstruct.RANDOM_WEIGHTS_NOTE}.")
+            print(f"WARNING: {inference.RANDOM_WEIGHTS_NOTE}.")
         print(f"weights: {weights}")
     if "visual_hull" in args.method:
         from geolrm_jax import visual_hull

@@ -11,11 +11,13 @@ Conventions (all functions are batched over leading axes and jit-able):
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -133,6 +135,31 @@ def pixel_rays(c2w, K, height: int, width: int) -> Rays:
     dirs = jnp.einsum("...ij,...hwj->...hwi", rot, cam_dirs)
     origins = jnp.broadcast_to(c2w[..., None, None, :3, 3], dirs.shape)
     return Rays(origins, dirs)
+
+
+@functools.cache
+def _compiled_pixel_rays():
+    return jax.jit(pixel_rays, static_argnums=(2, 3))
+
+
+def host_pixel_rays(c2w, K, height: int, width: int) -> Rays:
+    """``pixel_rays`` of numpy cameras by one compiled program per image size and batch shape, as float32 numpy
+    arrays (for host-side code: data generation, occupancy targets, metrics)."""
+    rays = _compiled_pixel_rays()(np.asarray(c2w, np.float32), np.asarray(K, np.float32), height, width)
+    return Rays(np.asarray(rays.origins, np.float32), np.asarray(rays.directions, np.float32))
+
+
+def depth_to_points(depth, c2w, K, valid=None) -> np.ndarray:
+    """World points (P, 3) float32 of view-space z depth maps (..., H, W) with cameras (..., 4, 4), (..., 3, 3):
+    the pixels with depth > 0 (and ``valid``, a bool mask like depth, where given), in row-major order.
+
+    ``pixel_rays`` directions have camera-space z component -1, so o + z d lies at view depth z."""
+    depth = np.asarray(depth, np.float32)
+    origins, directions = host_pixel_rays(c2w, K, depth.shape[-2], depth.shape[-1])
+    keep = depth > 0
+    if valid is not None:
+        keep &= np.asarray(valid, bool)
+    return origins[keep] + directions[keep] * depth[keep][:, None]
 
 
 def plucker_embedding(c2w, K, height: int, width: int) -> jnp.ndarray:

@@ -33,7 +33,9 @@ from geolrm_jax import geometry
 FSCORE_THRESHOLD = 0.2
 DEFAULT_SCALE = 2.0
 DEFAULT_NUM_POINTS = 16384
-DEFAULT_MIN_OPACITY = 0.05
+# Gaussians at or above this opacity count as the predicted surface (geometry metrics, the mesh's bounds); the
+# exports' threshold is another one (``export.DEFAULT_MIN_OPACITY``, the original's 0.005).
+SURFACE_MIN_OPACITY = 0.05
 
 
 class GeometryScores(NamedTuple):
@@ -79,22 +81,15 @@ def chamfer_fscore(pred_points, gt_points, threshold: float = FSCORE_THRESHOLD) 
 def depth_to_points(depth, c2w, K, alpha=None) -> np.ndarray:
     """Unproject view-space z depth maps (V, H, W) with cameras (V, 4, 4), (V, 3, 3) -> valid points (P, 3).
 
-    Valid pixels: depth > 0 (and alpha > 0.5 when ``alpha`` (V, H, W) is given).
+    Valid pixels: depth > 0 (and alpha > 0.5 when ``alpha`` (V, H, W) is given); see ``geometry.depth_to_points``.
     """
     depth = np.asarray(depth, np.float32)
     if depth.ndim != 3:
         raise ValueError(f"depth must have shape (V, H, W), got {depth.shape}")
-    _, height, width = depth.shape
-    # pixel_rays directions have camera-space z component -1, so o + z d lies at view depth z.
-    rays = geometry.pixel_rays(np.asarray(c2w, np.float32), np.asarray(K, np.float32), height, width)
-    points = np.asarray(rays.origins) + depth[..., None] * np.asarray(rays.directions)
-    valid = depth > 0
-    if alpha is not None:
-        valid &= np.asarray(alpha) > 0.5
-    return points[valid]
+    return geometry.depth_to_points(depth, c2w, K, None if alpha is None else np.asarray(alpha) > 0.5)
 
 
-def gaussian_points(means, opacities, min_opacity: float = DEFAULT_MIN_OPACITY) -> np.ndarray:
+def gaussian_points(means, opacities, min_opacity: float = SURFACE_MIN_OPACITY) -> np.ndarray:
     """Means (N, 3) of the Gaussians with opacity (N,) >= ``min_opacity``."""
     means = np.asarray(means, np.float32).reshape(-1, 3)
     opacities = np.asarray(opacities, np.float32).reshape(-1)
@@ -108,7 +103,7 @@ def subsample(points: np.ndarray, num_points: int, seed: int = 0) -> np.ndarray:
     return points[rng.choice(points.shape[0], num_points, replace=replace)]
 
 
-def gaussians_vs_depth(means, opacities, depth, c2w, K, alpha=None, *, min_opacity: float = DEFAULT_MIN_OPACITY,
+def gaussians_vs_depth(means, opacities, depth, c2w, K, alpha=None, *, min_opacity: float = SURFACE_MIN_OPACITY,
                        scale: float = DEFAULT_SCALE, num_points: int = DEFAULT_NUM_POINTS,
                        threshold: float = FSCORE_THRESHOLD, seed: int = 0) -> GeometryScores:
     """The full protocol of the module doc for one object.

@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from geolrm_jax.geometry_metrics import SURFACE_MIN_OPACITY
+
 MESH_FILES = ("mesh.glb", "mesh.obj")
 
 
@@ -52,7 +54,7 @@ class MeshSettings:
     alpha_threshold: float = 0.5  # surface pixels: accumulated alpha at least this
     empty_alpha: float = 0.05  # empty pixels (carve space): accumulated alpha below this
     truncation_voxels: float = 3.0
-    min_opacity: float = 0.05  # Gaussians that define the bounding box
+    min_opacity: float = SURFACE_MIN_OPACITY  # Gaussians that define the bounding box
     min_component_fraction: float = 0.01
     max_faces: int = 50_000
     chunk: int = 8  # cameras per render call

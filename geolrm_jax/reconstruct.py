@@ -37,151 +37,25 @@ checkpoints (e.g. a stray 0-byte file) are skipped with a warning.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
-import os
 import pathlib
 import re
 import sys
 import time
-from typing import NamedTuple
 
 import numpy as np
 
-from geolrm_jax import export, inputs, io_atomic
+from geolrm_jax import export, inference, inputs, io_atomic
 
-CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt")
-BUNDLED_CHECKPOINTS = pathlib.Path(__file__).parent / "assets" / "checkpoints"
 SAMPLE_DIR = pathlib.Path(__file__).parent / "assets" / "sample"
-DEFAULT_IMAGE_SIZE = {"official": 448, "tiny": 56}
 SV3D_IMAGE_SIZE = 560  # run_geolrm.py resizes SV3D frames to 560, run_geolrm_zero123.py to 448
 MAX_VIEWS = 21
-RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS (--random-weights): the output is NOT a reconstruction"
-DEMO_DESCRIPTION = ("the demo model, trained by geolrm-jax on procedural objects (configs/demo.py); for real "
-                    "objects convert the released weights (geolrm-jax convert)")
 OUTPUT_NAMES = ("gaussians.ply", "gaussians.splat", "turntable.mp4", "turntable.gif", "summary.json", "views")
 
 
 class EmptyResultError(ValueError):
     """The model produced nothing to export (no anchor or no Gaussian above the opacity threshold)."""
-
-
-def cache_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("GEOLRM_CACHE", pathlib.Path.home() / ".cache" / "geolrm_jax"))
-
-
-def _is_checkpoint(path: pathlib.Path) -> bool:
-    return path.is_dir() or path.suffix.lower() in CHECKPOINT_SUFFIXES
-
-
-def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
-
-
-def find_checkpoint(explicit: str | None = None, warn=_warn) -> tuple[pathlib.Path | None, str]:
-    """(checkpoint path or None, how it was found); see the module doc for the search order.
-
-    An explicit or ``$GEOLRM_CHECKPOINT`` path that is missing raises ``FileNotFoundError``, one that is not a
-    readable checkpoint ``convert.CheckpointError``; unreadable cache entries are skipped, each with a
-    ``warn(message)``."""
-    from geolrm_jax.model import convert
-
-    for value, how in ((explicit, "--checkpoint"), (os.environ.get("GEOLRM_CHECKPOINT"), "$GEOLRM_CHECKPOINT")):
-        if not value:
-            continue
-        path = pathlib.Path(value)
-        if not path.exists():
-            named = "" if how == "--checkpoint" else " named by $GEOLRM_CHECKPOINT"
-            raise FileNotFoundError(f"{path}: checkpoint{named} not found")
-        problem = convert.checkpoint_problem(path)
-        if problem:
-            raise convert.CheckpointError(f"{path}: {problem} ({how})")
-        return path, how
-    for folder in (cache_dir(), BUNDLED_CHECKPOINTS):  # the user's converted weights before the bundled model
-        candidates = []
-        if folder.is_dir():
-            for p in folder.iterdir():
-                if not _is_checkpoint(p) or p.name.startswith("."):
-                    continue
-                problem = convert.checkpoint_problem(p)
-                if problem:
-                    warn(f"{p}: skipped, not a readable checkpoint ({problem})")
-                else:
-                    candidates.append(p)
-        if candidates:
-            newest = max(candidates, key=lambda p: p.stat().st_mtime)
-            how = "bundled" if folder == BUNDLED_CHECKPOINTS else f"newest in {newest.parent}"
-            return newest, how
-    return None, "none found"
-
-
-def describe_model(choice) -> str:
-    """One line naming the weights a run uses (the first line ``reconstruct`` prints; ``summary.json``'s
-    ``model``)."""
-    if choice.checkpoint is None:
-        return f"{RANDOM_WEIGHTS_NOTE}; architecture {choice.config_name}"
-    info_file = choice.checkpoint / "training.json" if choice.checkpoint.is_dir() else None
-    if info_file is not None and info_file.is_file():
-        try:
-            info = json.loads(info_file.read_text())
-        except (OSError, ValueError):
-            info = {}
-        if str(info.get("config", "")).startswith("configs/demo.py"):
-            return f"{DEMO_DESCRIPTION} [{choice.checkpoint}]"
-        if info.get("config"):
-            return (f"a model trained by geolrm-jax ({info['config']}, step {info.get('workdir_step', '?')}) "
-                    f"[{choice.checkpoint}]")
-    return f"{choice.checkpoint} ({choice.how}); architecture {choice.config_name}"
-
-
-def load_variables(checkpoint: pathlib.Path, config):
-    """{"params", "batch_stats"} from an Orbax folder or a torch/safetensors state dict, checked against the
-    shapes of ``GeoLRM(config)``; errors (``convert.CheckpointError`` / ``ConversionError``) name the file."""
-    from geolrm_jax.model import convert
-
-    if checkpoint.is_dir():
-        variables = convert.restore_variables(checkpoint)
-        convert.check_variables(variables, config, checkpoint)
-        return variables
-    try:
-        variables, _ = convert.convert_state_dict(convert.load_state_dict(checkpoint), config)
-    except convert.ConversionError as err:
-        raise convert.ConversionError(f"{checkpoint}: {err}") from err
-    return variables
-
-
-class ModelChoice(NamedTuple):
-    """Weights and architecture of a run: ``checkpoint`` (None = random weights), ``how`` it was found,
-    ``config``, ``config_name`` (as shown to the user) and ``preset`` ('official', 'tiny' or None)."""
-
-    checkpoint: pathlib.Path | None
-    how: str
-    config: object
-    config_name: str
-    preset: str | None
-
-
-def resolve_model(checkpoint_arg: str | None, model_config_arg: str | None, dtype: str | None = None,
-                  warn=_warn, random_weights: bool = False) -> ModelChoice:
-    """Find the checkpoint (none with ``random_weights``) and the architecture (``--model-config``, else the
-    config saved with an Orbax checkpoint, else official with a checkpoint and tiny without); nothing is loaded
-    yet."""
-    from geolrm_jax.model import convert
-
-    checkpoint, how = (None, "--random-weights") if random_weights else find_checkpoint(checkpoint_arg, warn)
-    saved = None if checkpoint is None else checkpoint / convert.CONFIG_FILE
-    if model_config_arg:
-        config, name = convert.config_from_arg(model_config_arg), model_config_arg
-    elif saved is not None and saved.is_file():
-        config, name = convert.restore_config(checkpoint), str(saved)
-    else:
-        name = "official" if checkpoint is not None else "tiny"
-        config = convert.config_from_arg(name)
-    if dtype:
-        config.dtype = dtype
-    preset = name if name in DEFAULT_IMAGE_SIZE else convert.preset_name(config)
-    return ModelChoice(checkpoint, how, config, name, preset)
 
 
 def output_problem(path: pathlib.Path) -> str | None:
@@ -198,50 +72,6 @@ def output_problem(path: pathlib.Path) -> str | None:
     return f"it holds {', '.join(sorted(foreign)[:3])}" if foreign else None
 
 
-def random_variables(config, seed: int = 0, inference: bool = False):
-    """Seeded random weights with the shapes of ``GeoLRM(config)``: kernels and embeddings N(0, 0.02^2),
-    biases 0, norm scales 1, BatchNorm running mean 0 and variance 1. ``inference``: kernels are cast to the
-    compute dtype on the host (as ``model.geolrm.inference_variables``), so no float32 copy reaches the device.
-
-    Built with numpy from ``jax.eval_shape`` of the initializer, so nothing is compiled (``init`` itself
-    runs the whole forward pass).
-    """
-    import jax
-    import jax.numpy as jnp
-
-    from geolrm_jax.model.convert import expected_variables
-    from geolrm_jax.model.geolrm import kernel_dtype
-
-    shapes = expected_variables(config)
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
-    rng = np.random.default_rng(seed)
-    values = []
-    for path, leaf in leaves:
-        name = str(getattr(path[-1], "key", path[-1]))
-        if name in ("bias", "mean"):
-            value = np.zeros(leaf.shape, np.float32)
-        elif name in ("scale", "var", "weight"):
-            value = np.ones(leaf.shape, np.float32)
-        else:
-            value = (0.02 * rng.standard_normal(leaf.shape)).astype(np.float32)
-        if inference and name == "kernel":
-            value = value.astype(kernel_dtype(config, path))
-        values.append(jnp.asarray(value))
-    return jax.tree_util.tree_unflatten(treedef, values)
-
-
-def peak_device_memory() -> int | None:
-    """Peak bytes in use on the first local device, or None where the backend does not report it (CPU)."""
-    import jax
-
-    stats = jax.local_devices()[0].memory_stats()
-    return None if not stats else stats.get("peak_bytes_in_use")
-
-
-def format_bytes(n: int | None) -> str:
-    return "n/a on CPU" if n is None else f"{n / 2**30:.2f} GiB"
-
-
 def turntable_cameras(num_frames: int, distance: float = 1.5, elevation: float = 20.0, fov: float = 39.6):
     """The original's video cameras: ``num_frames`` poses on a circle (azimuth from 0), fov 39.6 deg."""
     from geolrm_jax import geometry
@@ -249,75 +79,6 @@ def turntable_cameras(num_frames: int, distance: float = 1.5, elevation: float =
     c2w = np.asarray(geometry.orbit_c2w(num_frames, elevation_deg=elevation, radius=distance))
     K = np.broadcast_to(np.asarray(geometry.fov_to_intrinsics(fov)), (num_frames, 3, 3))
     return c2w, np.ascontiguousarray(K)
-
-
-@functools.lru_cache(maxsize=16)
-def _jitted_render(height: int, width: int, capacity: int):
-    import jax
-
-    from geolrm_jax.render.splat import render
-
-    return jax.jit(lambda g, c2w, K, bg: render(g, c2w, K, height, width, bg, capacity=capacity))
-
-
-def render_views(gaussians, c2w, K, size: int, chunk: int = 8, background=(1.0, 1.0, 1.0)) -> np.ndarray:
-    """Render one scene's Gaussians (fields (1, N, ...)) into cameras (C, 4, 4) -> (C, size, size, 3) in [0, 1].
-
-    Cameras go in chunks of ``chunk`` (the last one padded by repetition) through one compiled renderer; the
-    tile-intersection capacity grows (power of two) and the chunk is redone whenever it overflows.
-    """
-    import jax.numpy as jnp
-
-    from geolrm_jax.render.splat import default_capacity
-
-    capacity = default_capacity(gaussians.means.shape[-2], size, size)
-    bg = jnp.asarray(background, jnp.float32)
-    frames = []
-    for start in range(0, len(c2w), chunk):
-        index = np.minimum(np.arange(start, start + chunk), len(c2w) - 1)
-        cw, k = jnp.asarray(c2w[index])[None], jnp.asarray(K[index])[None]
-        while True:
-            out = _jitted_render(size, size, capacity)(gaussians, cw, k, bg)
-            overflow = int(out.overflow)
-            if overflow == 0:
-                break
-            capacity = int(2 ** int(np.ceil(np.log2(capacity + overflow))))
-        frames.append(np.asarray(out.rgb[0])[: len(c2w) - start])
-    return np.concatenate(frames)
-
-
-_COMPILED_STAGES: dict[str, tuple] = {}
-
-
-class Reconstructor:
-    """Jitted stages of one model: ``propose`` -> anchors, ``reconstruct`` -> Gaussians.
-
-    The jitted functions are shared by every Reconstructor of the same config (so repeated runs in one process,
-    e.g. ``eval`` over objects, reuse compilations).
-    """
-
-    def __init__(self, config, variables):
-        import jax
-
-        from geolrm_jax.model.geolrm import GeoLRM, inference_variables
-        from geolrm_jax.model.proposal import select_anchors
-
-        self.variables = inference_variables(variables, config)  # pass these to propose / reconstruct
-        key = config.to_json_best_effort(sort_keys=True)
-        if key not in _COMPILED_STAGES:
-            model = GeoLRM(config)
-            pc = config.proposal
-
-            def propose(variables, images, c2ws, Ks, view_mask):
-                logits = model.apply(variables, images, c2ws, Ks, view_mask, method=GeoLRM.propose)
-                return select_anchors(logits, pc.capacity, pc.xyz_scale)
-
-            def reconstruct(variables, images, c2ws, Ks, view_mask, anchors, anchor_mask):
-                return model.apply(variables, images, c2ws, Ks, view_mask, anchors, anchor_mask,
-                                   method=GeoLRM.reconstruct)
-
-            _COMPILED_STAGES[key] = (jax.jit(propose), jax.jit(reconstruct))
-        self.propose, self.reconstruct = _COMPILED_STAGES[key]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -364,8 +125,8 @@ def _parser() -> argparse.ArgumentParser:
 def _default_image_size(args, preset: str | None, kind: str, config_input_size: int | None = None) -> int:
     if args.image_size is not None:
         return args.image_size
-    if preset in DEFAULT_IMAGE_SIZE:
-        base = DEFAULT_IMAGE_SIZE[preset]
+    if preset in inference.DEFAULT_IMAGE_SIZE:
+        base = inference.DEFAULT_IMAGE_SIZE[preset]
         return SV3D_IMAGE_SIZE if (kind == "sv3d" and preset == "official") else base
     return int(config_input_size) if config_input_size else 448
 
@@ -418,14 +179,15 @@ def run(args) -> dict:
     kind = inputs.detect_kind(source) if args.input_kind == "auto" else args.input_kind
     if args.random_weights and args.checkpoint:
         raise ValueError("--random-weights and --checkpoint: choose one")
-    choice = resolve_model(args.checkpoint, args.model_config, args.dtype, random_weights=args.random_weights)
+    choice = inference.resolve_model(args.checkpoint, args.model_config, args.dtype,
+                                     random_weights=args.random_weights)
     if choice.checkpoint is None and not args.random_weights:
         raise ValueError("no checkpoint found (--checkpoint, $GEOLRM_CHECKPOINT, the cache "
-                         f"{cache_dir()} or the bundled demo model in {BUNDLED_CHECKPOINTS}); convert the released "
-                         "weights with 'geolrm-jax convert', or test the pipeline with --random-weights")
+                         f"{inference.cache_dir()} or the bundled demo model in {inference.BUNDLED_CHECKPOINTS}); "
+                         "convert the released weights with 'geolrm-jax convert', or test the pipeline with "
+                         "--random-weights")
     config = choice.config
-    model_line = describe_model(choice)
-    print(f"model: {model_line}", flush=True)
+    print(f"model: {inference.describe_model(choice)}", flush=True)
     image_size = _default_image_size(args, choice.preset, kind, config.get("input_size"))
     patch = config.encoder.dino_patch
     if image_size % int(np.lcm(4, patch)):
@@ -467,23 +229,16 @@ def run(args) -> dict:
     return summary
 
 
-def _reconstruct_into(tmp: pathlib.Path, args, choice: ModelChoice, views, kind: str, image_size: int, stage,
+def _reconstruct_into(tmp: pathlib.Path, args, choice: inference.ModelChoice, views, kind: str, image_size: int, stage,
                       done, timings) -> dict:
     """Load the weights, run both stages and write every output into the staging folder ``tmp``."""
     import jax
     import jax.numpy as jnp
 
-    checkpoint, how, config, config_name = choice.checkpoint, choice.how, choice.config, choice.config_name
+    config = choice.config
     num_views = len(views.images)
     t0 = stage("load weights")
-    if checkpoint is None:
-        variables = random_variables(config, args.seed)
-        weights = f"random, seed {args.seed}; architecture {config_name}"
-    else:
-        variables = load_variables(checkpoint, config)
-        weights = f"{checkpoint} ({how}); architecture {config_name}"
-    model = Reconstructor(config, variables)
-    del variables  # the Reconstructor holds its own copy, with kernels in the compute dtype
+    model, weights, random_weights = inference.load_model(choice, args.seed)
     done("load weights", t0)
 
     batch = (jnp.asarray(views.images)[None], jnp.asarray(views.c2w)[None], jnp.asarray(views.K)[None],
@@ -512,12 +267,12 @@ def _reconstruct_into(tmp: pathlib.Path, args, choice: ModelChoice, views, kind:
     if args.video_format != "none":
         t0 = stage("turntable")
         c2w, K = turntable_cameras(args.video_frames, args.distance, args.elevation)
-        frames = render_views(gaussians, c2w, K, args.video_size)
+        frames = inference.render_views(gaussians, c2w, K, args.video_size)
         export.write_video(tmp / f"turntable.{args.video_format}", frames, fps=args.fps)
         done("turntable", t0)
     if args.render_views:
         t0 = stage("input-view renders")
-        renders = render_views(gaussians, views.c2w, views.K, args.render_size or args.video_size)
+        renders = inference.render_views(gaussians, views.c2w, views.K, args.render_size or args.video_size)
         (tmp / "views").mkdir()
         for i, image in enumerate(renders):
             export.write_image(tmp / "views" / f"{i:03d}.png", image)
@@ -530,11 +285,11 @@ def _reconstruct_into(tmp: pathlib.Path, args, choice: ModelChoice, views, kind:
         done("mesh", t0)
     summary = {
         "input": str(args.input), "input_kind": kind, "num_views": num_views, "image_size": image_size,
-        "model": describe_model(choice), "weights": weights, "random_weights": checkpoint is None,
+        "model": inference.describe_model(choice), "weights": weights, "random_weights": random_weights,
         "dtype": config.dtype,
         "anchors": num_anchors, "gaussians_written": int(host.means.shape[0]),
         "ply_format": args.ply_format, "timings_s": timings,
-        "peak_device_memory_bytes": peak_device_memory(), "device": str(jax.local_devices()[0]),
+        "peak_device_memory_bytes": inference.peak_device_memory(), "device": str(jax.local_devices()[0]),
     }
     (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
@@ -542,7 +297,7 @@ def _reconstruct_into(tmp: pathlib.Path, args, choice: ModelChoice, views, kind:
 
 def print_summary(summary: dict) -> None:
     if summary["random_weights"]:
-        print(f"WARNING: {RANDOM_WEIGHTS_NOTE}.")
+        print(f"WARNING: {inference.RANDOM_WEIGHTS_NOTE}.")
     print(f"weights: {summary['weights']}")
     print(f"input: {summary['input']} ({summary['input_kind']}, {summary['num_views']} views at "
           f"{summary['image_size']} px); dtype {summary['dtype']}; device {summary['device']}")
@@ -551,7 +306,7 @@ def print_summary(summary: dict) -> None:
     for name, seconds in summary["timings_s"].items():
         print(f"  {name:<26} {seconds:8.3f} s")
     print(f"  {'total':<26} {sum(summary['timings_s'].values()):8.3f} s  (stages 1-2 include compilation)")
-    print(f"peak device memory: {format_bytes(summary['peak_device_memory_bytes'])}")
+    print(f"peak device memory: {inference.format_bytes(summary['peak_device_memory_bytes'])}")
     print(f"outputs in {summary['output']}")
 
 

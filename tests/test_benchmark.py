@@ -8,7 +8,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from geolrm_jax import benchmark, reconstruct
+from geolrm_jax import benchmark, inference
 from geolrm_jax.model import config as model_config
 from geolrm_jax.model.geolrm import GeoLRM
 
@@ -16,7 +16,7 @@ from geolrm_jax.model.geolrm import GeoLRM
 def test_stages_compose_to_the_full_model():
     config = model_config.tiny_model_config()
     config.proposal.capacity = config.proposal.grid_size ** 3
-    variables = reconstruct.random_variables(config, seed=3)
+    variables = inference.random_variables(config, seed=3)
     # Every voxel occupied and room for all: anchor selection has no near-tie at its boundary.
     upsample = variables["params"]["proposal"]["upsample"]
     upsample["bias"] = upsample["bias"] + 10.0

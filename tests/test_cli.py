@@ -16,6 +16,22 @@ def test_help_lists_commands(capsys):
         assert name in out
 
 
+def test_every_command_module_has_main_and_the_listed_help():
+    from geolrm_jax import commands
+
+    for name, (_, help_) in commands.COMMANDS.items():
+        module = commands.command_module(name)
+        assert callable(module.main) and module.HELP == help_, name
+
+
+def test_listing_the_commands_imports_none_of_them():
+    code = ("import sys; from geolrm_jax import cli; cli.main([]); "
+            "print(sorted(m for m in sys.modules if m.startswith('geolrm_jax.commands.')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_unknown_command_is_an_error(capsys):
     assert cli.main(["nope"]) == 2
     assert "unknown command 'nope'" in capsys.readouterr().err

@@ -2,14 +2,12 @@
 held-out procedural evaluation set and `--method visual_hull` with its per-family summary."""
 
 import csv
-import importlib.util
 import json
-import pathlib
 
 import numpy as np
 import pytest
 
-from geolrm_jax import evaluate, geometry_metrics
+from geolrm_jax import cli, evaluate, geometry_metrics
 from geolrm_jax.data import eval_set, gobjaverse_io, procedural, procedural_pipeline, synthetic
 from geolrm_jax.render.gaussians import Gaussians
 
@@ -31,13 +29,19 @@ def test_view_selection():
     assert orbit_only == list(range(1, 24, 2))
 
 
-def test_composite_white_keeps_premultiplied_identity():
+def test_composite_on_white_keeps_premultiplied_identity():
+    """The one compositing of views (training and eval): rgb = premultiplied colour + (1 - alpha) exactly, to the
+    8-bit rounding of the premultiplied colour at full size; resized, empty pixels stay exactly white."""
     rgba = np.random.default_rng(0).integers(0, 256, (16, 16, 4)).astype(np.uint8)
-    rgb, alpha = evaluate.composite_white(rgba, 8)
-    assert rgb.shape == (8, 8, 3) and alpha.shape == (8, 8)
-    full_rgb, full_alpha = evaluate.composite_white(rgba, 16)
+    rgb, alpha = gobjaverse_io.composite(rgba, 8, evaluate.WHITE)
+    assert rgb.shape == (8, 8, 3) and alpha.shape == (8, 8) and rgb.dtype == np.float32
+    full_rgb, full_alpha = gobjaverse_io.composite(rgba, 16, evaluate.WHITE)
     x = rgba / 255.0
-    np.testing.assert_allclose(full_rgb, x[..., :3] * x[..., 3:] + 1 - x[..., 3:], atol=1e-6)
+    np.testing.assert_allclose(full_alpha, x[..., 3], atol=1e-6)
+    np.testing.assert_allclose(full_rgb, x[..., :3] * x[..., 3:] + 1 - x[..., 3:], atol=0.5 / 255 + 1e-6)
+    empty = rgba.copy()
+    empty[:8, :, 3] = 0
+    assert np.all(gobjaverse_io.composite(empty, 8, evaluate.WHITE)[0][:3] == 1.0)
 
 
 def oracle(object_dir, shift=0.0):
@@ -94,17 +98,7 @@ def test_eval_cli(dataset, tmp_path, capsys, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Held-out procedural objects (tools/make_eval_set.py) and the visual-hull baseline
-
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def make_eval_set_tool():
-    spec = importlib.util.spec_from_file_location("make_eval_set", REPO / "tools" / "make_eval_set.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+# Held-out procedural objects (geolrm-jax data eval-set) and the visual-hull baseline
 
 
 EVAL_SET_ARGS = dict(seed=5, objects_per_family=1, image_size=32, supersample=1, steps=32)
@@ -135,11 +129,10 @@ def test_eval_set_layout_and_determinism(procedural_eval_set, tmp_path):
     eval_set.write_eval_set(str(tmp_path), **{**EVAL_SET_ARGS, "families": ("thin",)})
     for name in ("00000/00000.png", "00017/00017.png", "00039/00039.json"):
         assert (tmp_path / "thin/0000" / name).read_bytes() == (root / "thin/0000" / name).read_bytes()
-    tool = make_eval_set_tool()
     args = [str(tmp_path), "--seed", "5", "--objects-per-family", "1", "--families", "thin", "--supersample", "1",
             "--steps", "32"]
-    assert tool.main([*args, "--image-size", "32"]) == 0
-    assert tool.main([*args, "--image-size", "48"]) == 2
+    assert cli.main(["data", "eval-set", *args, "--image-size", "32"]) == 0
+    assert cli.main(["data", "eval-set", *args, "--image-size", "48"]) == 2
     assert not list(tmp_path.glob("thin/.*partial"))
 
 

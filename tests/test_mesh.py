@@ -84,11 +84,11 @@ def test_reconstruct_writes_the_mesh_beside_the_ply(tmp_path, monkeypatch, capsy
     import json
     import pathlib
 
-    from geolrm_jax import reconstruct
+    from geolrm_jax import inference, reconstruct
 
     monkeypatch.delenv("GEOLRM_CHECKPOINT", raising=False)
     monkeypatch.setenv("GEOLRM_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setattr(reconstruct, "BUNDLED_CHECKPOINTS", tmp_path / "no-bundled")
+    monkeypatch.setattr(inference, "BUNDLED_CHECKPOINTS", tmp_path / "no-bundled")
     monkeypatch.setattr(mesh, "MeshSettings", functools.partial(mesh.MeshSettings, num_views=8, image_size=48))
     out = tmp_path / "result"
     rc = reconstruct.main(["-o", str(out), "--video-format", "none", "--no-progress", "--random-weights", "--mesh",

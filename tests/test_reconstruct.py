@@ -11,7 +11,7 @@ import pytest
 from conftest import shared_path
 from test_inputs import make_posed_folder
 
-from geolrm_jax import export, reconstruct
+from geolrm_jax import export, inference, reconstruct
 
 SAMPLE = pathlib.Path(reconstruct.__file__).parent / "assets" / "sample"
 
@@ -20,7 +20,7 @@ SAMPLE = pathlib.Path(reconstruct.__file__).parent / "assets" / "sample"
 def no_checkpoints(tmp_path, monkeypatch):
     monkeypatch.delenv("GEOLRM_CHECKPOINT", raising=False)
     monkeypatch.setenv("GEOLRM_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setattr(reconstruct, "BUNDLED_CHECKPOINTS", tmp_path / "no-bundled")
+    monkeypatch.setattr(inference, "BUNDLED_CHECKPOINTS", tmp_path / "no-bundled")
 
 
 def test_reconstruct_end_to_end(tmp_path, capsys, no_checkpoints):
@@ -93,28 +93,28 @@ def test_checkpoint_search_order(tmp_path, monkeypatch):
     cache.mkdir()
     monkeypatch.setenv("GEOLRM_CACHE", str(cache))
     monkeypatch.delenv("GEOLRM_CHECKPOINT", raising=False)
-    monkeypatch.setattr(reconstruct, "BUNDLED_CHECKPOINTS", tmp_path / "bundled")
-    assert reconstruct.find_checkpoint() == (None, "none found")
+    monkeypatch.setattr(inference, "BUNDLED_CHECKPOINTS", tmp_path / "bundled")
+    assert inference.find_checkpoint() == (None, "none found")
     old, new = cache / "old.safetensors", cache / "converted"
     save_file({"w": np.zeros(1, np.float32)}, str(old))  # readable entries (unreadable ones are skipped)
     new.mkdir()
     (new / "_CHECKPOINT_METADATA").write_text("{}")
     (cache / "notes.txt").write_text("not a checkpoint")
     os.utime(old, (1, 1))
-    assert reconstruct.find_checkpoint()[0] == new
+    assert inference.find_checkpoint()[0] == new
     monkeypatch.setenv("GEOLRM_CHECKPOINT", str(old))
-    assert reconstruct.find_checkpoint() == (old, "$GEOLRM_CHECKPOINT")
-    assert reconstruct.find_checkpoint(str(new)) == (new, "--checkpoint")
+    assert inference.find_checkpoint() == (old, "$GEOLRM_CHECKPOINT")
+    assert inference.find_checkpoint(str(new)) == (new, "--checkpoint")
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
-        reconstruct.find_checkpoint(str(tmp_path / "missing.ckpt"))
+        inference.find_checkpoint(str(tmp_path / "missing.ckpt"))
     monkeypatch.delenv("GEOLRM_CHECKPOINT")
     bundled = tmp_path / "bundled" / "demo"
     bundled.mkdir(parents=True)
     (bundled / "_CHECKPOINT_METADATA").write_text("{}")
-    assert reconstruct.find_checkpoint()[0] == new  # the user's converted weights win over a newer bundled model
+    assert inference.find_checkpoint()[0] == new  # the user's converted weights win over a newer bundled model
     for p in list(cache.iterdir()):
         (p / "_CHECKPOINT_METADATA").unlink() if p.is_dir() else p.unlink()
-    assert reconstruct.find_checkpoint() == (bundled, "bundled")
+    assert inference.find_checkpoint() == (bundled, "bundled")
 
 
 def test_no_checkpoint_needs_random_weights_flag(tmp_path, capsys, no_checkpoints):
@@ -132,14 +132,14 @@ def test_state_dict_checkpoint_loads_into_the_model_tree(tmp_path):
 
     weights = shared_path("geolrm_small", "state_dict.safetensors")
     config = convert.config_from_arg(str(shared_path("geolrm_small", "config.json")))
-    loaded = reconstruct.load_variables(weights, config)
-    random = reconstruct.random_variables(config, seed=1)
+    loaded = inference.load_variables(weights, config)
+    random = inference.random_variables(config, seed=1)
     assert jax.tree.structure(loaded) == jax.tree.structure(random)
     for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(random), strict=True):
         assert a.shape == b.shape
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(random))
     # An Orbax folder as `geolrm-jax convert` writes it reads back identically.
     convert.save_variables(tmp_path / "converted", loaded)
-    restored = reconstruct.load_variables(tmp_path / "converted", config)
+    restored = inference.load_variables(tmp_path / "converted", config)
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(loaded), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -17,7 +17,7 @@ import pytest
 from test_inputs import make_posed_folder, write_rgba
 from test_reliability_outputs import hidden, tree
 
-from geolrm_jax import geometry, inputs, reconstruct
+from geolrm_jax import geometry, inference, inputs, reconstruct
 from geolrm_jax.model import convert
 from geolrm_jax.render.gaussians import Gaussians
 
@@ -26,7 +26,7 @@ FAST = ["--video-format", "none", "--no-progress"]
 
 
 class FakeModel:
-    """Stands in for ``reconstruct.Reconstructor``: ``anchors`` occupied voxels, ``gaussians`` Gaussians of
+    """Stands in for ``inference.Reconstructor``: ``anchors`` occupied voxels, ``gaussians`` Gaussians of
     opacity ``opacity``; counts how often it was built."""
 
     built = []
@@ -55,9 +55,9 @@ def fake_model(tmp_path, monkeypatch):
     """No checkpoint anywhere, and the stand-in model; ``FakeModel.built`` tells whether weights were loaded."""
     monkeypatch.delenv("GEOLRM_CHECKPOINT", raising=False)
     monkeypatch.setenv("GEOLRM_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setattr(reconstruct, "BUNDLED_CHECKPOINTS", tmp_path / "no-bundled")
-    monkeypatch.setattr(reconstruct, "Reconstructor", FakeModel)
-    monkeypatch.setattr(reconstruct, "random_variables", lambda config, seed=0, inference=False: {"seed": seed})
+    monkeypatch.setattr(inference, "BUNDLED_CHECKPOINTS", tmp_path / "no-bundled")
+    monkeypatch.setattr(inference, "Reconstructor", FakeModel)
+    monkeypatch.setattr(inference, "random_variables", lambda config, seed=0, inference=False: {"seed": seed})
     FakeModel.built = []
     FakeModel.anchors, FakeModel.gaussians, FakeModel.opacity = 4, 8, 0.5
     return FakeModel

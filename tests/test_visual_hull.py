@@ -9,7 +9,7 @@ import pytest
 
 from geolrm_jax import evaluate, geometry, geometry_metrics
 from geolrm_jax import visual_hull as vh
-from geolrm_jax.data import eval_set, procedural
+from geolrm_jax.data import eval_set, gobjaverse_io, procedural
 
 SIZE = 48  # input pixels
 GRID = 32
@@ -36,7 +36,7 @@ def zero123pp_inputs(scene):
     cams = geometry.zero123pp_cameras()
     c2w, K = np.asarray(cams.c2w), np.asarray(cams.K)
     rgba, _, _ = eval_set.render_object(scene, c2w, K, SIZE, supersample=2, steps=48)
-    composited = [evaluate.composite_white(x, SIZE) for x in rgba]
+    composited = [gobjaverse_io.composite(x, SIZE, evaluate.WHITE) for x in rgba]
     return np.stack([c[0] for c in composited]), np.stack([c[1] for c in composited]), c2w, K
 
 

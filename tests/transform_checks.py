@@ -16,7 +16,7 @@ TRANSFORMS = ("jvp", "linearize", "jacfwd", "vjp", "grad_of_grad", "hvp", "vmap_
 
 def naive_deformable_sample(value, reference_points, offsets, attention_weights, spatial_shapes, view_mask=None,
                             query_mask=None, **_):
-    """geolrm_kernels.deformable_sample's contract with every sample materialized by integer gathers (the four
+    """The contract of geolrm_kernels.deformable with every sample materialized by integer gathers (the four
     corners stacked on an axis) and derivatives by plain autodiff: the independent reference."""
     b, v, _, heads, c = value.shape
     q = reference_points.shape[2]

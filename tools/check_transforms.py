@@ -33,7 +33,7 @@ TOLERANCE = 1e-4
 
 
 def deformable_target(tiny):
-    from geolrm_kernels.deformable_sample import deformable_sample
+    from geolrm_kernels.deformable import deformable_sample
 
     b, v, q, heads, c, points = (1, 2, 16, 2, 8, 2) if tiny else (1, 6, 4096, 8, 32, 4)
     shapes = ((8, 8), (4, 4)) if tiny else ((64, 64), (32, 32))

@@ -6,7 +6,7 @@ preference through the driver API (ctypes, libcuda; the `_v2` entry points that 
 after JAX has created its context, then runs the given script in the same process, and reports the
 preference before and after (so a run whose setting was overridden by someone else says so).
 
-    python tools/cuda_cache_config.py --prefer l1 tools/bench_deformable.py --rows 21:560px:16384 ...
+    python tools/cuda_cache_config.py --prefer l1 tools/bench/deformable.py --rows 21:560px:16384 ...
 
 `--prefer none` only reports. Needs a CUDA GPU; CPU-only machines get a clear error.
 """

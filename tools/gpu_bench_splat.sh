@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU run of the splatter's checks and benchmark against gsplat (device recipe; see docs/splatter.md).
 #
-#   bash tools/gpu_bench_splat.sh [bench_splat.py arguments...]
+#   bash tools/gpu_bench_splat.sh [tools/bench/splat.py arguments...]
 #
 # Needs: .whl-gsplat/gsplat-1.5.3-py3-none-any.whl (pip download gsplat==1.5.3), and either a prebuilt
 # .splat-carry/gsplat/gsplat_cuda.so (or its split parts gsplat_cuda.so.part-*) or nvcc + ninja to compile gsplat
@@ -43,13 +43,13 @@ wait
 if [ "${CHECK:-1}" = 1 ]; then echo "check_splat (pallas):"; tail -3 "$OUT/check.log"; fi
 GSPLAT_ARG=()
 [ -f "$SO_DIR/gsplat_cuda.so" ] && GSPLAT_ARG=(--gsplat-so "$SO_DIR")
-python3 tools/bench_splat.py "${GSPLAT_ARG[@]}" --json "$OUT/bench.json" "$@" 2>&1 | grep -v "^W0000\|^I0000" | tee "$OUT/bench.log"
+python3 tools/bench/splat.py "${GSPLAT_ARG[@]}" --json "$OUT/bench.json" "$@" 2>&1 | grep -v "^W0000\|^I0000" | tee "$OUT/bench.log"
 # NCU=1: an Nsight Compute profile of the two Pallas kernels (default switches, first size and setting) to
 # $OUT/ncu.txt, bounded by NCU_TIMEOUT seconds.
 if [ "${NCU:-0}" = 1 ]; then
   timeout "${NCU_TIMEOUT:-150}" ncu --kernel-name regex:'splat|rasterize' --launch-count 4 --section SpeedOfLight \
     --section LaunchStats --section Occupancy --section WarpStateStats --section InstructionStats \
     --section SchedulerStats --section MemoryWorkloadAnalysis \
-    python3 tools/bench_splat.py --profile "$@" >"$OUT/ncu.txt" 2>&1
+    python3 tools/bench/splat.py --profile "$@" >"$OUT/ncu.txt" 2>&1
   echo "ncu: rc=$?"; grep -E "splat|rasterize|Registers Per|Achieved Occupancy|Duration|Local|Stall" "$OUT/ncu.txt" | head -40
 fi

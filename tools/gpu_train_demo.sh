@@ -21,7 +21,7 @@ if [ ! -d runs/demo1 ] && ls .devcarry/demo_state.tar.part-* >/dev/null 2>&1; th
 fi
 start=$(date +%s)
 total=${SECONDS_TOTAL:-540}
-[ "${BENCH:-1}" = 1 ] && timeout 60 python3 tools/bench_procedural.py --batch-size 16 --batches 2 \
+[ "${BENCH:-1}" = 1 ] && timeout 60 python3 tools/bench/procedural.py --batch-size 16 --batches 2 \
   | tee "$OUT/bench_procedural.json"
 train() {  # config-argument seconds extra-args...
   local arg=$1 secs=$2 stage=${1%%,*}; shift 2

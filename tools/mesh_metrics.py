@@ -67,17 +67,17 @@ def oracle_gaussians(prims, size: int = 96, views: int = 48, max_count: int = 10
 def model_gaussians(prims, checkpoint: str, model_config: str, image_size: int):
     import jax.numpy as jnp
 
-    from geolrm_jax import export, geometry, inputs, reconstruct
+    from geolrm_jax import export, geometry, inference, inputs
     from geolrm_jax.data import synthetic
     from geolrm_jax.model import convert
 
-    path = reconstruct.find_checkpoint(checkpoint)[0]
+    path = inference.find_checkpoint(checkpoint)[0]
     if model_config is None:  # a checkpoint written by convert / tools/export_demo_model.py carries its config
         saved = path / convert.CONFIG_FILE
         config = convert.restore_config(path) if saved.exists() else convert.config_from_arg("official")
     else:
         config = convert.config_from_arg(model_config)
-    model = reconstruct.Reconstructor(config, reconstruct.load_variables(path, config))
+    model = inference.Reconstructor(config, inference.load_variables(path, config))
     cams = geometry.zero123pp_cameras()
     c2w, K = np.asarray(cams.c2w), np.asarray(cams.K)
     images = np.stack([inputs.composite_on_white(synthetic.render_view(prims, c, k, image_size, 2)[0] / 255.0)

@@ -336,7 +336,7 @@ def run_steps(args, compiled, create, state_shardings, abstract_batch_tree, mesh
             host[name] = np.broadcast_to(occ.reshape(grid, grid, grid), s.shape).copy()
         elif s.dtype == jnp.bool_:
             host[name] = np.ones(s.shape, bool)
-        elif name.endswith("_c2w"):  # orbits around the object, as tools/bench_train.py
+        elif name.endswith("_c2w"):  # orbits around the object, as tools/bench/train.py
             views = s.shape[-3]
             azimuth = np.arange(views) * 360.0 / views + (0.0 if name.startswith("input") else 17.0)
             elevation = np.full(views, 20.0 if name.startswith("input") else 15.0)

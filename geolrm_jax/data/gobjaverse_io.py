@@ -282,3 +282,19 @@ def write_view(object_dir: str, view: int, rgba: np.ndarray, normal: np.ndarray,
     with open(paths["json"], "w") as f:
         json.dump(camera_to_gobjaverse_dict(c2w, K), f)
     write_nd_exr(paths["exr"], normal, depth)
+
+
+def composite(rgba: np.ndarray, size: int, background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 RGBA (H, W, 4) -> (RGB (size, size, 3) on ``background`` (3,), alpha (size, size)), float32: how
+    training (inputs and targets) and ``geolrm-jax eval`` composite a view.
+
+    The resize works on 8-bit premultiplied colour (PIL "RGBa"), so rgb = premultiplied colour
+    + (1 - alpha) * background holds exactly and empty pixels are exactly the background.
+    """
+    im = Image.fromarray(rgba, "RGBA").convert("RGBa")
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.BILINEAR)
+    premult = np.asarray(im, np.float32) * np.float32(1 / 255)
+    alpha = premult[..., 3]
+    rgb = premult[..., :3] + (1 - alpha)[..., None] * np.asarray(background, np.float32)
+    return rgb, alpha

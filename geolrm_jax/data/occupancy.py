@@ -8,28 +8,7 @@ G^3 grid over [-0.5, 0.5]^3 as ``clip(round((p + 0.5) * G), 0, G - 1)`` (round h
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
-
-
-@functools.cache
-def _pixel_rays_jit():
-    import jax  # imported here: keep jax out of the pipeline's worker processes
-
-    from geolrm_jax import geometry
-
-    return jax.jit(geometry.pixel_rays, static_argnums=(2, 3))
-
-
-def depth_to_points(depth: np.ndarray, c2w: np.ndarray, K: np.ndarray) -> np.ndarray:
-    """World points (N, 3) float32 of the pixels with depth > 0; depth (H, W), c2w (4, 4), K (3, 3)."""
-    h, w = depth.shape
-    rays = _pixel_rays_jit()(np.asarray(c2w, np.float32), np.asarray(K, np.float32), h, w)
-    origins = np.asarray(rays.origins, np.float32)
-    dirs = np.asarray(rays.directions, np.float32)
-    valid = depth > 0
-    return origins[valid] + dirs[valid] * depth[valid][:, None]
 
 
 def voxelize(points: np.ndarray, grid_size: int) -> np.ndarray:
@@ -46,7 +25,9 @@ def occupancy_indices(depths, c2ws, Ks, grid_size: int) -> np.ndarray:
     Ks (V, 3, 3)."""
     if grid_size > 65536:
         raise ValueError(f"grid_size {grid_size} does not fit uint16 indices")
-    points = [depth_to_points(d, c, k) for d, c, k in zip(depths, c2ws, Ks, strict=True)]
+    from geolrm_jax import geometry  # imported here: keep jax out of the pipeline's worker processes
+
+    points = [geometry.depth_to_points(d, c, k) for d, c, k in zip(depths, c2ws, Ks, strict=True)]
     return voxelize(np.concatenate(points, 0), grid_size).astype(np.uint16)
 
 

@@ -44,7 +44,7 @@ import numpy as np
 from PIL import Image
 
 from geolrm_jax.data import occupancy, sampling
-from geolrm_jax.data.gobjaverse_io import BadInputError, decode_depth, decode_png_rgba
+from geolrm_jax.data.gobjaverse_io import NUM_ORBIT_VIEWS, BadInputError, composite, decode_depth, decode_png_rgba
 
 log = logging.getLogger(__name__)
 _BAD = "__bad_example__"
@@ -62,7 +62,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.input_size = 448  # the original's input_size
     c.render_size = 448  # the original's render_size
     c.grid_size = 128
-    c.num_orbit_views = 24
+    c.num_orbit_views = NUM_ORBIT_VIEWS
     c.orbit_inputs = 4
     c.random_views = 4
     c.min_orbit_inputs = 1
@@ -90,21 +90,6 @@ def _resize_channels(channels: np.ndarray, size: int, resample) -> np.ndarray:
     out = [np.asarray(Image.fromarray(channels[..., c], mode="F").resize((size, size), resample))
            for c in range(channels.shape[-1])]
     return np.stack(out, -1)
-
-
-def composite(rgba: np.ndarray, size: int, background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 RGBA (H, W, 4) -> (RGB (size, size, 3) on ``background``, alpha (size, size)), float32.
-
-    The resize works on 8-bit premultiplied colour (PIL "RGBa"), so rgb = premultiplied colour
-    + (1 - alpha) * background holds exactly and empty pixels are exactly the background.
-    """
-    im = Image.fromarray(rgba, "RGBA").convert("RGBa")
-    if im.size != (size, size):
-        im = im.resize((size, size), Image.BILINEAR)
-    premult = np.asarray(im, np.float32) * np.float32(1 / 255)
-    alpha = premult[..., 3]
-    rgb = premult[..., :3] + (1 - alpha)[..., None] * np.asarray(background, np.float32)
-    return rgb, alpha
 
 
 def _nearest(channel: np.ndarray, size: int) -> np.ndarray:
@@ -378,7 +363,7 @@ def make_iterator(data_config, split: str, *, seed: int, batch_size: int, traini
         from geolrm_jax.data.gobjaverse import data_source
 
         if not data_config.data_dir:
-            raise ValueError("data_config.data_dir is empty: build a dataset first (tools/make_synthetic.py)")
+            raise ValueError("data_config.data_dir is empty: build a dataset first (geolrm-jax data synthetic)")
         source = data_source(data_config.data_dir, split, grid_size=data_config.grid_size)
     if process_index is None or process_count is None:
         import jax

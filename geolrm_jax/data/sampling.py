@@ -21,6 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from geolrm_jax.data.gobjaverse_io import NUM_ORBIT_VIEWS
+
 
 class ViewSample(NamedTuple):
     """Indices into the object's views; padded entries repeat the first valid one and are masked out."""
@@ -43,7 +45,7 @@ def sample_views(
     num_views: int,
     *,
     training: bool = True,
-    num_orbit_views: int = 24,
+    num_orbit_views: int = NUM_ORBIT_VIEWS,
     orbit_inputs: int = 4,
     random_views: int = 4,
     min_orbit_inputs: int = 1,

@@ -18,7 +18,6 @@ renders). The views the pipeline picks as inputs (k, k + 6, k + 12, k + 18) are 
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from typing import NamedTuple
@@ -289,15 +288,8 @@ def cast_rays(prims: list[Primitive], origins: np.ndarray, dirs: np.ndarray):
     return best_t, normal, np.clip(color * shade[:, None], 0, 1), which
 
 
-@functools.cache
-def _pixel_rays_jit():
-    import jax
-
-    return jax.jit(geometry.pixel_rays, static_argnums=(2, 3))
-
-
 def _rays(c2w, K, height, width):
-    rays = _pixel_rays_jit()(np.asarray(c2w, np.float32), np.asarray(K, np.float32), height, width)
+    rays = geometry.host_pixel_rays(c2w, K, height, width)
     d = np.asarray(rays.directions, np.float64).reshape(-1, 3)
     o = np.asarray(rays.origins, np.float64).reshape(-1, 3)
     norm = np.sqrt(_dot(d, d))

@@ -39,6 +39,13 @@ class ConvTranspose2d(nn.Module):
             dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def spatial_shapes(encoder_config, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((h, w) of the low level = size / 4, (h, w) of the high level = 2 * size / patch): the levels of
+    :class:`HierarchicalEncoder`'s features for (height, width) images."""
+    patch = encoder_config.dino_patch
+    return (height // 4, width // 4), (2 * (height // patch), 2 * (width // patch))
+
+
 class HierarchicalEncoder(nn.Module):
     """images (B, V, H, W, 3) in [0, 1], c2ws (B, V, 4, 4), Ks (B, V, 3, 3) normalized ->
     (features (B, V, L, C), spatial_shapes ((h_low, w_low), (h_high, w_high))) with L = Σ h·w.

@@ -21,13 +21,13 @@ import numpy as np
 from geolrm_jax.model.decoder import GaussianDecoder
 from geolrm_jax.model.encoder import HierarchicalEncoder
 from geolrm_jax.model.proposal import ProposalNetwork, select_anchors
-from geolrm_jax.model.transformer import GeoTransformer
+from geolrm_jax.model.transformer import geo_transformer
 from geolrm_jax.render.gaussians import Gaussians
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 #: XLA compiler options of the inference programs (``Reconstructor``, ``geolrm-jax bench``); measured with
-#: ``tools/bench_e2e_variants.py`` (docs/model.md). Options of another backend are ignored by the compiler.
+#: ``tools/bench/e2e_variants.py`` (docs/model.md). Options of another backend are ignored by the compiler.
 INFERENCE_COMPILER_OPTIONS: dict[str, Any] = {}
 
 
@@ -56,24 +56,29 @@ def sanitize_cameras(c2ws, Ks, view_mask):
 
 
 class ReconstructionNetwork(nn.Module):
-    """Original `lrm_generator`: (images, cameras, anchors (B, S, 3), anchor_mask (B, S)) -> Gaussians."""
+    """Original `lrm_generator`: (images, cameras, anchors (B, S, 3), anchor_mask (B, S)) -> Gaussians.
+
+    Its stages are methods too: ``encoder`` (images -> features, spatial shapes), ``latents`` (features ->
+    per-anchor latents) and ``decoder`` (latents -> Gaussians)."""
 
     config: Any
     dtype: Any = jnp.float32
 
-    @nn.compact
-    def __call__(self, images, c2ws, Ks, view_mask, anchors, anchor_mask):
+    def setup(self):
         cfg, rc = self.config, self.config.reconstruction
-        feats, shapes = HierarchicalEncoder(cfg.encoder, self.dtype, cfg.attention_impl, name="encoder")(
-            images, c2ws, Ks)
-        latents = GeoTransformer(rc.dim, rc.layers, rc.heads, rc.num_points, rc.grid_size, rc.xyz_scale, shapes,
-                                 cfg.norm_eps, self.dtype, cfg.remat, cfg.remat_policy, cfg.attention_impl,
-                                 cfg.sample_impl, cfg.attention_over_heads, scan_unroll=cfg.get("scan_unroll", 1),
-                                 name="transformer")(
-            anchors, anchor_mask, feats, c2ws, Ks, view_mask)
+        self.encoder = HierarchicalEncoder(cfg.encoder, self.dtype, cfg.attention_impl)
+        self.transformer = geo_transformer(cfg, rc, self.dtype)
+        self.decoder = GaussianDecoder(rc.gs_per_token, rc.offset_max, rc.scale_max, decoder_dtype(cfg))
+
+    def latents(self, feats, spatial_shapes, c2ws, Ks, view_mask, anchors, anchor_mask):
+        """Encoder features (B, V, L, C) with their static spatial shapes -> latents (B, S, dim) float32."""
+        return self.transformer(anchors, anchor_mask, feats, c2ws, Ks, view_mask, spatial_shapes=spatial_shapes)
+
+    def __call__(self, images, c2ws, Ks, view_mask, anchors, anchor_mask):
+        feats, shapes = self.encoder(images, c2ws, Ks)
+        latents = self.latents(feats, shapes, c2ws, Ks, view_mask, anchors, anchor_mask)
         self.sow("intermediates", "latents", latents)
-        return GaussianDecoder(rc.gs_per_token, rc.offset_max, rc.scale_max, decoder_dtype(cfg), name="decoder")(
-            latents, anchors, anchor_mask)
+        return self.decoder(latents, anchors, anchor_mask)
 
 
 class GeoLRM(nn.Module):
@@ -96,6 +101,27 @@ class GeoLRM(nn.Module):
         """Stage 2 with given anchors (B, S, 3), anchor_mask (B, S) -> Gaussians (B, S·K, ...)."""
         c2ws, Ks = sanitize_cameras(c2ws, Ks, view_mask)
         return self.reconstruction(images, c2ws, Ks, view_mask, anchors, anchor_mask)
+
+    # The stages of inference, each a method (``model.apply(variables, ..., method=GeoLRM.encode)``): what
+    # ``geolrm-jax bench`` times. ``spatial_shapes``: static, from ``encoder.spatial_shapes(config.encoder, H, W)``.
+    def encode(self, images, c2ws, Ks, view_mask):
+        """-> (proposal features, reconstruction features), each (B, V, L, C): the two image encoders."""
+        c2ws, Ks = sanitize_cameras(c2ws, Ks, view_mask)
+        return self.proposal.encoder(images, c2ws, Ks)[0], self.reconstruction.encoder(images, c2ws, Ks)[0]
+
+    def propose_from_features(self, feats, spatial_shapes, c2ws, Ks, view_mask):
+        """Proposal features -> occupancy logits (B, G, G, G) float32 (then ``proposal.select_anchors``)."""
+        c2ws, Ks = sanitize_cameras(c2ws, Ks, view_mask)
+        return self.proposal.occupancy(feats, spatial_shapes, c2ws, Ks, view_mask)
+
+    def reconstruct_latents(self, feats, spatial_shapes, c2ws, Ks, view_mask, anchors, anchor_mask):
+        """Reconstruction features and anchors -> latents (B, S, dim) float32."""
+        c2ws, Ks = sanitize_cameras(c2ws, Ks, view_mask)
+        return self.reconstruction.latents(feats, spatial_shapes, c2ws, Ks, view_mask, anchors, anchor_mask)
+
+    def decode(self, latents, anchors, anchor_mask) -> Gaussians:
+        """Latents (B, S, dim) -> Gaussians (B, S·K, ...)."""
+        return self.reconstruction.decoder(latents, anchors, anchor_mask)
 
     def __call__(self, images, c2ws, Ks, view_mask):
         """Full inference -> dict(occupancy_logits, anchors, anchor_mask, gaussians)."""

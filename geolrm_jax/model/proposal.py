@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from geolrm_jax.model.encoder import HierarchicalEncoder
-from geolrm_jax.model.transformer import GeoTransformer
+from geolrm_jax.model.transformer import geo_transformer
 
 
 def linspace_like_torch(n: int) -> np.ndarray:
@@ -62,24 +62,32 @@ def select_anchors(logits, capacity: int, xyz_scale: float):
 
 
 class ProposalNetwork(nn.Module):
-    """images (B, V, H, W, 3), c2ws, Ks, view_mask (B, V) -> occupancy logits (B, G, G, G) float32."""
+    """images (B, V, H, W, 3), c2ws, Ks, view_mask (B, V) -> occupancy logits (B, G, G, G) float32.
+
+    Its two stages are methods too: ``encoder`` (images -> features, spatial shapes) and ``occupancy``
+    (features -> logits)."""
 
     config: Any  # full model config
     dtype: Any = jnp.float32
 
-    @nn.compact
-    def __call__(self, images, c2ws, Ks, view_mask):
+    def setup(self):
         cfg, pc = self.config, self.config.proposal
-        feats, shapes = HierarchicalEncoder(cfg.encoder, self.dtype, cfg.attention_impl, name="encoder")(
-            images, c2ws, Ks)
-        b = images.shape[0]
+        self.encoder = HierarchicalEncoder(cfg.encoder, self.dtype, cfg.attention_impl)
+        self.transformer = geo_transformer(cfg, pc, self.dtype)
+        self.upsample = nn.Dense(pc.token_res ** 3, dtype=self.dtype)
+
+    def occupancy(self, feats, spatial_shapes, c2ws, Ks, view_mask):
+        """Encoder features (B, V, L, C) with their static spatial shapes -> occupancy logits (B, G, G, G)."""
+        pc = self.config.proposal
+        b = feats.shape[0]
         f, t = pc.grid_size // pc.token_res, pc.token_res
         xyzs = jnp.broadcast_to(jnp.asarray(grid_points(f, pc.xyz_scale)), (b, f ** 3, 3))
-        tokens = GeoTransformer(pc.dim, pc.layers, pc.heads, pc.num_points, pc.grid_size, pc.xyz_scale, shapes,
-                                cfg.norm_eps, self.dtype, cfg.remat, cfg.remat_policy, cfg.attention_impl,
-                                cfg.sample_impl, cfg.attention_over_heads, scan_unroll=cfg.get("scan_unroll", 1),
-                                name="transformer")(
-            xyzs, jnp.ones((b, f ** 3), bool), feats, c2ws, Ks, view_mask)
-        occ = nn.Dense(t ** 3, dtype=self.dtype, name="upsample")(tokens).astype(jnp.float32)
+        tokens = self.transformer(xyzs, jnp.ones((b, f ** 3), bool), feats, c2ws, Ks, view_mask,
+                                  spatial_shapes=spatial_shapes)
+        occ = self.upsample(tokens).astype(jnp.float32)
         occ = occ.reshape(b, f, f, f, t, t, t).transpose(0, 1, 4, 2, 5, 3, 6)
         return occ.reshape(b, pc.grid_size, pc.grid_size, pc.grid_size)
+
+    def __call__(self, images, c2ws, Ks, view_mask):
+        feats, shapes = self.encoder(images, c2ws, Ks)
+        return self.occupancy(feats, shapes, c2ws, Ks, view_mask)

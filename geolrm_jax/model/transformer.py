@@ -21,7 +21,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from geolrm_kernels.deformable_sample import kernel_query_order
+from geolrm_kernels.deformable import api as deformable
 
 from geolrm_jax import geometry
 from geolrm_jax.model.config import ffn_hidden_dim
@@ -184,8 +184,6 @@ class DeformableCrossAttention(nn.Module):
 
     @nn.compact
     def __call__(self, query, feats, ref_points, view_mask, query_mask, query_order=None):
-        from geolrm_kernels.deformable_sample import deformable_sample
-
         b, s, _ = query.shape
         v, length = feats.shape[1], feats.shape[2]
         hc = self.dim // self.heads
@@ -199,8 +197,9 @@ class DeformableCrossAttention(nn.Module):
         offsets = offsets / normalizer[:, None, :]
         logits = dense(self.heads * nl * p, name="attention_weights")(query).astype(jnp.float32)
         weights = jax.nn.softmax(logits.reshape(b, s, self.heads, nl * p), -1).reshape(b, s, self.heads, nl, p)
-        sampled = deformable_sample(value, ref_points, offsets, weights, tuple(self.spatial_shapes),
-                                    view_mask, query_mask, implementation=self.sample_impl, query_order=query_order)
+        sampled = deformable.deformable_sample(value, ref_points, offsets, weights, tuple(self.spatial_shapes),
+                                               view_mask, query_mask, implementation=self.sample_impl,
+                                               query_order=query_order)
         sampled = sampled.reshape(b, v, s, self.dim).astype(self.dtype)
         view_logits = dense(1, name="cross_view_weight")(sampled)[..., 0].astype(jnp.float32)  # (B, V, S)
         view_logits = jnp.where(view_mask[:, :, None], view_logits, -1e30)
@@ -256,7 +255,10 @@ class GeoTransformerBlock(nn.Module):
 
 class GeoTransformer(nn.Module):
     """xyzs (B, S, 3), query_mask (B, S) bool, feats (B, V, L, C), c2ws (B, V, 4, 4), Ks (B, V, 3, 3),
-    view_mask (B, V) bool -> latents (B, S, dim) float32 after the final RMSNorm."""
+    view_mask (B, V) bool -> latents (B, S, dim) float32 after the final RMSNorm.
+
+    ``spatial_shapes`` (the levels of ``feats``, static) is the attribute or, where the module is built before
+    the image size is known, the call's argument."""
 
     dim: int
     layers: int
@@ -275,7 +277,8 @@ class GeoTransformer(nn.Module):
     scan_unroll: int = 1  # layers per iteration of the scan's loop (`layers` = fully unrolled)
 
     @nn.compact
-    def __call__(self, xyzs, query_mask, feats, c2ws, Ks, view_mask):
+    def __call__(self, xyzs, query_mask, feats, c2ws, Ks, view_mask, spatial_shapes=None):
+        spatial_shapes = tuple(spatial_shapes or self.spatial_shapes)
         b, s, _ = xyzs.shape
         ref_points = geometry.project_points(xyzs[:, None], c2ws, Ks)  # (B, V, S, 2)
         self.sow("intermediates", "reference_points_cam", ref_points)
@@ -288,7 +291,7 @@ class GeoTransformer(nn.Module):
             ref_points = take_tokens(ref_points, perm, axis=2)
             key_lengths = jnp.maximum(jnp.sum(query_mask, axis=1), 1).astype(jnp.int32)
         # the sampling kernels' visiting order depends only on the points and masks: once for all layers
-        query_order = kernel_query_order(ref_points, view_mask, query_mask, implementation=self.sample_impl)
+        query_order = deformable.kernel_query_order(ref_points, view_mask, query_mask, implementation=self.sample_impl)
         token = self.param("query_token", nn.initializers.normal(1.0), (self.dim - 3,))
         h = jnp.concatenate([xyzs.astype(jnp.float32), jnp.broadcast_to(token, (b, s, self.dim - 3))], -1)
         cos, sin = rope3d_tables(rope_grid_index(xyzs, self.xyz_scale, self.grid_size), self.dim // self.heads)
@@ -297,9 +300,18 @@ class GeoTransformer(nn.Module):
             block = nn.remat(block, prevent_cse=False, policy=getattr(jax.checkpoint_policies, self.remat_policy))
         stack = nn.scan(block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
                         in_axes=(nn.broadcast,) * 9, length=self.layers, unroll=self.scan_unroll)
-        h, _ = stack(self.dim, self.heads, self.num_points, tuple(self.spatial_shapes), self.norm_eps,
+        h, _ = stack(self.dim, self.heads, self.num_points, spatial_shapes, self.norm_eps,
                      self.dtype, self.attention_impl, self.sample_impl, self.attention_over_heads, name="layers")(
             h, cos, sin, query_mask, key_lengths, with_bias_columns(feats.astype(self.dtype)), ref_points, view_mask,
             inverse, query_order)
         out = RMSNorm(self.norm_eps, jnp.float32, name="norm")(h)  # float32 latents, as the original's
         return out if inverse is None else take_tokens(out, inverse)
+
+
+def geo_transformer(config, network, dtype, spatial_shapes=(), **kwargs) -> GeoTransformer:
+    """The GeoTransformer of one network of the model: ``network`` is ``config.proposal`` or
+    ``config.reconstruction``; the rest (norm, remat, attention and sampling implementations) from ``config``."""
+    return GeoTransformer(network.dim, network.layers, network.heads, network.num_points, network.grid_size,
+                          network.xyz_scale, spatial_shapes, config.norm_eps, dtype, config.remat, config.remat_policy,
+                          config.attention_impl, config.sample_impl, config.attention_over_heads,
+                          scan_unroll=config.get("scan_unroll", 1), **kwargs)

@@ -21,15 +21,12 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from geolrm_kernels.rasterize.reference import tile_rect, tiles_grid
 
 NEAR_PLANE = 0.2
 JACOBIAN_CLAMP = 1.3
 COV2D_DILATION = 0.3
 EIGEN_FLOOR = 0.1
-TILE_SIZE = 16
-# Explicit float32 matmuls: XLA on Ampere/Hopper GPUs otherwise runs float32 dots in TF32 (10-bit mantissa),
-# which moves means2d by ~1e-3 px and flips blending decisions.
-HIGHEST = jax.lax.Precision.HIGHEST
 
 
 class Camera(NamedTuple):
@@ -199,22 +196,3 @@ def project_gaussians(means, scales, quats, camera: Camera, height: int, width: 
     conics = jnp.where(valid[:, None], conics, zero2)
     return Projected(means2d=means2d, conics=conics, depths=z, radii=radii, cov2d=cov2d,
                      in_frustum=in_frustum, jac_clamped=visible & (clamped_x | clamped_y))
-
-
-def tiles_grid(height: int, width: int) -> tuple[int, int]:
-    """Number of 16 x 16 tiles along x and y (static ints)."""
-    return -(-width // TILE_SIZE), -(-height // TILE_SIZE)
-
-
-def tile_rect(means2d, radii, grid_x: int, grid_y: int) -> jnp.ndarray:
-    """CUDA getRect: half-open tile rectangle (x0, y0, x1, y1), (N, 4) int32, clamped to the grid."""
-    r = radii.astype(means2d.dtype)
-    mx, my = means2d[:, 0], means2d[:, 1]
-
-    def bound(v, hi):
-        return jnp.clip(jnp.floor(v / TILE_SIZE), 0, hi).astype(jnp.int32)
-
-    return jnp.stack([
-        bound(mx - r, grid_x), bound(my - r, grid_y),
-        bound(mx + r + TILE_SIZE - 1, grid_x), bound(my + r + TILE_SIZE - 1, grid_y),
-    ], -1)

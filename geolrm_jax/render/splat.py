@@ -22,8 +22,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from geolrm_kernels import rasterize
 
-from geolrm_jax.render import projection, rasterize, tiles
+from geolrm_jax.render import projection, tiles
 from geolrm_jax.render.gaussians import Gaussians, validate_gaussians
 
 
@@ -78,13 +79,15 @@ def render_camera(means, scales, quats, opacities, rgbs, c2w, K, background, hei
 
 
 def render(gaussians: Gaussians, c2w, K, height: int, width: int, background, *, capacity: int | None = None,
-           gradient: str = "exact", implementation: str | None = None) -> RenderOutput:
+           gradient: str = "exact", implementation: str | None = None,
+           raster_config: rasterize.RasterizeConfig | None = None) -> RenderOutput:
     """Render B scenes into C cameras each.
 
     gaussians: fields (B, N, ...) (see `Gaussians`); c2w (B, C, 4, 4) OpenGL; K (B, C, 3, 3) normalized (only
     K[1, 1] is used); background (B, 3) or (3,). height, width, capacity are static. capacity is the number of
     tile-Gaussian intersections per camera (default `default_capacity`); intersections past it are dropped and
-    counted in `overflow` (check it, or use `render_with_retry`).
+    counted in `overflow` (check it, or use `render_with_retry`). raster_config: the Pallas rasterizer's tuning
+    (speed only; default `geolrm_kernels.rasterize.DEFAULT_CONFIG`).
     Returns `RenderOutput` with rgb (B, C, H, W, 3), alpha and depth (B, C, H, W), overflow ().
     """
     validate_gaussians(gaussians)
@@ -118,7 +121,7 @@ def render(gaussians: Gaussians, c2w, K, height: int, width: int, background, *,
         def raster(p, ids, start, end):
             feats = rasterize.pack_features(p.means2d, p.conics, g[3], g[4], p.depths)
             out = rasterize.rasterize(feats, ids, start, end, height, width, cuda_gradient=cuda,
-                                      implementation=implementation)
+                                      implementation=implementation, config=raster_config)
             image = functools.partial(rasterize.tiles_to_image, height=height, width=width)
             rgb = _clamp01(image(out.color) + image(out.transmittance)[..., None] * bg)
             return rgb, image(out.weight), image(out.depth)
@@ -128,6 +131,17 @@ def render(gaussians: Gaussians, c2w, K, height: int, width: int, background, *,
 
     rgb, alpha, depth, overflow = jax.vmap(one_scene)(tuple(gaussians), background, c2w, K)
     return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, overflow=jnp.max(overflow))
+
+
+def grown_capacity(capacity: int, overflow: int, max_capacity: int = 1 << 28) -> int:
+    """The capacity to retry a render with after ``overflow`` intersections did not fit ``capacity``: the next
+    power of two of what is needed (so that retries, each a new compilation, grow geometrically). Raises
+    RuntimeError past ``max_capacity``."""
+    needed = capacity + overflow
+    grown = int(2 ** int(np.ceil(np.log2(needed))))
+    if grown > max_capacity:
+        raise RuntimeError(f"{needed} tile intersections exceed max_capacity {max_capacity}")
+    return grown
 
 
 def render_with_retry(gaussians: Gaussians, c2w, K, height: int, width: int, background, *,
@@ -143,11 +157,7 @@ def render_with_retry(gaussians: Gaussians, c2w, K, height: int, width: int, bac
         overflow = int(out.overflow)
         if overflow == 0:
             return out
-        needed = capacity + overflow
-        capacity = int(2 ** int(np.ceil(np.log2(needed))))
-        if capacity > max_capacity:
-            raise RuntimeError(f"render_with_retry: {needed} tile intersections exceed max_capacity "
-                               f"{max_capacity}")
+        capacity = grown_capacity(capacity, overflow, max_capacity)
 
 
 _render_jit = jax.jit(render, static_argnames=("height", "width", "capacity", "gradient", "implementation"))

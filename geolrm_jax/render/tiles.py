@@ -18,15 +18,15 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-
-from geolrm_jax.render.projection import tile_rect, tiles_grid
+from geolrm_kernels.rasterize.reference import tile_rect, tiles_grid
+from geolrm_kernels.rasterize.tile_keys_triton import tile_keys
 
 ALL_ONES = 0xFFFFFFFF
 # Default of `intersect_tiles(method=None)`; benchmarks set it to "two_key" to time the comparison sort.
 METHOD = "auto"
 # How the radix method writes its keys: "xla" (slot owners by a scatter and a running max, then gathers; see
-# `_slots`) or "pallas" / "pallas_interpret" (each Gaussian writes its own keys, geolrm_kernels.rasterize.tile_keys);
-# None = "pallas" on GPU, "xla" elsewhere.
+# `_slots`) or "pallas" / "pallas_interpret" (each Gaussian writes its own keys,
+# geolrm_kernels.rasterize.tile_keys_triton); None = "pallas" on GPU, "xla" elsewhere.
 KEYS = None
 
 
@@ -113,13 +113,11 @@ def radix_keys(means2d, radii, rank, height: int, width: int, capacity: int, ran
         return jnp.where(valid, key, jnp.uint32(ALL_ONES)), total
     if keys not in ("pallas", "pallas_interpret"):
         raise ValueError(f"keys must be None, 'xla', 'pallas' or 'pallas_interpret', got {keys!r}")
-    from geolrm_kernels import rasterize as kernels
-
     grid_x, grid_y = tiles_grid(height, width)
     rect, rect_w, counts = _rects(means2d, radii, grid_x, grid_y)
     offsets = jnp.cumsum(counts)
-    key = kernels.tile_keys(offsets - counts, counts, rect[:, 1] * grid_x + rect[:, 0], jnp.maximum(rect_w, 1),
-                            rank, capacity, grid_x, rank_bits, interpret=keys == "pallas_interpret")
+    key = tile_keys(offsets - counts, counts, rect[:, 1] * grid_x + rect[:, 0], jnp.maximum(rect_w, 1), rank,
+                    capacity, grid_x, rank_bits, interpret=keys == "pallas_interpret")
     return key, offsets[-1]
 
 

@@ -18,7 +18,7 @@ Parameters (a plain nested dict, ``{"params": {...}}``):
 
 Where the weights come from (see docs/losses.md):
 
-* real training / evaluation: ``tools/convert_lpips.py`` converts the torchvision ImageNet VGG16 state dict
+* real training / evaluation: ``geolrm-jax lpips-weights`` converts the torchvision ImageNet VGG16 state dict
   (``vgg16-397923af.pth``) plus the lpips package's ``weights/v0.1/vgg.pth`` into an ``.npz`` that
   :func:`load_lpips_params` reads;
 * tests and the tiny CPU config: :func:`random_vgg16_state_dict` builds a *random* VGG16 from a numpy seed
@@ -214,7 +214,7 @@ def save_lpips_params(path: str | os.PathLike, variables: Mapping, **metadata: s
 
 
 def load_lpips_params(path: str | os.PathLike) -> dict:
-    """Read an ``.npz`` written by :func:`save_lpips_params` / ``tools/convert_lpips.py``; checks shapes."""
+    """Read an ``.npz`` written by :func:`save_lpips_params` / ``geolrm-jax lpips-weights``; checks shapes."""
     with np.load(path) as data:
         params: dict = {}
         for key in data.files:

@@ -129,7 +129,7 @@ def build_task(config):
             from geolrm_jax.train.lpips import load_lpips_params
 
             if not config.loss.lpips_weights:
-                raise ValueError("loss.lpips > 0 needs loss.lpips_weights (see tools/convert_lpips.py)")
+                raise ValueError("loss.lpips > 0 needs loss.lpips_weights (see geolrm-jax lpips-weights)")
             lpips_params = load_lpips_params(config.loss.lpips_weights)
         return Stage2Task(config, lpips_params)
     raise ValueError(f"config.stage must be 1 or 2, got {config.stage!r}")

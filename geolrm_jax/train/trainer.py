@@ -106,7 +106,7 @@ def check_config(config, workdir) -> None:
     else:
         data_dir = config_value("data.data_dir")
         need(isinstance(data_dir, str) and data_dir, "data.data_dir",
-             "is empty: build a dataset first (tools/make_synthetic.py) and pass --config.data.data_dir=DIR")
+             "is empty: build a dataset first (geolrm-jax data synthetic) and pass --config.data.data_dir=DIR")
         if not os.path.isdir(data_dir):
             raise FileNotFoundError(f"config.data.data_dir = {data_dir!r}: no such folder")
         splits = ["train"] + ([config.eval_split] if config.get("eval_every_steps", 0) else [])
@@ -120,7 +120,7 @@ def check_config(config, workdir) -> None:
         from geolrm_jax.train.lpips import load_lpips_params
 
         need(bool(config_value("loss.lpips_weights")), "loss.lpips_weights",
-             "is needed when loss.lpips > 0 (see tools/convert_lpips.py)")
+             "is needed when loss.lpips > 0 (see geolrm-jax lpips-weights)")
         io_atomic.read_or_fail(load_lpips_params, config.loss.lpips_weights, "LPIPS weights")
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ValueError(f"--workdir {workdir}: exists and is not a folder")

@@ -1,4 +1,5 @@
-"""Block sizes of the TPU (Pallas Mosaic) kernels, as frozen dataclasses (one per op).
+"""Block sizes of the TPU (Pallas Mosaic) kernels, as frozen dataclasses (one per op), passed as ``config=``; the
+ops take them as the ``tpu`` field of their ``DeformableConfig`` / ``RasterizeConfig``.
 
 Defaults are chosen from the VMEM budget (docs/tpu.md), not measured: no TPU has run these kernels yet.
 """
@@ -32,6 +33,3 @@ class RasterizeTpuConfig:
         if self.chunk % 128 or self.chunk <= 0:
             raise ValueError(f"chunk must be a positive multiple of 128, got {self}")
 
-
-DEFORMABLE = DeformableTpuConfig()
-RASTERIZE = RasterizeTpuConfig()

@@ -1,4 +1,4 @@
-"""TPU (Pallas Mosaic) backward of :func:`geolrm_kernels.deformable_sample.deformable_sample`, without atomics.
+"""TPU (Pallas Mosaic) backward of :func:`geolrm_kernels.deformable.deformable_sample`, without atomics.
 
 Same grid, chunk ranges and tent-window weights W (block_q, chunk) as the forward
 (:mod:`geolrm_kernels.tpu.deformable_forward`). Per value chunk, with the cotangent block g (block_q, C):
@@ -21,7 +21,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from geolrm_kernels.tpu import config as tpu_config
 from geolrm_kernels.tpu import deformable_forward as fwd
 from geolrm_kernels.tpu.config import DeformableTpuConfig
 from jax import lax
@@ -102,7 +101,7 @@ def backward(value, reference_points, offsets, attention_weights, mask, spatial_
              interpret=False, config: DeformableTpuConfig | None = None):
     """Gradients (d_value, d_reference_points, d_offsets, d_attention_weights) in the inputs' dtypes, for the
     output cotangent g (B, V, Q, H, C); same contract as the reference backward."""
-    config = config or tpu_config.DEFORMABLE  # read per call: a benchmark may set it
+    config = config or DeformableTpuConfig()
     b, v, length, heads, c = value.shape
     q = reference_points.shape[2]
     nl, points = offsets.shape[3:5]

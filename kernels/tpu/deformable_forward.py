@@ -1,4 +1,4 @@
-"""TPU (Pallas Mosaic) forward of :func:`geolrm_kernels.deformable_sample.deformable_sample`.
+"""TPU (Pallas Mosaic) forward of :func:`geolrm_kernels.deformable.deformable_sample`.
 
 Mosaic has no per-lane gather, so bilinear sampling is written as matrix products: the bilinear weight of
 pixel (i, j) for a sample at pixel coordinates (x, y) is the product of tents ``max(0, 1 - |j - x|) *
@@ -24,7 +24,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from geolrm_kernels.tpu import config as tpu_config
 from geolrm_kernels.tpu.config import DeformableTpuConfig
 from jax import lax
 from jax.experimental import pallas as pl
@@ -222,7 +221,7 @@ def interpret_arg(interpret):
 def forward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, order=None, *,
             interpret=False, config: DeformableTpuConfig | None = None):
     """(B, V, Q, H, C) in value.dtype; contract of ``deformable_sample`` with a (B, V, Q) bool ``mask``."""
-    config = config or tpu_config.DEFORMABLE  # read per call: a benchmark may set it
+    config = config or DeformableTpuConfig()
     b, v, length, heads, c = value.shape
     q = reference_points.shape[2]
     nl, points = offsets.shape[3:5]

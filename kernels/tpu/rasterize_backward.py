@@ -17,7 +17,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from geolrm_kernels.tpu import config as tpu_config
 from geolrm_kernels.tpu import rasterize_forward as fwd
 from geolrm_kernels.tpu.config import RasterizeTpuConfig
 from jax import lax
@@ -92,7 +91,7 @@ def backward(feats, ids, tile_start, tile_end, transmittance, last, cotangents, 
     """d loss / d feats (C, N, 10) for cameras batched on the leading axis: feats (C, N, 10), ids (C, capacity),
     tile ranges (C, T), the forward's transmittance and last (C, T, 256), cotangents (color (C, T, 256, 3),
     weight, depth, transmittance (C, T, 256)); contract of ``backward_xla``."""
-    config = config or tpu_config.RASTERIZE  # read per call: a benchmark may set it
+    config = config or RasterizeTpuConfig()
     cams, num = feats.shape[:2]
     capacity = ids.shape[1]
     grid_x, grid_y = fwd.tiles_grid(height, width)

@@ -1,4 +1,4 @@
-"""TPU (Pallas Mosaic) forward of the splatter's rasterizer (contract of ``geolrm_jax.render.rasterize``).
+"""TPU (Pallas Mosaic) forward of the splatter's rasterizer (contract of ``geolrm_kernels.rasterize``).
 
 One program per (camera, 16x16 tile); a tile's depth-sorted list ``ids[tile_start[t]:tile_end[t]]`` is walked
 in chunks of ``chunk`` entries. The per-entry features are gathered once by XLA into list order, transposed to
@@ -18,26 +18,15 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from geolrm_kernels.tpu import config as tpu_config
+from geolrm_kernels.rasterize.reference import ALPHA_MAX, ALPHA_MIN, NUM_FEATURES, PIXELS, T_MIN, TILE_SIZE, tiles_grid
 from geolrm_kernels.tpu.config import RasterizeTpuConfig
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-# The rasterizer's constants (geolrm_jax.render.rasterize; copied: kernels do not import geolrm_jax).
-ALPHA_MAX = 0.99
-ALPHA_MIN = 1.0 / 255.0
-T_MIN = 1e-4
-NUM_FEATURES = 10
-TILE_SIZE = 16
-PIXELS = TILE_SIZE * TILE_SIZE
 HIGHEST = lax.Precision.HIGHEST
 # Columns of the packed per-pixel forward output (num_cameras, num_tiles, 256, OUT_COLUMNS).
 OUT_COLUMNS = ("c0", "c1", "c2", "weight", "depth", "transmittance", "last", "count", "stopped")
-
-
-def tiles_grid(height: int, width: int) -> tuple[int, int]:
-    return -(-width // TILE_SIZE), -(-height // TILE_SIZE)
 
 
 def interpret_arg(interpret):
@@ -148,7 +137,7 @@ def forward(feats, ids, tile_start, tile_end, height: int, width: int, *, interp
     """Cameras batched on the leading axis: feats (C, N, 10), ids (C, capacity), tile_start / tile_end
     (C, num_tiles). Returns (color (C, T, 256, 3), weight, depth, transmittance (C, T, 256) in feats.dtype,
     last, count (C, T, 256) int32, stopped (C, T, 256) bool), the fields of ``TileImage``."""
-    config = config or tpu_config.RASTERIZE  # read per call: a benchmark may set it
+    config = config or RasterizeTpuConfig()
     cams = feats.shape[0]
     grid_x, grid_y = tiles_grid(height, width)
     num_tiles = grid_x * grid_y

@@ -2,7 +2,7 @@
 
     python tools/make_synthetic.py --data-dir data/tfds                      # 64 objects at 128 px
     python tools/make_synthetic.py --data-dir /tmp/t --num-objects 3 --image-size 32 --grid-size 32
-    python tools/make_synthetic.py --sample geolrm_jax/assets/sample          # the bundled 6-view sample
+    python tools/make_synthetic.py --sample /tmp/sample       # a 6-view procedural sample (bundled: make_sample.py)
 
 Prints the built dataset directory: put it in the data config (``data.data_dir``).
 """
@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     parser.add_argument("--supersample", type=int, default=2, help="RGBA samples per pixel side")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--sample", help="instead, write the bundled 6-view sample (PNGs + cameras.json) here")
+    parser.add_argument("--sample", help="instead, write a 6-view procedural sample (PNGs + cameras.json) here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")

@@ -2,7 +2,7 @@
 
     geolrm-jax reconstruct [INPUT] [-o OUT] [--checkpoint CKPT] [--model-config official|tiny|CONFIG.json]
 
-INPUT (default: the bundled sample ``geolrm_jax/assets/sample``, 6 views of a procedural object) is any input
+INPUT (default: the bundled sample ``geolrm_jax/assets/sample``, 6 views of a mug on a saucer) is any input
 of ``geolrm_jax.inputs`` (a folder with ``cameras.json`` / ``transforms.json``, an SV3D orbit video or frame
 folder, a Zero123++ grid image). Outputs, all inside OUT (default ``outputs/<name>``):
 ``gaussians.ply`` (standard 3DGS layout, or the original's with ``--ply-format original``),

@@ -31,8 +31,8 @@ def build(argv: list[str]) -> int:
 
 def synthetic(argv: list[str]) -> int:
     """Generate the procedural object set in the GObjaverse layout and build the ``synthetic_objects`` TFDS
-    dataset (prints its directory: put it in the data config, ``data.data_dir``); ``--sample`` writes the
-    bundled 6-view sample instead."""
+    dataset (prints its directory: put it in the data config, ``data.data_dir``); ``--sample`` writes a
+    6-view procedural sample instead (the bundled one is made by tools/make_sample.py)."""
     parser = argparse.ArgumentParser(prog="geolrm-jax data synthetic", description=synthetic.__doc__)
     parser.add_argument("--data-dir", help="TFDS data dir (the layout goes to <data-dir>/synthetic_objects_render)")
     parser.add_argument("--render-dir", help="where to write the GObjaverse layout (default: under --data-dir)")
@@ -43,7 +43,7 @@ def synthetic(argv: list[str]) -> int:
     parser.add_argument("--supersample", type=int, default=2, help="RGBA samples per pixel side")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--sample", help="instead, write the bundled 6-view sample (PNGs + cameras.json) here")
+    parser.add_argument("--sample", help="instead, write a 6-view procedural sample (PNGs + cameras.json) here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")

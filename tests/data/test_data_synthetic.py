@@ -178,7 +178,7 @@ def test_bundled_sample_is_readable_and_in_zero123pp_cameras():
     np.testing.assert_allclose(c2w, np.asarray(cams.c2w), atol=1e-5)
     np.testing.assert_allclose(K, np.asarray(cams.K), atol=1e-5)
     for f in files:
-        rgba = gobjaverse_io.decode_png_rgba(f.read_bytes(), str(f), (128, 128))
+        rgba = gobjaverse_io.decode_png_rgba(f.read_bytes(), str(f), (256, 256))
         coverage = (rgba[..., 3] > 0).mean()
         assert 0.02 < coverage < 0.6  # an object in every view, transparent around it
     total = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from geolrm_kernels.tpu.config import DeformableTpuConfig
+from geolrm_kernels.tpu.interpret import interpret_arg
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
@@ -204,18 +205,6 @@ def query_specs(b, heads, views, nl, points, block_q):
     per_head = lambda bh, view: bh
     return [query_spec(block_q, 2, per_view), query_spec(block_q, 1, per_view)] + \
         [query_spec(block_q, nl * points, per_head)] * 3
-
-
-def interpret_arg(interpret):
-    """pallas_call's interpret argument from the kernels' ``interpret``: False (compile for TPU); True (the TPU
-    interpret mode with race detection: simulated VMEM/SMEM/DMAs/semaphores, eager calls only, its io
-    callbacks cannot be lowered inside an enclosing jit); "hlo" (the HLO interpreter, which works under every
-    transform: what "pallas_tpu_interpret" runs); or an explicit pltpu.InterpretParams."""
-    if interpret is True:
-        return pltpu.InterpretParams(detect_races=True)
-    if interpret == "hlo":
-        return True
-    return interpret or False
 
 
 def forward(value, reference_points, offsets, attention_weights, mask, spatial_shapes, order=None, *,

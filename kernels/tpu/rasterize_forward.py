@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from geolrm_kernels.rasterize.reference import ALPHA_MAX, ALPHA_MIN, NUM_FEATURES, PIXELS, T_MIN, TILE_SIZE, tiles_grid
 from geolrm_kernels.tpu.config import RasterizeTpuConfig
+from geolrm_kernels.tpu.interpret import interpret_arg
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
@@ -27,18 +28,6 @@ from jax.experimental.pallas import tpu as pltpu
 HIGHEST = lax.Precision.HIGHEST
 # Columns of the packed per-pixel forward output (num_cameras, num_tiles, 256, OUT_COLUMNS).
 OUT_COLUMNS = ("c0", "c1", "c2", "weight", "depth", "transmittance", "last", "count", "stopped")
-
-
-def interpret_arg(interpret):
-    """pallas_call's interpret argument from the kernels' ``interpret``: False (compile for TPU); True (the TPU
-    interpret mode with race detection: simulated VMEM/SMEM/DMAs/semaphores, eager calls only, its io
-    callbacks cannot be lowered inside an enclosing jit); "hlo" (the HLO interpreter, which works under every
-    transform: what "pallas_tpu_interpret" runs); or an explicit pltpu.InterpretParams."""
-    if interpret is True:
-        return pltpu.InterpretParams(detect_races=True)
-    if interpret == "hlo":
-        return True
-    return interpret or False
 
 
 def list_features(feats, ids, chunk: int):

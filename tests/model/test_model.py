@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import shared_path
+from transform_checks import run as run_fast_compiled
 
 from geolrm_jax import geometry
 from geolrm_jax.model import config as model_config
@@ -25,16 +26,6 @@ def _load_tool(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def run_fast_compiled(fn, *args):
-    """jit-compile with XLA's backend optimizations off (halves CPU compile time of these one-shot calls)."""
-    lowered = jax.jit(fn).lower(*args)
-    try:
-        compiled = lowered.compile(compiler_options={"xla_backend_optimization_level": 0})
-    except Exception:  # an XLA without this option
-        compiled = lowered.compile()
-    return compiled(*args)
 
 
 def random_variables(model, inputs, seed=0, scale=0.3):

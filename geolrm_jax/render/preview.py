@@ -40,6 +40,7 @@ SLOTS = 1024  # blocks composited at a time
 STEP = 8  # list entries per block and loop iteration
 WINDOW = 16  # chosen among this many entries of the tile's list (those that reach the block)
 UNROLL = 8  # of the loop over those entries (unrolled: faster, compiles slower)
+STORE = 128  # finished blocks stored per iteration at most
 GROUP_ITEMS = 4096  # about this many (camera, tile) lists per compositing call
 _ALPHA_MIN32 = np.float32(ALPHA_MIN)
 
@@ -183,85 +184,97 @@ def _composite(feats, by_depth, ids, start, end, queue, num_items, background, h
     first `num_items` to render (the others stay background); background (3,).
     """
     cams, num = feats.shape[:2]
-    feats, by_depth = feats.reshape(cams * num, feats.shape[2]), by_depth.reshape(cams * num)
+    # Features in depth order per camera (row camera * N + rank): the loop then gathers rows by rank alone.
+    feats = feats.reshape(cams * num, feats.shape[2])[(jnp.arange(cams) * num)[:, None] + by_depth].reshape(
+        cams * num, feats.shape[2])
     grid_x, grid_y = projection.tiles_grid(height, width)
     pixels = BLOCK * BLOCK
     items = cams * grid_x * grid_y * 4
     lx, ly = jnp.arange(pixels) % BLOCK, jnp.arange(pixels) // BLOCK
 
     def item_state(index):
-        """Queue position(s) -> item (`items` = none), first pixel x and y, list position and end."""
+        """Queue position(s) -> item (`items` = none), first pixel x and y, first feature row of its camera,
+        list position and end."""
         has = index < num_items
         item = jnp.where(has, queue[jnp.minimum(index, items - 1)], items)
         safe = jnp.minimum(item, items - 1)
         tile, sub = safe // 4 % (grid_x * grid_y), safe % 4
         x0 = (tile % grid_x * 2 + sub % 2) * BLOCK
         y0 = (tile // grid_x * 2 + sub // 2) * BLOCK
-        return item, x0, y0, jnp.where(has, start[safe // 4], 0), jnp.where(has, end[safe // 4], 0)
+        base = safe // (items // cams) * num
+        return item, x0, y0, base, jnp.where(has, start[safe // 4], 0), jnp.where(has, end[safe // 4], 0)
 
     def outside(x0, y0):
         return (x0[..., None] + lx >= width) | (y0[..., None] + ly >= height)
 
-    def body(state):
-        taken, item, x0, y0, pos, stop_at, pix, out = state  # pix, out: tuples (T, r, g, b)
-        px = (x0[:, None] + lx).astype(feats.dtype)
-        py = (y0[:, None] + ly).astype(feats.dtype)
-        # The next `step` entries of the tile's list that reach this block, among the next `window` ones.
+    def select(item, base, pos, stop_at):
+        """The next `step` entries of each slot's tile list that reach its block, among the next `window` ones:
+        their feature rows and whether they exist (slots, step), and the list position after them. The result is
+        carried to the next iteration, so XLA materializes it instead of fusing it into the features' gather."""
         entries = jax.vmap(lambda p: jax.lax.dynamic_slice(ids, (p,), (window,)))(pos)  # (slots, window)
         reach = (pos[:, None] + jnp.arange(window) < stop_at[:, None]) & (
             (entries >> (ID_BITS + item % 4)[:, None]) & 1 == 1)
         count = jnp.cumsum(reach, axis=1, dtype=jnp.int32)
-        at = jnp.arange(window, dtype=jnp.int32)
-        chosen = jnp.stack([jnp.sum(jnp.where(reach & (count == k + 1), at, 0), 1) for k in range(step)], 1)
-        found = count[:, -1:] > jnp.arange(step)  # (slots, step)
-        rank = jnp.take_along_axis(entries, chosen, 1) & ((1 << ID_BITS) - 1)
-        cam = (jnp.minimum(item, items - 1) // (items // cams))[:, None] * num
-        f = feats[cam + by_depth[cam + rank]]  # (slots, step, 9) rows [mx, my, A, B, C, o, r, g, b]
-        f = jnp.where(found[..., None], f, 0.0)  # opacity 0: nothing is drawn
-        pos = pos + jnp.where(count[:, -1] >= step, chosen[:, -1] + 1, window)
+        pick = reach[:, None, :] & (count[:, None, :] == jnp.arange(1, step + 1)[:, None])  # (slots, step, window)
+        rank = jnp.sum(jnp.where(pick, entries[:, None, :] & ((1 << ID_BITS) - 1), 0), -1)
+        last = jnp.sum(jnp.where(pick[:, -1], jnp.arange(window), 0), -1)
+        found = count[:, -1:] > jnp.arange(step)
+        return base[:, None] + rank, found, pos + jnp.where(count[:, -1] >= step, last + 1, window)
 
-        def entry(j, pix):
-            # One list entry for every slot. A pixel that stopped carries -T (its T, negated): -T (1 - alpha) is
-            # never >= 1e-4. An entry that is not drawn gets alpha 0, which leaves T and the colour unchanged.
-            trans, red, green, blue = pix
+    def body(state):
+        taken, item, x0, y0, base, rows, found, pos, stop_at, pix, out = state  # pix, out: tuples (T, r, g, b)
+        px = (x0[:, None] + lx).astype(feats.dtype)
+        py = (y0[:, None] + ly).astype(feats.dtype)
+        f = jnp.where(found[..., None], feats[rows], 0.0)  # (slots, step, 9); opacity 0: nothing is drawn
+
+        def entry(j, carry):
+            # One list entry for every slot. `run` multiplies T by (1 - alpha) without ever stopping; as T only
+            # decreases, an entry is blended iff run stays >= 1e-4 after it, and the first one that is not is where
+            # the pixel stops (T = `kept`, the last run >= 1e-4). Entries not drawn get alpha 0 (no change).
+            run, kept, red, green, blue = carry
             g = [jax.lax.dynamic_index_in_dim(f[:, :, k], j, 1, keepdims=True) for k in range(9)]  # (slots, 1)
             dx, dy = g[0] - px, g[1] - py
             power = -0.5 * (g[2] * dx * dx + g[4] * dy * dy) - g[3] * dx * dy
             alpha = jnp.minimum(ALPHA_MAX, g[5] * jnp.exp(power))
             alpha = jnp.where((power <= 0) & (alpha >= ALPHA_MIN), alpha, 0.0)
-            after = trans * (1 - alpha)
+            after = run * (1 - alpha)
             blend = after >= T_MIN
-            weight = jnp.where(blend, alpha * trans, 0)
-            return (jnp.where(blend, after, -jnp.abs(trans)), red + weight * g[6], green + weight * g[7],
+            weight = jnp.where(blend, alpha * run, 0)
+            return (after, jnp.where(blend, after, kept), red + weight * g[6], green + weight * g[7],
                     blue + weight * g[8])
 
-        pix = jax.lax.fori_loop(0, step, entry, pix, unroll=unroll)
+        # A pixel that stopped carries -T (its T, negated): -T (1 - alpha) is never >= 1e-4, so it stays as it is.
+        trans = pix[0]
+        run, kept, *color = jax.lax.fori_loop(0, step, entry, (trans, trans, *pix[1:]), unroll=unroll)
+        pix = (jnp.where(trans < 0, trans, jnp.where(run >= T_MIN, run, -kept)), *color)
         finished = (item < items) & ((pos >= stop_at) | jnp.all(pix[0] < 0, -1))
-        # Finished slots (a few per iteration) store their block one by one (a scatter of all slots would cost
-        # more than the compositing); idle slots (item == items) appear only once the queue is empty.
-        which = jnp.nonzero(finished, size=slots, fill_value=0)[0]
-
-        def store(k, out):
-            s = which[k]
-            value = (jnp.abs(pix[0][s]),) + tuple(x[s] for x in pix[1:])
-            return tuple(jax.lax.dynamic_update_slice(o, v[None], (item[s], 0))
-                         for o, v in zip(out, value, strict=True))
-
-        num_finished = jnp.sum(finished)
-        out = jax.lax.fori_loop(0, num_finished, store, out)
-        new = item_state(taken + jnp.cumsum(finished) - 1)
-        item, x0, y0, pos, stop_at = (jnp.where(finished, a, b)
-                                      for a, b in zip(new, (item, x0, y0, pos, stop_at), strict=True))
+        # Up to `STORE` finished slots store their block (one scatter of that many rows) and take the next queued
+        # item; others stay finished (nothing left to draw) until a later iteration. Idle slots (item == items)
+        # appear only once the queue is empty.
+        which = jnp.nonzero(finished, size=STORE, fill_value=slots)[0]
+        stored = jnp.zeros((slots,), bool).at[which].set(True, mode="drop")
+        safe = jnp.minimum(which, slots - 1)
+        target = jnp.where(which < slots, item[safe], items)
+        value = (jnp.abs(pix[0]),) + pix[1:]
+        out = tuple(o.at[target].set(v[safe], mode="drop") for o, v in zip(out, value, strict=True))
+        num_finished = jnp.sum(stored)
+        new = item_state(taken + jnp.cumsum(stored) - 1)
+        finished = stored
+        item, x0, y0, base, pos, stop_at = (jnp.where(finished, a, b)
+                                            for a, b in zip(new, (item, x0, y0, base, pos, stop_at), strict=True))
         pix = (jnp.where(finished[:, None], jnp.where(outside(x0, y0), -1.0, 1.0), pix[0]),
                *(jnp.where(finished[:, None], 0.0, x) for x in pix[1:]))
-        return taken + num_finished, item, x0, y0, pos, stop_at, pix, out
+        rows, found, pos = select(item, base, pos, stop_at)
+        return taken + num_finished, item, x0, y0, base, rows, found, pos, stop_at, pix, out
 
-    item, x0, y0, pos, stop_at = item_state(jnp.arange(slots))
+    item, x0, y0, base, pos, stop_at = item_state(jnp.arange(slots))
+    rows, found, pos = select(item, base, pos, stop_at)
     zeros = jnp.zeros((slots, pixels), feats.dtype)
     pix = (jnp.where(outside(x0, y0), -1.0, 1.0).astype(feats.dtype), zeros, zeros, zeros)
     out = (jnp.ones((items, pixels), feats.dtype),) + (jnp.zeros((items, pixels), feats.dtype),) * 3
     state = jax.lax.while_loop(lambda s: jnp.any(s[1] < items), body,
-                               (jnp.minimum(num_items, slots), item, x0, y0, pos, stop_at, pix, out))
+                               (jnp.minimum(num_items, slots), item, x0, y0, base, rows, found, pos, stop_at, pix,
+                                out))
     out = state[-1]
     rgb = jnp.stack(out[1:]) + out[0] * background[:, None, None]
     rgb = jnp.where(rgb < 0, 0.0, jnp.where(rgb > 1, 1.0, rgb))

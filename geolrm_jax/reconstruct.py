@@ -233,6 +233,14 @@ def _jitted_render(height: int, width: int, capacity: int):
     return jax.jit(lambda g, c2w, K, bg: render(g, c2w, K, height, width, bg, capacity=capacity))
 
 
+def default_video_settings() -> tuple[int, int]:
+    """Default turntable (size, frames): (512, 120) as the original, (256, 60) on a CPU backend (8x fewer
+    pixels: the turntable then takes seconds, not minutes; tools/bench_turntable.py)."""
+    import jax
+
+    return (256, 60) if jax.default_backend() == "cpu" else (512, 120)
+
+
 def render_views(gaussians, c2w, K, size: int, chunk: int = 8, background=(1.0, 1.0, 1.0)) -> np.ndarray:
     """Render one scene's Gaussians (fields (1, N, ...)) into cameras (C, 4, 4) -> (C, size, size, 3) in [0, 1].
 
@@ -324,8 +332,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min-opacity", type=float, default=export.DEFAULT_MIN_OPACITY,
                    help="drop Gaussians below this opacity in the exports (the original's 0.005)")
     p.add_argument("--video-format", choices=["mp4", "gif", "none"], default="mp4")
-    p.add_argument("--video-size", type=int, default=512, help="turntable resolution (square, even for MP4)")
-    p.add_argument("--video-frames", type=int, default=120)
+    p.add_argument("--video-size", type=int,
+                   help="turntable resolution (square, even for MP4; default 512, on a CPU backend 256)")
+    p.add_argument("--video-frames", type=int, help="turntable frames (default 120, on a CPU backend 60)")
     p.add_argument("--fps", type=int, default=30)
     p.add_argument("--distance", type=float, default=1.5, help="turntable camera distance")
     p.add_argument("--elevation", type=float, default=20.0, help="turntable elevation in degrees")
@@ -388,6 +397,10 @@ def run(args) -> dict:
     only then the weights are loaded and the model runs."""
     from tqdm import tqdm
 
+    if args.video_size is None or args.video_frames is None:
+        size, frames = default_video_settings()
+        args.video_size = size if args.video_size is None else args.video_size
+        args.video_frames = frames if args.video_frames is None else args.video_frames
     check_arguments(args)
     source = pathlib.Path(args.input)
     if not source.exists():

@@ -93,7 +93,7 @@ def test_groups_and_render_views_match_splatter():
 
 
 def test_nothing_visible_gives_background():
-    """All Gaussians behind the camera or transparent: every pixel is the background, exactly."""
+    """All Gaussians behind the camera, or transparent, or none: every pixel is the background, exactly."""
     g = _scene(4, 50)
     c2w, K = _cameras(5, 2)
     far = Gaussians(g.means + 10.0, *g[1:3], g.opacities, g.rgbs)  # beyond the cameras at distance <= 2
@@ -101,7 +101,9 @@ def test_nothing_visible_gives_background():
     out = preview.render_preview(far, c2w, K, 24, 24, (0.25, 0.5, 0.75))
     transparent = preview.render_preview(Gaussians(*g[:3], g.opacities * 0.003, g.rgbs), c2w, K, 24, 24,
                                          (0.25, 0.5, 0.75))
-    for image in (out, transparent):
+    empty = preview.render_preview(Gaussians(*(x[:0] for x in g)), c2w, K, 24, 24, (0.25, 0.5, 0.75))
+    for image in (out, transparent, empty):
+        assert image.shape == (2, 24, 24, 3)
         np.testing.assert_array_equal(image, np.broadcast_to(np.float32([0.25, 0.5, 0.75]), image.shape))
 
 

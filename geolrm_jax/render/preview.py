@@ -8,20 +8,22 @@
   * per pixel, front to back over Gaussians sorted by (view z, index): power = -(A dx^2 + C dy^2)/2 - B dx dy,
     alpha = min(0.99, o exp(power)); skip if power > 0 or alpha < 1/255; stop, without blending, once
     T (1 - alpha) < 1e-4; rgb = clamp(C + T bg, 0, 1).
-Only the bookkeeping differs from `splat` (whose XLA path pads every tile to the longest list and sorts all
-tile-Gaussian keys with XLA's comparison sort, which dominates on CPU; tools/bench_turntable.py compares):
-  1. projection (jit, a group of cameras vmapped), in struct-of-arrays layout, the 3D covariances computed once;
-  2. binning on the host (numpy): per camera the drawn Gaussians are put in (z, index) order by two stable 16-bit
-     radix argsorts of the float bits, each emits the tiles of its rectangle, and a stable 16-bit radix argsort by
-     tile gives every tile's depth-sorted list. A (Gaussian, tile) pair is left out only where no pixel of the
-     tile can reach alpha >= 1/255 (opacity < 1/255, or the tile misses the bounding box of the ellipse
-     q <= 2 ln(255 o), widened by 1% + 1 px), so no pixel changes;
-  3. compositing (jit): one `while_loop` over a queue of (camera, tile, 8 x 8 block) work items, longest lists
-     first; `SLOTS` blocks are composited at a time, `STEP` list entries each per iteration, and a block leaves its
-     slot as soon as its list ends or all its pixels stopped, the next queued block taking the slot.
-The transmittance is multiplied one Gaussian at a time here and by a cumulative product over chunks of 32 in
-`rasterize.forward_xla`, so the images agree to float32 rounding (~1e-6) except where T falls within rounding of
-the 1e-4 stop threshold (tests/test_preview_render.py compares them on random scenes).
+Only the bookkeeping differs from `splat`, whose XLA path sorts all tile-Gaussian keys with XLA's comparison sort
+and pads every tile to the longest list, which dominates on CPU (tools/bench_turntable.py compares the two):
+  1. projection (jit, a group of cameras vmapped), struct-of-arrays, the 3D covariances computed once;
+  2. binning on the host (numpy), per camera: one sort of (z bits, index) keys gives the depth ranks, one sort of
+     (tile, rank, block mask) keys the depth-sorted list of every tile (numpy sorts integer keys fast; the keys
+     are unique, so no stable sort is needed). A Gaussian is listed for a tile only if one of the tile's 8 x 8
+     blocks may hold a pixel with alpha >= 1/255 (opacity >= 1/255 and the block meets the bounding box of the
+     ellipse q <= 2 ln(255 o), widened by 1% + 1 px), and the mask says which blocks: nothing else can change a
+     pixel;
+  3. compositing (jit): one `while_loop` over a queue of (camera, tile, block) work items, longest lists first.
+     `SLOTS` blocks are composited at a time, each taking per iteration the next `STEP` entries of its tile's list
+     that reach it (among the next `WINDOW`); a block leaves its slot as soon as its list ends or all its pixels
+     stopped, and the next queued block takes the slot. No list is padded, no host round trip per chunk.
+The transmittance is multiplied one Gaussian at a time here and by cumulative products over chunks of 32 in
+`rasterize.forward_xla`, so the images agree to float32 rounding (~1e-6), except where T falls within rounding of
+the 1e-4 stop threshold (tests/test_preview_render.py compares them on random scenes, to <= 1e-3).
 """
 from __future__ import annotations
 
@@ -42,7 +44,6 @@ WINDOW = 16  # chosen among this many entries of the tile's list (those that rea
 UNROLL = 8  # of the loop over those entries (unrolled: faster, compiles slower)
 STORE = 128  # finished blocks stored per iteration at most
 GROUP_ITEMS = 4096  # about this many (camera, tile) lists per compositing call
-_ALPHA_MIN32 = np.float32(ALPHA_MIN)
 
 
 def _project_camera(means, cov, opacities, rgbs, c2w, K, height: int, width: int):
@@ -176,12 +177,13 @@ def bin_camera(depths, ranges, grid_x: int, grid_y: int):
 @functools.partial(jax.jit, static_argnames=("height", "width", "slots", "step", "window", "unroll"))
 def _composite(feats, by_depth, ids, start, end, queue, num_items, background, height: int, width: int,
                slots: int, step: int, window: int, unroll: int = UNROLL):
-    """Composite the block lists of C cameras; returns rgb (C, H, W, 3) clamped to [0, 1].
+    """Composite the tile lists of C cameras; returns rgb (C, H, W, 3) clamped to [0, 1].
 
-    feats (6, C, N) [mx, my, A, B, C, o] per camera; rgbs (3, N); ids (capacity,) int32 Gaussian indices;
-    start, end (C * T,) int32: tile lists, ids[start:end] (see `bin_camera`); queue (C * T * 4,) int32 work items
-    item = (camera * T + tile) * 4 + block (block = 2 qy + qx, the 8 x 8 blocks of the tile share its list), the
-    first `num_items` to render (the others stay background); background (3,).
+    feats (C, N, 9) from `_project`; by_depth (C, N) int32 and the list entries ids (capacity,) int32 from
+    `bin_camera` per camera (ranks of camera c index by_depth[c]); start, end (C * T,) int32: the list of tile t of
+    camera c is ids[start[c T + t]:end[c T + t]]; queue (C * T * 4,) int32 work items
+    item = (c T + t) * 4 + block (block 2 qy + qx of the tile), the first `num_items` to render (the others stay
+    background); background (3,). slots, step, window, unroll: see SLOTS, STEP, WINDOW, UNROLL.
     """
     cams, num = feats.shape[:2]
     # Features in depth order per camera (row camera * N + rank): the loop then gathers rows by rank alone.
@@ -285,7 +287,7 @@ def _composite(feats, by_depth, ids, start, end, queue, num_items, background, h
 
 
 def render_preview(gaussians, c2w, K, height: int, width: int, background=(1.0, 1.0, 1.0), *,
-                   slots: int = SLOTS, step: int = STEP, window: int = WINDOW,
+                   slots: int = SLOTS, step: int = STEP, window: int = WINDOW, unroll: int = UNROLL,
                    group_items: int = GROUP_ITEMS) -> np.ndarray:
     """Render ONE scene into C cameras; returns (C, height, width, 3) float32 numpy in [0, 1].
 
@@ -297,12 +299,19 @@ def render_preview(gaussians, c2w, K, height: int, width: int, background=(1.0, 
     """
     means, scales, quats, opacities, rgbs = (jnp.asarray(x, jnp.float32) for x in gaussians)
     if means.ndim == 3:
+        if means.shape[0] != 1:
+            raise ValueError(f"render_preview renders one scene; got Gaussians.means {means.shape}")
         means, scales, quats, opacities, rgbs = (x[0] for x in (means, scales, quats, opacities, rgbs))
     c2w, K = np.asarray(c2w, np.float32), np.asarray(K, np.float32)
     num_cams, num = c2w.shape[0], means.shape[0]
     grid_x, grid_y = projection.tiles_grid(height, width)
     num_items = grid_x * grid_y * 4
     group = int(min(num_cams, max(1, group_items // (grid_x * grid_y))))
+    if num >= 1 << ID_BITS or group * num >= 1 << 31 or 2 * max(grid_x, grid_y) > np.iinfo(np.int16).max:
+        raise ValueError(f"render_preview: {num} Gaussians or {height} x {width} pixels is too many")
+    if num == 0 or num_cams == 0:
+        return np.broadcast_to(np.asarray(background, np.float32), (num_cams, height, width, 3)).copy()
+    slots = min(slots, 1 << max(6, (group * num_items - 1).bit_length()))  # fewer for small renders
     firsts = list(range(0, num_cams, group))
     cov = _covariances(scales, quats)
     means_t, rgbs_t = means.T, rgbs.T
@@ -342,6 +351,6 @@ def render_preview(gaussians, c2w, K, height: int, width: int, background=(1.0, 
         ids[:offset] = np.concatenate(lists)
         rgb = _composite(feats, jnp.asarray(tables), jnp.asarray(ids), jnp.asarray(start), jnp.asarray(end),
                          jnp.asarray(queue), jnp.int32(order.size * 4), background, height=height, width=width,
-                         slots=slots, step=step, window=window)
+                         slots=slots, step=step, window=window, unroll=unroll)
         pending.append((rgb, real))
     return np.concatenate([np.asarray(rgb)[:real] for rgb, real in pending])

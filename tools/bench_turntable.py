@@ -9,7 +9,8 @@ It is timed on the first `--old-frames` cameras of the turntable only (it takes 
 compiling run on the same chunk shape. New path: `render.preview.render_preview` on all `--frames` cameras:
 "cold" is its first call at that shape in this process (compilation included), "warm" the best of two more.
 Ratios compare the warm seconds per frame; `max_abs_diff` is the largest difference between the two paths' images
-on the frames both rendered. `encode_s` is `export.write_video` (MP4) of the new frames.
+on the frames both rendered (RGB in [0, 1]), `pixels_over_*` count the pixels differing by more than that (see
+`render.preview`'s module doc: cut-off flips). `encode_s` is `export.write_video` (MP4) of the new frames.
 
 Scenes mimic the demo model's output (configs/demo.py: up to 4096 anchors x 32 Gaussians, scale_max 0.02):
 anchors are voxels of a 32^3 grid of [-0.5, 0.5]^3 within one voxel of a compound surface (sphere, box, torus),
@@ -120,9 +121,11 @@ def compare(num: int, size: int, frames: int, old_frames: int) -> dict:
         chunk = min(8, old_frames)
         timed(splatter_render_views, g, c2w[:chunk], K[:chunk], size, chunk)  # compiles
         old, seconds, cpu = timed(splatter_render_views, g, c2w[:old_frames], K[:old_frames], size, chunk)
+        diff = np.abs(old - new[:old_frames]).max(-1)
         row.update(old_frames=old_frames, old_s=seconds, old_cpu_s=cpu, old_ms_per_frame=1e3 * seconds / old_frames,
-                   speedup=(seconds / old_frames) / (warm[1] / frames),
-                   max_abs_diff=float(np.abs(old - new[:old_frames]).max()))
+                   speedup=(seconds / old_frames) / (warm[1] / frames), max_abs_diff=float(diff.max()),
+                   pixels_compared=int(diff.size))
+        row.update({f"pixels_over_{t:g}": int(np.sum(diff > t)) for t in (1e-5, 1e-4, 1e-3)})
     return row
 
 

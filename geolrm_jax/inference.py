@@ -212,10 +212,17 @@ def _jitted_render(height: int, width: int, capacity: int):
 def render_views(gaussians, c2w, K, size: int, chunk: int = 8, background=(1.0, 1.0, 1.0)) -> np.ndarray:
     """Render one scene's Gaussians (fields (1, N, ...)) into cameras (C, 4, 4) -> (C, size, size, 3) in [0, 1].
 
-    Cameras go in chunks of ``chunk`` (the last one padded by repetition) through one compiled renderer; the
+    On a CPU backend: ``render.preview.render_preview`` (the same image, much faster there). Elsewhere cameras go
+    in chunks of ``chunk`` (the last one padded by repetition) through one compiled splatter; the
     tile-intersection capacity grows (power of two) and the chunk is redone whenever it overflows.
     """
+    import jax
     import jax.numpy as jnp
+
+    if jax.default_backend() == "cpu":
+        from geolrm_jax.render.preview import render_preview
+
+        return render_preview(gaussians, c2w, K, size, size, background)
 
     from geolrm_jax.render.splat import default_capacity, grown_capacity
 

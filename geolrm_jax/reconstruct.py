@@ -81,6 +81,14 @@ def turntable_cameras(num_frames: int, distance: float = 1.5, elevation: float =
     return c2w, np.ascontiguousarray(K)
 
 
+def default_video_settings() -> tuple[int, int]:
+    """Default turntable (size, frames): (512, 120) as the original, (256, 60) on a CPU backend (8x fewer
+    pixels: the turntable then takes seconds, not minutes; tools/bench/turntable.py)."""
+    import jax
+
+    return (256, 60) if jax.default_backend() == "cpu" else (512, 120)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="geolrm-jax reconstruct", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,8 +116,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min-opacity", type=float, default=export.DEFAULT_MIN_OPACITY,
                    help="drop Gaussians below this opacity in the exports (the original's 0.005)")
     p.add_argument("--video-format", choices=["mp4", "gif", "none"], default="mp4")
-    p.add_argument("--video-size", type=int, default=512, help="turntable resolution (square, even for MP4)")
-    p.add_argument("--video-frames", type=int, default=120)
+    p.add_argument("--video-size", type=int,
+                   help="turntable resolution (square, even for MP4; default 512, on a CPU backend 256)")
+    p.add_argument("--video-frames", type=int, help="turntable frames (default 120, on a CPU backend 60)")
     p.add_argument("--fps", type=int, default=30)
     p.add_argument("--distance", type=float, default=1.5, help="turntable camera distance")
     p.add_argument("--elevation", type=float, default=20.0, help="turntable elevation in degrees")
@@ -172,6 +181,10 @@ def run(args) -> dict:
     only then the weights are loaded and the model runs."""
     from tqdm import tqdm
 
+    if args.video_size is None or args.video_frames is None:
+        size, frames = default_video_settings()
+        args.video_size = size if args.video_size is None else args.video_size
+        args.video_frames = frames if args.video_frames is None else args.video_frames
     check_arguments(args)
     source = pathlib.Path(args.input)
     if not source.exists():

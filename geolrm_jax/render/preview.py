@@ -21,7 +21,7 @@ and pads every tile to the longest list, which dominates on CPU (tools/bench/tur
      `SLOTS` blocks are composited at a time, each taking per iteration the next `STEP` entries of its tile's list
      that reach it (among the next `WINDOW`); a block leaves its slot as soon as its list ends or all its pixels
      stopped, and the next queued block takes the slot. No list is padded, no host round trip per chunk.
-Agreement with `splat` (tests/test_preview_render.py, tools/bench/turntable.py): every quantity agrees to float32
+Agreement with `splat` (tests/render/test_preview.py, tools/bench/turntable.py): every quantity agrees to float32
 rounding, not bit for bit (XLA fuses, hence rounds, multiply-adds differently per program, and T is multiplied one
 Gaussian at a time here, by cumulative products in `rasterize.forward_xla`), so images agree to ~1e-6. The one
 approximation: a discrete test evaluated on such a value (alpha >= 1/255, the 1e-4 stop, the 3-sigma tile

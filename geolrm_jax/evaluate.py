@@ -283,7 +283,7 @@ def _evaluate(args) -> int:
     if "model" in args.method:
         predictors["model"], weights, random_weights = model_predictor(args, choice)
         if random_weights:
-            print(f"WARNING: {inference.RANDOM_WEIGHTS_NOTE}.")
+            print(f"WARNING: {inference.describe_model(choice)}.")
         print(f"weights: {weights}")
     if "visual_hull" in args.method:
         from geolrm_jax import visual_hull

@@ -34,7 +34,7 @@ import numpy as np
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt")
 BUNDLED_CHECKPOINTS = pathlib.Path(__file__).parent / "assets" / "checkpoints"
 DEFAULT_IMAGE_SIZE = {"official": 448, "tiny": 56}
-RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS (--random-weights): the output is NOT a reconstruction"
+RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS: the output is NOT a reconstruction"
 DEMO_DESCRIPTION = ("the demo model, trained by geolrm-jax on procedural objects (configs/demo.py); for real "
                     "objects convert the released weights (geolrm-jax convert)")
 
@@ -140,8 +140,9 @@ def resolve_model(checkpoint_arg: str | None, model_config_arg: str | None, dtyp
 def describe_model(choice: ModelChoice) -> str:
     """One line naming the weights a run uses (the first line ``reconstruct`` prints; ``summary.json``'s
     ``model``)."""
-    if choice.checkpoint is None:
-        return f"{RANDOM_WEIGHTS_NOTE}; architecture {choice.config_name}"
+    if choice.checkpoint is None:  # how: "--random-weights", or "none found" where a command falls back (eval)
+        why = choice.how if choice.how == "--random-weights" else "no checkpoint found"
+        return f"RANDOM WEIGHTS ({why}): the output is NOT a reconstruction; architecture {choice.config_name}"
     info_file = choice.checkpoint / "training.json" if choice.checkpoint.is_dir() else None
     if info_file is not None and info_file.is_file():
         try:

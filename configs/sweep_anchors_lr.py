@@ -7,16 +7,13 @@ learning rate gets a shorter warmup:
     geolrm-jax sweep configs/sweep_anchors_lr.py --workdir=runs/anchors --launch --devices=0,1,2,3 \
         --devices-per-run=1 -- --config.data.data_dir=$DATA --config.init_from=runs/stage1
 """
-import importlib.util
 import os
+
+from geolrm_jax.train.defaults import config_from_file
 
 
 def get_config():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stage2.py")
-    spec = importlib.util.spec_from_file_location("stage2_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return config_from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "stage2.py"))
 
 
 def get_hyper(hyper):

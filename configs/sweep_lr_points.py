@@ -6,16 +6,13 @@
     geolrm-jax sweep configs/sweep_lr_points.py --workdir=runs/sweep                     # print the commands
     geolrm-jax sweep configs/sweep_lr_points.py --workdir=runs/sweep --launch --devices=0,1,2,3,4,5,6,7
 """
-import importlib.util
 import os
+
+from geolrm_jax.train.defaults import config_from_file
 
 
 def get_config():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stage2.py")
-    spec = importlib.util.spec_from_file_location("stage2_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return config_from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "stage2.py"))
 
 
 def get_hyper(hyper):

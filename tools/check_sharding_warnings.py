@@ -20,14 +20,12 @@ import tempfile
 
 WARNING = "Involuntary full rematerialization"
 CHILD = r"""
-import importlib.util, sys
+import sys
 from geolrm_jax.data.gobjaverse import build_synthetic
+from geolrm_jax.train.defaults import config_from_file
 from geolrm_jax.train.trainer import train_and_evaluate
 stage, data, fsdp, work, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
-spec = importlib.util.spec_from_file_location("train_tiny", sys.argv[6])
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-config = module.get_config(stage)
+config = config_from_file(sys.argv[6] + ":" + stage)
 config.data.data_dir = build_synthetic(work + "/data", num_objects=8, image_size=32, grid_size=8,
                                        validation_objects=0, supersample=1)
 config.mesh.data, config.mesh.fsdp, config.mesh.num_devices = data, fsdp, data * fsdp

@@ -18,17 +18,6 @@ import jax
 import numpy as np
 
 
-def load_config(spec: str):
-    """'configs/x.py[:arg]' -> its get_config(arg)."""
-    import importlib.util
-
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("training_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
-
-
 def latest_variables(workdir: str):
     import orbax.checkpoint as ocp
 
@@ -52,8 +41,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from geolrm_jax.model import convert
+    from geolrm_jax.train.defaults import config_from_file
 
-    config = load_config(args.config).model
+    config = config_from_file(args.config).model
     variables, step = latest_variables(args.workdir)
     import jax.numpy as jnp
 

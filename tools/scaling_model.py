@@ -204,7 +204,6 @@ def parse_mesh(text: str):
 def load_stage2_config():
     """configs/stage2.py. Where the input pipeline's dependencies (grain, PIL) are not installed, as on a bare GPU
     machine, its data section is left empty: the train step does not read it."""
-    import importlib.util
     import types
 
     try:
@@ -215,11 +214,10 @@ def load_stage2_config():
         stub = types.ModuleType("geolrm_jax.data.pipeline")
         stub.default_data_config = ml_collections.ConfigDict
         sys.modules["geolrm_jax.data.pipeline"] = stub
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "stage2.py")
-    spec = importlib.util.spec_from_file_location("stage2_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    from geolrm_jax.train.defaults import config_from_file
+
+    return config_from_file(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                                         "stage2.py"))
 
 
 def abstract_batch(args, grid: int, num: int):

@@ -1,5 +1,21 @@
-"""Defaults shared by the configs in configs/ (each config file calls `base_train_config()` and overrides)."""
+"""Defaults shared by the configs in configs/ (each config file calls `base_train_config()` and overrides), and
+`config_from_file`, which reads one config file from another (sweeps) or from tools."""
+import importlib.util
+import os
+
 import ml_collections
+
+
+def config_from_file(spec: str) -> ml_collections.ConfigDict:
+    """'path/to/config.py[:arg]' (as ``--config`` takes it) -> that file's ``get_config(arg)``
+    (``get_config()`` without an argument)."""
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location(f"config_{os.path.basename(path)[:-3]}", path)
+    if module_spec is None or module_spec.loader is None or not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such config file")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
 
 
 def base_train_config() -> ml_collections.ConfigDict:
